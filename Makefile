@@ -1,0 +1,40 @@
+# The two things a newcomer runs: `make check` (the examples, as watchdogd
+# understands them) and `make test` (the whole suite, servers included).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: check test testbed lint unit integration clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+check: $(STAMP)
+	$(BIN)/watchdogd check $(addprefix --config ,$(wildcard config/examples/*.yaml))
+
+testbed:
+	bash scripts/testbed.sh
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict watchdogd
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q
+
+integration: $(STAMP) testbed
+	$(BIN)/pytest tests/integration -q
+
+# Everything CI runs: servers up, lint, types, every test.
+test: $(STAMP) testbed lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

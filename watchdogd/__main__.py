@@ -1,0 +1,5 @@
+import sys
+
+from watchdogd.cli import main
+
+sys.exit(main())

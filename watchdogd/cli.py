@@ -1,0 +1,214 @@
+"""The ``watchdogd`` command: parsing and printing, no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from watchdogd import __version__
+from watchdogd.config import describe_config, format_duration, load_config, parse_duration
+from watchdogd.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _check(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for path in args.config:
+        try:
+            config = load_config(path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            status = EXIT_CONFIG
+            continue
+        print(f"{path}: valid")
+        if not args.quiet:
+            for line in describe_config(config):
+                print(f"  {line}")
+    return status
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from watchdogd.config.schema import render
+
+    sys.stdout.write(render())
+    return EXIT_OK
+
+
+def _test_rules(args: argparse.Namespace) -> int:
+    from watchdogd.ruletests import run_file
+
+    status = EXIT_OK
+    passed = failed = 0
+    for path in args.files:
+        try:
+            outcomes = run_file(path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            status = EXIT_CONFIG
+            continue
+        for outcome in outcomes:
+            if outcome.passed:
+                passed += 1
+                if args.verbose:
+                    print(f"PASS {path}: {outcome.name}")
+                continue
+            failed += 1
+            print(f"FAIL {path}: {outcome.name}")
+            for block in outcome.failures:
+                for number, line in enumerate(block):
+                    print(f"  {line}" if number == 0 else f"    {line}")
+    print(f"{passed} passed, {failed} failed")
+    if status == EXIT_OK and failed:
+        status = EXIT_FAILED
+    return status
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from watchdogd.config.models import PrometheusSource
+    from watchdogd.errors import RuleError, WatchdogError
+    from watchdogd.replay import (
+        describe_replay,
+        find_rule,
+        interval_of,
+        on_ticks,
+        query_range,
+        read_series_file,
+        replay_rule,
+    )
+    from watchdogd.rules import compile_rule
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        service_name, service, rule_config = find_rule(config, args.rule)
+        rule = compile_rule(rule_config)
+        step = args.step if args.step is not None else interval_of(config, service)
+        if args.series is not None:
+            points = read_series_file(args.series)
+        else:
+            source = config.sources.get(rule_config.source)
+            if not isinstance(source, PrometheusSource) or rule_config.query is None:
+                raise WatchdogError(
+                    f"rule '{rule.name}' does not read a prometheus source: use --series FILE"
+                )
+            if args.start is None or args.end is None:
+                raise WatchdogError("--prometheus needs --start and --end")
+            url = args.prometheus or source.url.secret()
+            points = query_range(
+                url, rule_config.query, args.start, args.end, step, source.aggregation, source.timeout
+            )
+        if not points:
+            raise WatchdogError("the series has no points")
+        first = min(at for at, _ in points)
+        last = max(at for at, _ in points)
+        deploy_at = args.deploy_at if args.deploy_at is not None else first
+        samples = on_ticks(points, first, last, step)
+        replay = replay_rule(rule, samples, deploy_at)
+    except (WatchdogError, RuleError) as exc:
+        print(f"watchdogd replay: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    grace = service.grace if service.grace is not None else config.defaults.grace
+    if rule_config.immediate:
+        grace = 0.0
+    print(f"rule {service_name}/{rule.name}, one evaluation every {format_duration(step)}")
+    for line in describe_replay(replay, grace, clock=args.clock):
+        print(line)
+    return EXIT_OK
+
+
+def _time_arg(text: str) -> float:
+    from watchdogd.replay import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration_arg(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="watchdogd",
+        description="Guards a fresh deploy and rolls it back, container and SQL, when its rules say so.",
+    )
+    parser.add_argument("--version", action="version", version=f"watchdogd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="validate config files and print them as understood")
+    check.add_argument(
+        "--config",
+        "-c",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="config file (repeat for several)",
+    )
+    check.add_argument("--quiet", "-q", action="store_true", help="only say whether each file is valid")
+    check.set_defaults(handler=_check)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of the config")
+    schema.set_defaults(handler=_schema)
+
+    test_rules = commands.add_parser("test-rules", help="run offline rule tests (series and expectations)")
+    test_rules.add_argument("files", nargs="+", metavar="FILE", help="rule test file")
+    test_rules.add_argument("--verbose", "-v", action="store_true", help="list passing tests too")
+    test_rules.set_defaults(handler=_test_rules)
+
+    replay = commands.add_parser("replay", help="evaluate a rule over a recorded series")
+    replay.add_argument("--config", "-c", required=True, metavar="PATH", help="config file")
+    replay.add_argument("--rule", required=True, metavar="NAME", help="rule name, or SERVICE/NAME")
+    where = replay.add_mutually_exclusive_group(required=True)
+    where.add_argument("--series", metavar="FILE", help="CSV (timestamp,value) or JSON series")
+    where.add_argument(
+        "--prometheus",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="range query on a Prometheus server (default: the rule's source URL)",
+    )
+    replay.add_argument("--start", type=_time_arg, metavar="T", help="Unix seconds or RFC 3339")
+    replay.add_argument("--end", type=_time_arg, metavar="T", help="Unix seconds or RFC 3339")
+    replay.add_argument(
+        "--step", type=_duration_arg, metavar="DURATION", help="evaluation interval (default: the service's)"
+    )
+    replay.add_argument(
+        "--deploy-at",
+        type=_time_arg,
+        metavar="T",
+        help="when the deploy happened; earlier points only make baselines (default: the first point)",
+    )
+    replay.add_argument("--clock", action="store_true", help="print UTC times instead of offsets")
+    replay.set_defaults(handler=_replay)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Command = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Checks across the config: each rule fits its source, each service its steps.
+
+Every check returns problems as ``(location, message)``; the loader turns the
+location into a file line. All problems are collected, none stops the others.
+"""
+
+from __future__ import annotations
+
+from watchdogd.config.models import (
+    DOCKER_FIELDS,
+    HTTP_FIELDS,
+    LOG_SOURCE_TYPES,
+    POSTGRES_FIELDS,
+    Config,
+    RuleConfig,
+    ServiceConfig,
+    SourceConfig,
+)
+from watchdogd.selector import parse_selector
+
+Loc = tuple[str | int, ...]
+Problem = tuple[Loc, str]
+
+# The fields that say what a rule measures, and which source types take each.
+_MEASURES: dict[str, tuple[str, ...]] = {
+    "query": ("prometheus", "postgres"),
+    "metric": ("scrape",),
+    "rate": ("scrape",),
+    "ratio": ("scrape",),
+    "quantile": ("scrape",),
+    "field": ("docker", "http", "postgres"),
+    "pattern": LOG_SOURCE_TYPES,
+    "over": LOG_SOURCE_TYPES,
+    "absent_for": LOG_SOURCE_TYPES,
+}
+_WHAT_FITS: dict[str, str] = {
+    "prometheus": "a query (PromQL)",
+    "scrape": "exactly one of metric, rate, ratio, quantile",
+    "http": "an optional field (up, status, latency_seconds)",
+    "docker": "a field (" + ", ".join(DOCKER_FIELDS) + ")",
+    "docker_logs": "a pattern with over or absent_for",
+    "file": "a pattern with over or absent_for",
+    "postgres": "a query (SQL returning one number) or field: connected",
+    "redis": "nothing more: the value is the queue depth",
+}
+
+
+def check_config(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, service in config.services.items():
+        problems += _check_service(config, name, service)
+    return problems
+
+
+def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Problem]:
+    base: Loc = ("services", name)
+    problems: list[Problem] = []
+    if service.health is not None:
+        source = config.sources.get(service.health)
+        if source is None:
+            problems.append(((*base, "health"), _unknown_source(service.health, config)))
+        elif source.type != "http":
+            problems.append(
+                (
+                    (*base, "health"),
+                    f"'{service.health}' is a {source.type} source; health needs an http source",
+                )
+            )
+    steps = service.rollback.steps
+    step_loc: Loc = (*base, "rollback", "steps")
+    seen: set[str] = set()
+    for index, step in enumerate(steps):
+        if step in seen:
+            problems.append(((*step_loc, index), f"step '{step}' is listed twice"))
+        seen.add(step)
+    needs = {
+        "container": (
+            service.container is not None,
+            "a container step needs the service's container",
+        ),
+        "sql": (service.database is not None, "a sql step needs the service's database"),
+        "redis_purge": (
+            service.rollback.redis_purge is not None,
+            "a redis_purge step needs rollback.redis_purge with its keys",
+        ),
+        "webhook": (
+            service.rollback.webhook is not None,
+            "a webhook step needs rollback.webhook with its url",
+        ),
+    }
+    written = "steps" in service.rollback.model_fields_set
+    for index, step in enumerate(steps):
+        ok, message = needs.get(step, (True, ""))
+        if not ok:
+            if not written:
+                # the user never wrote this step: say where it came from and the way out
+                message = (
+                    f"{message}; the default steps are {', '.join(steps)}: "
+                    "add what is missing or write rollback.steps"
+                )
+            problems.append(((*step_loc, index), message))
+    names: set[str] = set()
+    for index, rule in enumerate(service.rules):
+        loc: Loc = (*base, "rules", index)
+        if rule.name in names:
+            problems.append(((*loc, "name"), f"rule '{rule.name}' is defined twice in this service"))
+        names.add(rule.name)
+        problems += check_rule(config, rule, loc)
+    return problems
+
+
+def check_rule(config: Config, rule: RuleConfig, loc: Loc) -> list[Problem]:
+    source = config.sources.get(rule.source)
+    if source is None:
+        return [((*loc, "source"), _unknown_source(rule.source, config))]
+    problems = _check_measure(rule, source, loc)
+    problems += _check_timing(rule, source, loc)
+    return problems
+
+
+def _check_measure(rule: RuleConfig, source: SourceConfig, loc: Loc) -> list[Problem]:
+    kind = source.type
+    problems: list[Problem] = []
+    present = [key for key in _MEASURES if getattr(rule, key) is not None]
+    for key in present:
+        if kind not in _MEASURES[key]:
+            problems.append(
+                (
+                    (*loc, key),
+                    f"'{key}' does not apply to a {kind} source; it takes {_WHAT_FITS[kind]}",
+                )
+            )
+    if problems:
+        return problems
+    if kind == "prometheus" and rule.query is None:
+        problems.append(((*loc,), f"a rule on prometheus source '{rule.source}' needs a query"))
+    elif kind == "scrape":
+        chosen = [key for key in ("metric", "rate", "ratio", "quantile") if key in present]
+        if len(chosen) != 1:
+            where = (*loc, chosen[1]) if len(chosen) > 1 else loc
+            problems.append((where, f"a rule on scrape source '{rule.source}' needs {_WHAT_FITS[kind]}"))
+        problems += _check_selectors(rule, loc)
+    elif kind == "docker":
+        if rule.field is None:
+            problems.append(((*loc,), f"a rule on docker source '{rule.source}' needs {_WHAT_FITS[kind]}"))
+        elif rule.field not in DOCKER_FIELDS:
+            problems.append(((*loc, "field"), _unknown_field(rule.field, DOCKER_FIELDS)))
+    elif kind == "http":
+        if rule.field is not None and rule.field not in HTTP_FIELDS:
+            problems.append(((*loc, "field"), _unknown_field(rule.field, HTTP_FIELDS)))
+    elif kind == "postgres":
+        if (rule.query is None) == (rule.field is None):
+            problems.append(((*loc,), f"a rule on postgres source '{rule.source}' needs {_WHAT_FITS[kind]}"))
+        elif rule.field is not None and rule.field not in POSTGRES_FIELDS:
+            problems.append(((*loc, "field"), _unknown_field(rule.field, POSTGRES_FIELDS)))
+    elif kind in LOG_SOURCE_TYPES:
+        if rule.pattern is None:
+            problems.append(((*loc,), f"a rule on {kind} source '{rule.source}' needs a pattern"))
+        if (rule.over is None) == (rule.absent_for is None):
+            problems.append(
+                (
+                    (*loc, "absent_for") if rule.absent_for is not None else loc,
+                    "a log rule needs exactly one of over (count matches) "
+                    "or absent_for (no match for so long)",
+                )
+            )
+    return problems
+
+
+def _check_selectors(rule: RuleConfig, loc: Loc) -> list[Problem]:
+    texts: list[tuple[Loc, str]] = []
+    if rule.metric is not None:
+        texts.append(((*loc, "metric"), rule.metric))
+    if rule.rate is not None:
+        texts.append(((*loc, "rate", "metric"), rule.rate.metric))
+    if rule.ratio is not None:
+        texts.append(((*loc, "ratio", "numerator"), rule.ratio.numerator))
+        texts.append(((*loc, "ratio", "denominator"), rule.ratio.denominator))
+    if rule.quantile is not None:
+        texts.append(((*loc, "quantile", "metric"), rule.quantile.metric))
+    problems: list[Problem] = []
+    for where, text in texts:
+        try:
+            parse_selector(text)
+        except ValueError as exc:
+            problems.append((where, str(exc)))
+    return problems
+
+
+def _check_timing(rule: RuleConfig, source: SourceConfig, loc: Loc) -> list[Problem]:
+    problems: list[Problem] = []
+    absence = rule.absent_for is not None
+    if absence:
+        if rule.condition is not None:
+            problems.append(((*loc, "condition"), "an absent_for rule has no condition: it fires on silence"))
+        if rule.baseline is not None:
+            problems.append(((*loc, "baseline"), "an absent_for rule cannot have a baseline"))
+    elif rule.condition is None:
+        problems.append(((*loc,), 'a rule needs a condition, like "> 0.05"'))
+    elif rule.baseline is not None:
+        if rule.condition.threshold is not None:
+            problems.append(
+                (
+                    (*loc, "condition"),
+                    f'with a baseline the condition is only an operator ("{rule.condition.op}"); '
+                    "the threshold is the baseline widened by the tolerance",
+                )
+            )
+        elif rule.condition.op in ("==", "!="):
+            problems.append(((*loc, "condition"), "a baseline compares with >, >=, < or <="))
+    elif rule.condition.threshold is None:
+        problems.append(((*loc, "condition"), f"'{rule.condition.op}' needs a number to compare with"))
+    if rule.clear_condition is not None and rule.clear_condition.threshold is None:
+        problems.append(((*loc, "clear_condition"), "a clear condition needs a number to compare with"))
+    if rule.failures is not None:
+        if rule.for_ > 0:
+            problems.append(((*loc, "failures"), "use either for or failures, not both"))
+        of = rule.failures.of
+        if of is not None and of < rule.failures.count:
+            problems.append(
+                (
+                    (*loc, "failures", "of"),
+                    f"{rule.failures.count} failures cannot happen in {of} evaluations",
+                )
+            )
+    if rule.immediate and (rule.for_ > 0 or rule.failures is not None):
+        problems.append(((*loc, "immediate"), "an immediate rule fires on one hit; drop for or failures"))
+    if rule.baseline is not None and source.type in ("docker_logs", "file", "docker"):
+        problems.append(((*loc, "baseline"), f"a baseline does not apply to a {source.type} source"))
+    return problems
+
+
+def _unknown_source(name: str, config: Config) -> str:
+    known = ", ".join(sorted(config.sources)) or "none defined"
+    return f"unknown source '{name}' (sources: {known})"
+
+
+def _unknown_field(name: str, allowed: tuple[str, ...]) -> str:
+    return f"unknown field '{name}' (one of: {', '.join(allowed)})"

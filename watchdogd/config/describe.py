@@ -1,0 +1,139 @@
+"""The config in plain words, as ``watchdogd check`` prints it."""
+
+from __future__ import annotations
+
+from watchdogd.config.models import Config, RuleConfig, ServiceConfig, SourceConfig
+from watchdogd.config.types import format_duration as fd
+
+
+def describe_config(config: Config) -> list[str]:
+    d = config.defaults
+    lines = [
+        f"server: {config.server.listen}"
+        + (f", tokens from {config.server.tokens_file}" if config.server.tokens_file else ", no tokens file"),
+        f"state: {config.state.url}",
+        f"defaults: poll every {fd(d.interval)}, watch {fd(d.window)} after a deploy, "
+        f"veto window {fd(d.grace)}, mode {d.mode}",
+    ]
+    for hook in config.notify:
+        lines.append(f"notify: {hook.type} {hook.url} ({hook.format})")
+    lines.append(f"sources ({len(config.sources)}):")
+    for name, source in config.sources.items():
+        lines.append(f"  {name}: {describe_source(source)}")
+    lines.append(f"services ({len(config.services)}):")
+    for name, service in config.services.items():
+        lines += _describe_service(config, name, service)
+    return lines
+
+
+def describe_source(source: SourceConfig) -> str:
+    where = {
+        "prometheus": lambda: f"Prometheus API at {getattr(source, 'url', '')}",
+        "scrape": lambda: f"scrapes {getattr(source, 'url', '')}",
+        "http": lambda: f"probes {getattr(source, 'url', '')}",
+        "docker": lambda: f"state and stats of container '{getattr(source, 'container', '')}'",
+        "docker_logs": lambda: f"log stream of container '{getattr(source, 'container', '')}'",
+        "file": lambda: f"log file {getattr(source, 'path', '')}",
+        "postgres": lambda: f"PostgreSQL at {getattr(source, 'dsn', '')}",
+        "redis": lambda: f"Redis {getattr(source, 'url', '')} key {getattr(source, 'key', '')}",
+    }[source.type]()
+    every = f"every {fd(source.interval)}" if source.interval else "at the service's interval"
+    if source.type in ("docker_logs", "file"):
+        every = "followed live"
+    return f"{source.type}, {where}, {every}, timeout {fd(source.timeout)}"
+
+
+def _describe_service(config: Config, name: str, service: ServiceConfig) -> list[str]:
+    d = config.defaults
+    interval = service.interval or d.interval
+    window = service.window or d.window
+    grace = d.grace if service.grace is None else service.grace
+    mode = service.mode or d.mode
+    lines = [f"  {name}:"]
+    lines.append(
+        f"    container: {service.container or '(none)'}; health probe: {service.health or '(none)'}"
+    )
+    if service.database is not None:
+        lines.append(f"    database: {service.database.dsn}")
+    lines.append(
+        f"    watched for {fd(window)} after a deploy, evaluated every {fd(interval)}, "
+        f"veto window {fd(grace)}, mode {mode}"
+    )
+    lines.append(f"    rollback: {' -> '.join(service.rollback.steps) or '(no steps)'}")
+    for rule in service.rules:
+        lines += describe_rule(rule)
+    return lines
+
+
+def describe_rule(rule: RuleConfig) -> list[str]:
+    action = "rolls back" if rule.action == "rollback" else "notifies"
+    return [
+        f"    rule {rule.name} [{rule.severity}, {rule.action}]",
+        f"      watches: {describe_measure(rule)}",
+        f"      {action} when {describe_trigger(rule)}",
+        f"      missing data: {describe_missing(rule)}",
+    ]
+
+
+def describe_measure(rule: RuleConfig) -> str:
+    on = f"on {rule.source}"
+    if rule.query is not None:
+        return f"query `{rule.query}` {on}"
+    if rule.rate is not None:
+        return f"per-second rate of {rule.rate.metric} over {fd(rule.rate.over)} {on}"
+    if rule.ratio is not None:
+        r = rule.ratio
+        return f"rate of {r.numerator} / rate of {r.denominator} over {fd(r.over)} {on}"
+    if rule.quantile is not None:
+        q = rule.quantile
+        return f"P{q.q * 100:g} of histogram {q.metric} over {fd(q.over)} {on}"
+    if rule.metric is not None:
+        return f"{rule.metric} (summed over matching series) {on}"
+    if rule.pattern is not None:
+        if rule.absent_for is not None:
+            return f"log lines matching /{rule.pattern}/ {on}"
+        return f"log lines matching /{rule.pattern}/ per {fd(rule.over or 0)} {on}"
+    if rule.field is not None:
+        return f"{rule.field} {on}"
+    return f"the value {on}"
+
+
+def describe_trigger(rule: RuleConfig) -> str:
+    if rule.absent_for is not None:
+        return f"no line has matched for {fd(rule.absent_for)} after the deploy"
+    condition = rule.condition
+    if condition is None:
+        return "never (no condition)"
+    if rule.baseline is not None:
+        b = rule.baseline
+        direction = "above" if condition.op in (">", ">=") else "below"
+        what = (
+            f"the value is more than {b.tolerance * 100:g}% {direction} "
+            f"the pre-deploy mean of the {fd(b.before)} before the deploy"
+        )
+    else:
+        what = f"the value is {condition.describe()}"
+    if rule.immediate:
+        text = f"{what}, at once (one hit is enough, no veto window)"
+    elif rule.failures is not None:
+        f = rule.failures
+        span = f"of the last {f.of} evaluations" if f.of else "evaluations within the window"
+        text = f"{what} in {f.count} {span}"
+    elif rule.for_ > 0:
+        text = f"{what} at every evaluation for {fd(rule.for_)}"
+    else:
+        text = f"{what} at one evaluation"
+    if rule.clear_condition is not None:
+        text += f"; clears only once {rule.clear_condition.describe()}"
+    if rule.keep_firing_for > 0:
+        text += f"; keeps firing {fd(rule.keep_firing_for)} after it clears"
+    return text
+
+
+def describe_missing(rule: RuleConfig) -> str:
+    m = rule.on_missing
+    if m.result == "hold":
+        return "hold the last state (missing data never fires the rule)"
+    after = f"after {fd(m.after)} without data" if m.after else "as soon as data is missing"
+    verb = "counts as a failing evaluation" if m.result == "fail" else "counts as a passing evaluation"
+    return f"{verb} {after}"

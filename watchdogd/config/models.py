@@ -1,0 +1,380 @@
+"""The config's models: frozen, strict, unknown keys refused.
+
+These only describe shapes and single-field rules; checks that look across
+the config (a rule's source exists, its fields fit that source) live in
+``checks.py`` so that each problem is reported at its own field.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from watchdogd.config.types import Condition, Duration, Percent, SecretUrl
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+Mode = Literal["auto", "manual", "dry-run"]
+Action = Literal["rollback", "notify"]
+Severity = Literal["info", "warning", "critical"]
+StepName = Literal["container", "sql", "redis_purge", "webhook", "verify"]
+STEP_NAMES: tuple[str, ...] = ("container", "sql", "redis_purge", "webhook", "verify")
+
+
+class Model(BaseModel):
+    """Every config model: frozen after load, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+# --- server, state, defaults, logging, notify ----------------------------------
+
+
+class TlsConfig(Model):
+    cert: Path
+    key: Path
+
+
+class ServerConfig(Model):
+    listen: str = Field(
+        "127.0.0.1:9464",
+        description="host:port the API and /metrics listen on; 127.0.0.1 unless written.",
+    )
+    tokens_file: Path | None = Field(None, description="YAML file of bearer tokens and roles.")
+    tls: TlsConfig | None = None
+    open_endpoints: tuple[Literal["healthz", "readyz", "metrics"], ...] = Field(
+        ("healthz", "readyz", "metrics"),
+        description="Endpoints served without a token.",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"invalid listen address '{value}': write it as host:port")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class StateConfig(Model):
+    url: SecretUrl = Field(
+        default_factory=lambda: SecretUrl("sqlite:////var/lib/watchdogd/state.db"),
+        description="sqlite:////absolute/path.db, sqlite:///relative.db or postgresql://...",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: SecretUrl) -> SecretUrl:
+        scheme = value.secret().split(":", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"unsupported state store '{scheme}': use sqlite:// or postgresql://")
+        return value
+
+
+class DefaultsConfig(Model):
+    interval: Duration = Field(15.0, gt=0, description="How often sources are polled.")
+    window: Duration = Field(7200.0, gt=0, description="How long a deploy is watched.")
+    grace: Duration = Field(60.0, ge=0, description="Veto window of a rollback proposal.")
+    mode: Mode = "auto"
+
+
+class LoggingConfig(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON lines unless stdout is a terminal."
+    )
+
+
+class WebhookNotify(Model):
+    type: Literal["webhook"]
+    url: SecretUrl
+    format: Literal["slack", "json"] = Field(
+        "slack", description="slack: a Slack-compatible payload with a text field."
+    )
+    timeout: Duration = Field(5.0, gt=0)
+    events: tuple[Literal["proposal", "rollback", "veto", "promotion", "notify"], ...] | None = None
+
+
+# --- sources ---------------------------------------------------------------------
+
+
+class BasicAuth(Model):
+    username: str
+    password: SecretStr
+
+
+class SourceBase(Model):
+    interval: Duration | None = Field(None, gt=0, description="Overrides the service's interval.")
+    timeout: Duration = Field(5.0, gt=0)
+
+
+class PrometheusSource(SourceBase):
+    type: Literal["prometheus"]
+    url: SecretUrl
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    basic_auth: BasicAuth | None = None
+    bearer_token: SecretStr | None = None
+    aggregation: Literal["max", "min", "sum", "avg", "single"] = Field(
+        "max",
+        description="How several series reduce to one value; single: more than one is an error.",
+    )
+
+
+class ScrapeSource(SourceBase):
+    type: Literal["scrape"]
+    url: SecretUrl
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    retention: Duration | None = Field(
+        None, gt=0, description="How much history is kept; default: the longest window rules need."
+    )
+
+
+class HttpSource(SourceBase):
+    type: Literal["http"]
+    url: SecretUrl
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    expect_status: tuple[int, ...] = Field((), description="Statuses that count as up; default: any 2xx.")
+    body_match: str | None = Field(None, description="Regular expression the body must match.")
+
+    @field_validator("body_match")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            _compile(value)
+        return value
+
+
+class DockerSource(SourceBase):
+    type: Literal["docker"]
+    container: str = Field(min_length=1)
+
+
+class LogSourceBase(SourceBase):
+    max_line_bytes: int = Field(65536, gt=0, description="Longer lines are cut, not dropped.")
+
+
+class DockerLogsSource(LogSourceBase):
+    type: Literal["docker_logs"]
+    container: str = Field(min_length=1)
+
+
+class FileSource(LogSourceBase):
+    type: Literal["file"]
+    path: Path
+
+
+class PostgresSource(SourceBase):
+    type: Literal["postgres"]
+    dsn: SecretUrl
+
+
+class RedisSource(SourceBase):
+    type: Literal["redis"]
+    url: SecretUrl = Field(default_factory=lambda: SecretUrl("redis://127.0.0.1:6379/0"))
+    key: str | tuple[str, ...] = Field(
+        description="A list, sorted set or stream; several keys are summed (Bull wait + active)."
+    )
+
+
+SourceConfig = Annotated[
+    PrometheusSource
+    | ScrapeSource
+    | HttpSource
+    | DockerSource
+    | DockerLogsSource
+    | FileSource
+    | PostgresSource
+    | RedisSource,
+    Field(discriminator="type"),
+]
+SOURCE_TYPES: tuple[str, ...] = (
+    "prometheus",
+    "scrape",
+    "http",
+    "docker",
+    "docker_logs",
+    "file",
+    "postgres",
+    "redis",
+)
+LOG_SOURCE_TYPES: tuple[str, ...] = ("docker_logs", "file")
+DOCKER_FIELDS: tuple[str, ...] = (
+    "running",
+    "crashed",
+    "restarts",
+    "oom_killed",
+    "exit_code",
+    "healthy",
+    "memory_percent",
+    "cpu_percent",
+)
+HTTP_FIELDS: tuple[str, ...] = ("up", "status", "latency_seconds")
+POSTGRES_FIELDS: tuple[str, ...] = ("connected",)
+
+
+# --- rules -------------------------------------------------------------------------
+
+
+class RateSpec(Model):
+    metric: str = Field(min_length=1)
+    over: Duration = Field(gt=0)
+
+
+class RatioSpec(Model):
+    numerator: str = Field(min_length=1)
+    denominator: str = Field(min_length=1)
+    over: Duration = Field(gt=0)
+
+
+class QuantileSpec(Model):
+    metric: str = Field(min_length=1, description="Histogram name, without _bucket.")
+    q: float = Field(gt=0, le=1)
+    over: Duration = Field(gt=0)
+
+
+class FailuresSpec(Model):
+    count: int = Field(gt=0)
+    of: int | None = Field(
+        None, gt=0, description="Out of the last N evaluations; without it, within the window."
+    )
+
+
+class BaselineSpec(Model):
+    before: Duration = Field(gt=0, description="Pre-deploy span whose mean is the baseline.")
+    tolerance: Percent = 0.0
+
+
+class OnMissingSpec(Model):
+    after: Duration = Field(0.0, ge=0)
+    result: Literal["hold", "fail", "pass"] = "hold"
+
+
+class RuleConfig(Model):
+    name: Name
+    source: str
+    description: str | None = None
+    # what is measured: exactly one fits the source's type (checked in checks.py)
+    query: str | None = Field(None, description="PromQL (prometheus) or SQL (postgres).")
+    metric: str | None = None
+    rate: RateSpec | None = None
+    ratio: RatioSpec | None = None
+    quantile: QuantileSpec | None = None
+    field: str | None = Field(None, description="docker, http or postgres field.")
+    pattern: str | None = Field(None, description="Regular expression over log lines.")
+    over: Duration | None = Field(None, gt=0, description="Window counted for log patterns.")
+    absent_for: Duration | None = Field(None, gt=0, description="Fires when no line matches for this long.")
+    # when it is bad
+    condition: Condition | None = None
+    clear_condition: Condition | None = None
+    for_: Duration = Field(0.0, alias="for", ge=0)
+    failures: FailuresSpec | None = None
+    immediate: bool = False
+    baseline: BaselineSpec | None = None
+    on_missing: OnMissingSpec = Field(default_factory=OnMissingSpec)
+    keep_firing_for: Duration = Field(0.0, ge=0)
+    # what to do
+    severity: Severity = "critical"
+    action: Action = Field(
+        "notify", description="rollback must be asked for; a rule only notifies by default."
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            _compile(value)
+        return value
+
+
+# --- services ----------------------------------------------------------------------
+
+
+class MigrationsTable(Model):
+    kind: Literal["prisma", "alembic", "flyway", "golang-migrate"]
+    table: str | None = Field(None, description="Default: the tool's own table name.")
+    schema_: str = Field("public", alias="schema")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DatabaseConfig(Model):
+    dsn: SecretUrl
+    lock_timeout: Duration = Field(5.0, gt=0)
+    statement_timeout: Duration = Field(60.0, gt=0)
+    lock_wait: Duration = Field(30.0, ge=0, description="How long to wait for the advisory lock.")
+    migrations_table: MigrationsTable | None = None
+
+
+class ContainerStepConfig(Model):
+    stop_timeout: Duration = Field(30.0, ge=0)
+    healthy_timeout: Duration = Field(60.0, gt=0)
+    settle: Duration = Field(5.0, ge=0, description="Running this long counts as healthy.")
+    pull: bool = Field(False, description="Pull the previous image when it is not local.")
+
+
+class RedisPurgeConfig(Model):
+    url: SecretUrl = Field(default_factory=lambda: SecretUrl("redis://127.0.0.1:6379/0"))
+    keys: tuple[str, ...] = Field(min_length=1)
+
+
+class WebhookStepConfig(Model):
+    url: SecretUrl
+    timeout: Duration = Field(10.0, gt=0)
+    retries: int = Field(3, ge=0, le=10)
+
+
+class VerifyStepConfig(Model):
+    timeout: Duration = Field(120.0, gt=0)
+
+
+class RollbackConfig(Model):
+    steps: tuple[StepName, ...] = ("container", "sql", "verify")
+    container: ContainerStepConfig = Field(default_factory=ContainerStepConfig)
+    redis_purge: RedisPurgeConfig | None = None
+    webhook: WebhookStepConfig | None = None
+    verify: VerifyStepConfig = Field(default_factory=VerifyStepConfig)
+
+
+class ServiceConfig(Model):
+    container: str | None = Field(None, description="Docker container name.")
+    health: str | None = Field(None, description="An http source: the service's health probe.")
+    database: DatabaseConfig | None = None
+    interval: Duration | None = Field(None, gt=0)
+    window: Duration | None = Field(None, gt=0)
+    grace: Duration | None = Field(None, ge=0)
+    mode: Mode | None = None
+    rollback: RollbackConfig = Field(default_factory=RollbackConfig)
+    rules: tuple[RuleConfig, ...] = ()
+
+
+class Config(Model):
+    """A whole config file."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    notify: tuple[WebhookNotify, ...] = ()
+    sources: dict[Name, SourceConfig] = Field(default_factory=dict)
+    services: dict[Name, ServiceConfig] = Field(default_factory=dict)
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None

@@ -1,0 +1,323 @@
+"""``watchdogd test-rules``: rules checked offline against written series.
+
+Modelled on ``promtool test rules``. A test file names config files, an
+interval, and tests; each test gives series (per source or per rule) and
+expects states at times and the time a rollback is proposed. The rules run
+in the real engine over time stepped by hand, so a passing test file is what
+the daemon would do with those values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from watchdogd.config.loader import load_config, parse_yaml, pydantic_problems
+from watchdogd.config.models import Config, Model, ServiceConfig
+from watchdogd.config.types import Duration, format_duration
+from watchdogd.errors import ConfigError, ConfigProblem, RuleError
+from watchdogd.model import Sample
+from watchdogd.replay import Replay, replay_rule
+from watchdogd.rules import Rule, compile_rule
+from watchdogd.series import SeriesError, format_series, parse_series
+
+CONTEXT_STEPS = 4
+"""Evaluations shown on each side of a failed expectation."""
+
+
+class SeriesSpec(Model):
+    source: str | None = Field(None, description="Feeds every rule that reads this source.")
+    rule: str | None = Field(None, description="Feeds this rule only (wins over its source's series).")
+    service: str | None = None
+    values: str = Field(description="promtool notation: '0.01x8 0.2x30', '_' missing, '_x3'.")
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, text: str) -> str:
+        try:
+            parsed = parse_series(text)
+        except SeriesError as exc:
+            raise ValueError(str(exc)) from None
+        if not parsed:
+            raise ValueError("no values: write at least one, like '0.01x8 0.2x30'")
+        return text
+
+    @model_validator(mode="after")
+    def _target(self) -> SeriesSpec:
+        if self.source is None and self.rule is None:
+            raise ValueError("give the source or the rule these values feed")
+        return self
+
+
+class Expectation(Model):
+    rule: str | None = None
+    service: str | None = None
+    at: Duration | None = Field(None, ge=0)
+    state: Literal["ok", "pending", "firing", "no_data"] | None = None
+    proposal_at: Duration | Literal["never"] | None = Field(
+        None,
+        description="When the service's rollback is proposed (its first rollback rule fires), or 'never'.",
+    )
+
+    @model_validator(mode="after")
+    def _shape(self) -> Expectation:
+        if self.proposal_at is not None:
+            if self.at is not None or self.state is not None or self.rule is not None:
+                raise ValueError("a proposal_at expectation takes only 'service'")
+        elif self.rule is None or self.at is None or self.state is None:
+            raise ValueError("expect either {rule, at, state} or {proposal_at}")
+        return self
+
+
+class RuleTest(Model):
+    name: str
+    interval: Duration | None = Field(None, gt=0)
+    deploy_at: Duration = Field(0.0, ge=0, description="Earlier values only make baselines.")
+    series: tuple[SeriesSpec, ...] = Field(min_length=1)
+    expect: tuple[Expectation, ...] = Field(min_length=1)
+
+
+class RuleTestFile(Model):
+    rule_files: tuple[Path, ...] = Field(min_length=1)
+    interval: Duration = Field(15.0, gt=0)
+    tests: tuple[RuleTest, ...] = Field(min_length=1)
+
+
+@dataclass
+class Outcome:
+    """A test's result: its failures as readable blocks of lines."""
+
+    name: str
+    failures: list[list[str]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass(frozen=True)
+class _Target:
+    service: str
+    rule: Rule
+    series: list[float | None]
+
+
+def load_test_file(path: str | Path) -> tuple[RuleTestFile, Config]:
+    """The test file and the config it names; ConfigError for either being wrong."""
+    file = Path(path)
+    name = str(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([ConfigProblem(name, None, "", f"cannot read: {reason}")]) from None
+    data, lines = parse_yaml(text, name)
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(name, 1, "", "a test file is a mapping with rule_files and tests")])
+    try:
+        tests = RuleTestFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(pydantic_problems(exc, data, lines, name, root=RuleTestFile)) from None
+    configs = [load_config(p if p.is_absolute() else file.parent / p) for p in tests.rule_files]
+    return tests, _merge(configs, name)
+
+
+def _merge(configs: list[Config], name: str) -> Config:
+    if len(configs) == 1:
+        return configs[0]
+    sources: dict[str, Any] = {}
+    services: dict[str, ServiceConfig] = {}
+    for config in configs:
+        for key, source in config.sources.items():
+            if key in sources and sources[key] != source:
+                raise ConfigError(
+                    [ConfigProblem(name, None, "rule_files", f"source '{key}' differs between files")]
+                )
+            sources[key] = source
+        for key, service in config.services.items():
+            if key in services:
+                raise ConfigError(
+                    [ConfigProblem(name, None, "rule_files", f"service '{key}' is in several files")]
+                )
+            services[key] = service
+    return configs[0].model_copy(update={"sources": sources, "services": services})
+
+
+def run_test(test: RuleTest, config: Config, default_interval: float) -> Outcome:
+    """Run one test; an expectation that names nothing known is a failure that says so."""
+    outcome = Outcome(test.name)
+    interval = test.interval or default_interval
+    targets, problems = _targets(test, config)
+    outcome.failures.extend([problem] for problem in problems)
+    replays: dict[tuple[str, str], Replay] = {}
+    end = max(
+        [len(t.series) - 1 for t in targets]
+        + [round(e.at / interval) for e in test.expect if e.at is not None]
+        + [round(e.proposal_at / interval) for e in test.expect if isinstance(e.proposal_at, float)]
+        + [0]
+    )
+    for target in targets:
+        samples = [_sample(target.series, i, interval) for i in range(end + 1)]
+        try:
+            replays[(target.service, target.rule.name)] = replay_rule(target.rule, samples, test.deploy_at)
+        except RuleError as exc:
+            outcome.failures.append([str(exc)])
+    for expectation in test.expect:
+        failure = _check(expectation, replays, config, interval)
+        if failure:
+            outcome.failures.append(failure)
+    return outcome
+
+
+def _sample(series: list[float | None], index: int, interval: float) -> Sample:
+    at = index * interval
+    if index >= len(series):
+        return Sample(at, None, "after the end of the test series")
+    value = series[index]
+    return Sample(at, None, "'_' in the test series") if value is None else Sample(at, value)
+
+
+def _targets(test: RuleTest, config: Config) -> tuple[list[_Target], list[str]]:
+    """Each rule that has a series, with the series it gets (its own, else its source's)."""
+    problems: list[str] = []
+    by_source: dict[tuple[str | None, str], list[float | None]] = {}
+    by_rule: dict[tuple[str | None, str], list[float | None]] = {}
+    for spec in test.series:
+        parsed = parse_series(spec.values)
+        if spec.rule is not None:
+            if not _rules_named(config, spec.service, spec.rule):
+                problems.append(f"series for rule '{spec.rule}': no such rule in the config")
+            by_rule[(spec.service, spec.rule)] = parsed
+        elif spec.source is not None:
+            if spec.source not in config.sources:
+                problems.append(f"series for source '{spec.source}': no such source in the config")
+            by_source[(spec.service, spec.source)] = parsed
+    targets: list[_Target] = []
+    for service_name, service in config.services.items():
+        for rule_config in service.rules:
+            values: list[float | None] | None = (
+                by_rule.get((service_name, rule_config.name))
+                or by_rule.get((None, rule_config.name))
+                or by_source.get((service_name, rule_config.source))
+                or by_source.get((None, rule_config.source))
+            )
+            if values is None:
+                continue
+            try:
+                rule = compile_rule(rule_config)
+            except RuleError as exc:
+                problems.append(str(exc))
+                continue
+            targets.append(_Target(service_name, rule, values))
+    return targets, problems
+
+
+def _rules_named(config: Config, service: str | None, name: str) -> list[str]:
+    return [
+        service_name
+        for service_name, svc in config.services.items()
+        if (service is None or service == service_name) and any(r.name == name for r in svc.rules)
+    ]
+
+
+def _check(
+    expectation: Expectation, replays: dict[tuple[str, str], Replay], config: Config, interval: float
+) -> list[str]:
+    if expectation.proposal_at is not None:
+        return _check_proposal(expectation, replays, config)
+    assert expectation.rule is not None and expectation.at is not None and expectation.state is not None
+    services = _rules_named(config, expectation.service, expectation.rule)
+    if not services:
+        return [f"rule '{expectation.rule}': no such rule in the config"]
+    if len(services) > 1:
+        return [f"rule '{expectation.rule}' is in services {', '.join(services)}: add 'service' to it"]
+    replay = replays.get((services[0], expectation.rule))
+    if replay is None:
+        return [f"rule '{expectation.rule}': no series feeds it (give its source or the rule a series)"]
+    got = replay.state_at(expectation.at)
+    if got.value == expectation.state:
+        return []
+    head = (
+        f"rule '{expectation.rule}' at {format_duration(expectation.at)}: "
+        f"expected {expectation.state}, got {got.value}"
+    )
+    return [head, *_timeline(replay, expectation.at, interval)]
+
+
+def _check_proposal(
+    expectation: Expectation, replays: dict[tuple[str, str], Replay], config: Config
+) -> list[str]:
+    services = [expectation.service] if expectation.service else list(config.services)
+    if expectation.service is not None and expectation.service not in config.services:
+        return [f"proposal_at: no service '{expectation.service}' in the config"]
+    if len(services) > 1:
+        return [f"proposal_at: the config has services {', '.join(services)}: add 'service'"]
+    service = services[0]
+    proposal = first_proposal(service, replays)
+    want = expectation.proposal_at
+    if want == "never":
+        if proposal is None:
+            return []
+        at, rule = proposal
+        return [
+            f"service '{service}': expected no rollback proposal, "
+            f"got one at {format_duration(at)} (rule '{rule}')",
+            *_timeline(replays[(service, rule)], at, None),
+        ]
+    assert isinstance(want, float)
+    if proposal is not None and math.isclose(proposal[0], want, abs_tol=1e-6):
+        return []
+    if proposal is None:
+        lines = [f"service '{service}': expected a rollback proposal at {format_duration(want)}, got none"]
+        for (svc, _), replay in sorted(replays.items()):
+            if svc == service and replay.rule.action == "rollback":
+                lines.extend(_timeline(replay, want, None))
+        return lines
+    at, rule = proposal
+    return [
+        f"service '{service}': expected a rollback proposal at {format_duration(want)}, "
+        f"got one at {format_duration(at)} (rule '{rule}')",
+        *_timeline(replays[(service, rule)], min(at, want), None),
+    ]
+
+
+def first_proposal(service: str, replays: dict[tuple[str, str], Replay]) -> tuple[float, str] | None:
+    """When a service's rollback is proposed: the first rollback rule to fire, and which it was.
+
+    One proposal per deployment: a later firing rule joins it as another reason.
+    """
+    fired = [
+        (replay.fired_at()[0], rule_name)
+        for (svc, rule_name), replay in replays.items()
+        if svc == service and replay.rule.action == "rollback" and replay.fired_at()
+    ]
+    return min(fired) if fired else None
+
+
+def _timeline(replay: Replay, around: float, interval: float | None) -> Iterator[str]:
+    """The evaluations around ``around``: time, value, state, and the reason of each change."""
+    steps = replay.steps
+    if not steps:
+        yield "  (no evaluations)"
+        return
+    center = min(range(len(steps)), key=lambda i: abs(steps[i].at - around))
+    low, high = max(0, center - CONTEXT_STEPS), min(len(steps), center + CONTEXT_STEPS + 1)
+    yield f"  timeline of '{replay.rule.name}' (values: {format_series([s.value for s in steps])}):"
+    for step in steps[low:high]:
+        mark = ">" if step is steps[center] else " "
+        value = "_" if step.value is None else f"{step.value:g}"
+        line = f"  {mark} {format_duration(step.at):>8}  {value:>10}  {step.state.value}"
+        for transition in step.transitions:
+            line += f"  ({transition.from_state} -> {transition.to_state}: {transition.reason})"
+        yield line
+
+
+def run_file(path: str | Path) -> list[Outcome]:
+    """Every test of a file; ConfigError when the file or its config cannot be used."""
+    tests, config = load_test_file(path)
+    return [run_test(test, config, tests.interval) for test in tests.tests]

@@ -1,0 +1,1 @@
+"""Sources: everything watchdogd looks at."""

@@ -1,0 +1,117 @@
+"""PromQL instant queries against anything that speaks the Prometheus HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from watchdogd.config.models import PrometheusSource
+from watchdogd.errors import SourceError
+from watchdogd.model import Sample
+from watchdogd.sources.base import Measure
+
+MAX_BODY = 8 << 20
+
+
+class PrometheusQuery:
+    """One ``/api/v1/query`` per measure, concurrently; several series reduce by ``aggregation``."""
+
+    kind = "prometheus"
+
+    def __init__(self, name: str, config: PrometheusSource, session: aiohttp.ClientSession) -> None:
+        self.name = name
+        self.config = config
+        self.session = session
+        self.endpoint = config.url.secret().rstrip("/") + "/api/v1/query"
+        headers = {k: v.get_secret_value() for k, v in config.headers.items()}
+        if config.bearer_token is not None:
+            headers["Authorization"] = f"Bearer {config.bearer_token.get_secret_value()}"
+        self.headers = headers
+        self.auth = (
+            aiohttp.BasicAuth(config.basic_auth.username, config.basic_auth.password.get_secret_value())
+            if config.basic_auth
+            else None
+        )
+
+    async def fetch(self, measures: Sequence[Measure], at: float) -> Mapping[Measure, Sample]:
+        answers = await asyncio.gather(*(self.query(m.expr, at) for m in measures))
+        return dict(zip(measures, answers, strict=True))
+
+    async def query(self, promql: str, at: float) -> Sample:
+        try:
+            async with self.session.post(
+                self.endpoint,
+                data={"query": promql, "time": f"{at:.3f}"},
+                headers=self.headers,
+                auth=self.auth,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+            ) as response:
+                body = await response.content.read(MAX_BODY)
+                status = response.status
+        except TimeoutError as exc:
+            raise SourceError(f"{self.config.url}: no answer within {self.config.timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise SourceError(f"{self.config.url}: {type(exc).__name__}: {exc}") from exc
+        return parse_query_answer(status, body, at, self.config.aggregation)
+
+
+def parse_query_answer(status: int, body: bytes, at: float, aggregation: str) -> Sample:
+    """A Sample from an ``/api/v1/query`` answer; raises SourceError for a broken server."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise SourceError(f"answer is not JSON (HTTP {status})") from None
+    if not isinstance(doc, dict):
+        raise SourceError(f"answer is not a JSON object (HTTP {status})")
+    if doc.get("status") != "success":
+        kind = doc.get("errorType", "error")
+        error = str(doc.get("error", "no error given"))[:300]
+        if 400 <= status < 500 or kind == "bad_data":
+            return Sample(at, None, f"query refused: {kind}: {error}")
+        raise SourceError(f"query failed (HTTP {status}): {kind}: {error}")
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        raise SourceError("answer has no data")
+    kind = data.get("resultType")
+    result = data.get("result")
+    if kind == "scalar":
+        return _sample(at, [_number(result)])
+    if kind == "vector":
+        if not isinstance(result, list):
+            raise SourceError("vector answer is not a list")
+        if not result:
+            return Sample(at, None, "empty result")
+        values = [_number(item.get("value") if isinstance(item, dict) else None) for item in result]
+        if len(values) > 1 and aggregation == "single":
+            return Sample(at, None, f"{len(values)} series where one was expected")
+        return _sample(at, values, aggregation)
+    return Sample(at, None, f"unsupported result type {kind!r}: the query must give a scalar or a vector")
+
+
+def _number(pair: Any) -> float:
+    if not (isinstance(pair, list) and len(pair) == 2):
+        raise SourceError("malformed sample in answer")
+    try:
+        return float(pair[1])
+    except (TypeError, ValueError):
+        raise SourceError(f"sample value {str(pair[1])[:40]!r} is not a number") from None
+
+
+def _sample(at: float, values: list[float], aggregation: str = "max") -> Sample:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return Sample(at, None, "value is NaN")
+    if aggregation == "min":
+        value = min(finite)
+    elif aggregation == "sum":
+        value = math.fsum(finite)
+    elif aggregation == "avg":
+        value = math.fsum(finite) / len(finite)
+    else:
+        value = max(finite)
+    return Sample(at, value)
