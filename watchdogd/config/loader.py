@@ -303,6 +303,9 @@ def _message(error: Any, loc: tuple[Any, ...], root: type[BaseModel]) -> str:
         return (
             f"invalid name '{value}': use letters, digits, '_', '.' and '-', starting with a letter or digit"
         )
+    if kind == "too_short":
+        least = error.get("ctx", {}).get("min_length", 1)
+        return f"needs at least {least} item" + ("" if least == 1 else "s")
     if kind in ("model_type", "model_attributes_type"):
         return f"must be a mapping of keys, not {type(value).__name__}"
     text = text.replace("Input should be", "must be")

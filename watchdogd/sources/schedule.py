@@ -1,0 +1,173 @@
+"""Polling on schedule: one apscheduler job per source, one poll for every rule on it.
+
+Each source is an ``AsyncIOScheduler`` interval job with jitter, coalescing,
+``max_instances=1`` and a misfire grace, so a slow source skips its own late
+runs and never delays another. A poll asks the source once for the union of
+the measures its subscribers need and hands each subscriber its samples.
+Recent samples are kept per measure, bounded in age, for pre-deploy baselines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from watchdogd.model import Sample
+from watchdogd.sources.base import Measure, Poller, Source
+from watchdogd.telemetry import Metrics
+
+log = structlog.get_logger("watchdogd.sources")
+
+Callback = Callable[[str, Mapping[Measure, Sample]], Awaitable[None] | None]
+"""Called after each poll with the source's name and the subscriber's samples."""
+
+MAX_HISTORY = 20_000
+"""Samples kept per measure at most, whatever the history age asked for."""
+
+
+@dataclass
+class _Subscriber:
+    measures: tuple[Measure, ...]
+    callback: Callback
+
+
+@dataclass
+class _Job:
+    poller: Poller
+    interval: float
+    subscribers: dict[Hashable, _Subscriber] = field(default_factory=dict)
+    history: dict[Measure, deque[Sample]] = field(default_factory=dict)
+    keep: float = 0.0
+    polls: int = 0
+
+
+class SourceJobs:
+    """The scheduled polling of every source.
+
+    ``wall`` gives the time stamped on samples (seconds since the epoch by
+    default; tests pass their own). Jitter is a fraction of the interval, at
+    most 10%, so sources configured alike do not all poll in the same instant.
+    """
+
+    def __init__(
+        self,
+        scheduler: AsyncIOScheduler,
+        metrics: Metrics,
+        wall: Callable[[], float] = time.time,
+        jitter: float = 0.1,
+    ) -> None:
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.wall = wall
+        self.jitter = jitter
+        self.jobs: dict[str, _Job] = {}
+
+    def add(self, source: Source, interval: float, timeout: float, keep: float = 0.0) -> None:
+        """Poll ``source`` every ``interval``; ``keep`` seconds of samples stay for baselines.
+
+        Adding a source already scheduled replaces its job (a new interval), keeping subscribers.
+        """
+        name = source.name
+        previous = self.jobs.get(name)
+        job = _Job(Poller(source, timeout, self.metrics), interval, keep=keep)
+        if previous is not None:
+            job.subscribers = previous.subscribers
+            job.history = previous.history
+            job.keep = max(keep, previous.keep)
+        self.jobs[name] = job
+        self.scheduler.add_job(
+            self._run,
+            "interval",
+            args=[name],
+            id=f"source:{name}",
+            name=f"poll {name}",
+            seconds=interval,
+            jitter=round(interval * self.jitter, 3) or None,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(interval)),
+            replace_existing=True,
+            next_run_time=_now(self.scheduler),
+        )
+
+    async def remove(self, name: str) -> None:
+        """Stop polling ``name`` and close its connections."""
+        job = self.jobs.pop(name, None)
+        if job is None:
+            return
+        if self.scheduler.get_job(f"source:{name}") is not None:
+            self.scheduler.remove_job(f"source:{name}")
+        await job.poller.source.close()
+
+    async def close(self) -> None:
+        for name in list(self.jobs):
+            await self.remove(name)
+
+    def subscribe(self, source: str, key: Hashable, measures: Iterable[Measure], callback: Callback) -> None:
+        """``callback`` gets ``measures`` of ``source`` after each of its polls (``key`` replaces)."""
+        job = self.jobs.get(source)
+        if job is None:
+            raise KeyError(f"source '{source}' is not scheduled")
+        job.subscribers[key] = _Subscriber(tuple(dict.fromkeys(measures)), callback)
+
+    def unsubscribe(self, source: str, key: Hashable) -> None:
+        job = self.jobs.get(source)
+        if job is not None:
+            job.subscribers.pop(key, None)
+
+    def history(self, source: str, measure: Measure, since: float) -> list[Sample]:
+        """The samples of ``measure`` polled at or after ``since``, oldest first."""
+        job = self.jobs.get(source)
+        kept = job.history.get(measure) if job is not None else None
+        return [s for s in kept if s.time >= since] if kept else []
+
+    def polls(self, source: str) -> int:
+        job = self.jobs.get(source)
+        return job.polls if job is not None else 0
+
+    async def poll_now(self, name: str) -> None:
+        """One poll of ``name`` outside the schedule (at a deploy's start, say)."""
+        await self._run(name)
+
+    async def _run(self, name: str) -> None:
+        job = self.jobs.get(name)
+        if job is None:
+            return
+        measures = tuple(dict.fromkeys(m for sub in job.subscribers.values() for m in sub.measures))
+        if not measures:
+            return
+        at = self.wall()
+        samples = await job.poller.poll(measures, at)
+        job.polls += 1
+        if job.keep > 0:
+            self._remember(job, samples, at)
+        for key, subscriber in list(job.subscribers.items()):
+            mine = {m: samples[m] for m in subscriber.measures}
+            try:
+                result = subscriber.callback(name, mine)
+                if result is not None:
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one subscriber's bug must not starve the others
+                log.exception("subscriber_failed", source=name, subscriber=str(key))
+
+    @staticmethod
+    def _remember(job: _Job, samples: Mapping[Measure, Sample], at: float) -> None:
+        oldest = at - job.keep
+        for measure, sample in samples.items():
+            kept = job.history.setdefault(measure, deque(maxlen=MAX_HISTORY))
+            kept.append(sample)
+            while kept and kept[0].time < oldest:
+                kept.popleft()
+
+
+def _now(scheduler: AsyncIOScheduler) -> datetime:
+    return datetime.now(scheduler.timezone)
