@@ -13,9 +13,10 @@ from typing import Any
 import docker
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
 from tests.testbed import postgres, redisdb
-from tests.testbed.containers import AppContainer, ContainerRegistry
+from tests.testbed.containers import AppContainer, ContainerRegistry, free_port
 from tests.testbed.images import ensure_app_images
 from tests.testbed.prometheus import AlertmanagerServer, PrometheusServer
 
@@ -23,6 +24,7 @@ AppFactory = Callable[..., AppContainer]
 PgDatabaseFactory = Callable[[], Awaitable[str]]
 PrometheusFactory = Callable[..., PrometheusServer]
 AlertmanagerFactory = Callable[..., AlertmanagerServer]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _SETUP_HINT = "start the test bed with scripts/testbed.sh"
 
@@ -161,3 +163,27 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
         await redisdb.delete_prefix(client, prefix)
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def fake_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
+    """Starts a local aiohttp server answering every path with ``handler``; returns its URL.
+
+    For faults real servers cannot be made to produce (hangs, garbage), and for
+    receivers (webhooks) a test inspects.
+    """
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Handler) -> str:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

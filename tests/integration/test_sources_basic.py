@@ -45,26 +45,6 @@ def metrics() -> Metrics:
     return Metrics(CollectorRegistry())
 
 
-@pytest.fixture
-async def fake_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    """Starts a local aiohttp server answering every path with ``handler``; returns its URL."""
-    runners: list[web.AppRunner] = []
-
-    async def start(handler: Handler) -> str:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-
-
 def errors(metrics: Metrics, source: str) -> float:
     value = metrics.registry.get_sample_value("watchdogd_source_errors_total", {"source": source})
     return value or 0.0

@@ -1,0 +1,1 @@
+"""Rollback: a plan of idempotent steps, journaled so that it runs exactly once."""

@@ -1,0 +1,74 @@
+"""What every rollback step shares: what it is given and what it answers.
+
+A step is idempotent: run twice (after a crash between its start and its
+journal entry), it finds its work done and says so. It never raises for a
+failure it can explain; it returns a failed result with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from watchdogd.config.models import ServiceConfig
+
+StepStatus = Literal["done", "already_done", "skipped", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """A migration registered with a deployment: how to undo and check it."""
+
+    id: str
+    down_sql: str
+    verify: tuple[str, ...] = ()
+    """Queries that must each return true after the down SQL."""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSnapshot:
+    """A container's configuration captured at deploy time, enough to recreate it."""
+
+    name: str
+    image: str
+    """The image reference it ran (a tag or an id)."""
+    image_id: str
+    config: dict[str, Any]
+    """Everything else needed to recreate it (command, env, mounts, ...), JSON-ready."""
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackTarget:
+    """What a rollback returns to: the deployment it undoes and what came before it."""
+
+    service: str
+    deployment_id: str
+    config: ServiceConfig
+    previous: ContainerSnapshot | None = None
+    """The container as it was before the deploy (previous image)."""
+    current: ContainerSnapshot | None = None
+    """The bad container as deployed."""
+    migrations: tuple[Migration, ...] = ()
+    fired_rules: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    status: StepStatus
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "failed"
+
+
+class Step(Protocol):
+    """One step of a plan: ``run`` does the work, ``describe`` says what it would do (dry-run)."""
+
+    name: str
+
+    async def run(self, target: RollbackTarget) -> StepResult: ...
+
+    async def describe(self, target: RollbackTarget) -> list[str]: ...

@@ -1,0 +1,156 @@
+"""The small steps: redis_purge, webhook and verify.
+
+Each is idempotent: purging keys already gone deletes nothing, a webhook
+receiver gets an idempotency key so a repeated POST after a crash is
+recognisable, and verifying twice only checks twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from watchdogd.config.models import RedisPurgeConfig, VerifyStepConfig, WebhookStepConfig
+from watchdogd.rollback.base import RollbackTarget, StepResult
+
+Check = Callable[[RollbackTarget], Awaitable[tuple[bool, str]]]
+"""An async check: (passed, what it saw)."""
+
+
+class RedisPurgeStep:
+    """Deletes the configured keys (the new release's queued jobs), reporting how many existed."""
+
+    name = "redis_purge"
+
+    def __init__(self, config: RedisPurgeConfig) -> None:
+        self.config = config
+
+    async def run(self, target: RollbackTarget) -> StepResult:
+        client = aioredis.Redis.from_url(self.config.url.secret(), socket_timeout=5, socket_connect_timeout=5)
+        try:
+            existing = [key for key in self.config.keys if await client.exists(key)]
+            removed = int(await client.delete(*self.config.keys))
+        except (RedisError, OSError) as exc:
+            return StepResult("failed", f"redis {self.config.url}: {type(exc).__name__}: {exc}")
+        finally:
+            await client.aclose()
+        if not existing:
+            return StepResult("already_done", "no key to purge: " + ", ".join(self.config.keys))
+        return StepResult("done", f"deleted {removed} key(s): {', '.join(existing)}", {"deleted": existing})
+
+    async def describe(self, target: RollbackTarget) -> list[str]:
+        return [f"DEL {' '.join(self.config.keys)} on {self.config.url}"]
+
+
+class WebhookStep:
+    """POSTs the rollback to a URL, with a timeout and bounded retries on 5xx and network errors."""
+
+    name = "webhook"
+
+    def __init__(self, config: WebhookStepConfig, backoff: float = 1.0) -> None:
+        self.config = config
+        self.backoff = backoff
+
+    def payload(self, target: RollbackTarget) -> dict[str, Any]:
+        return {
+            "event": "rollback",
+            "service": target.service,
+            "deployment_id": target.deployment_id,
+            "idempotency_key": f"{target.service}:{target.deployment_id}",
+            "image": target.current.image if target.current else None,
+            "previous_image": target.previous.image if target.previous else None,
+            "reason": target.reason,
+            "rules": list(target.fired_rules),
+        }
+
+    async def run(self, target: RollbackTarget) -> StepResult:
+        body = json.dumps(self.payload(target))
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"{target.service}:{target.deployment_id}",
+        }
+        last = ""
+        async with aiohttp.ClientSession() as session:
+            for attempt in range(self.config.retries + 1):
+                if attempt:
+                    await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+                try:
+                    async with asyncio.timeout(self.config.timeout):
+                        async with session.post(
+                            self.config.url.secret(), data=body, headers=headers
+                        ) as response:
+                            status = response.status
+                except TimeoutError:
+                    last = f"no answer within {self.config.timeout:g}s"
+                    continue
+                except aiohttp.ClientError as exc:
+                    last = f"{type(exc).__name__}: {exc}"
+                    continue
+                if status < 300:
+                    return StepResult(
+                        "done", f"{self.config.url} answered {status}", {"attempts": attempt + 1}
+                    )
+                last = f"HTTP {status}"
+                if status < 500 and status != 429:
+                    break  # the receiver refused it: asking again would not help
+        tries = attempt + 1
+        return StepResult("failed", f"webhook {self.config.url}: {last} (after {tries} attempt(s))")
+
+    async def describe(self, target: RollbackTarget) -> list[str]:
+        return [f"POST {self.config.url} {json.dumps(self.payload(target))}"]
+
+
+class VerifyStep:
+    """The health probe passes and the rules that fired are back to ok, within the timeout."""
+
+    name = "verify"
+
+    def __init__(
+        self, config: VerifyStepConfig, health: Check | None, rules: Check | None, poll: float = 1.0
+    ) -> None:
+        self.config = config
+        self.health = health
+        self.rules = rules
+        self.poll = poll
+
+    async def run(self, target: RollbackTarget) -> StepResult:
+        checks = [(what, check) for what, check in (("health", self.health), ("rules", self.rules)) if check]
+        if not checks:
+            return StepResult("skipped", "nothing to verify: no health probe and no rule fired")
+        deadline = time.monotonic() + self.config.timeout
+        seen: dict[str, str] = {}
+        while True:
+            passed = True
+            for what, check in checks:
+                try:
+                    ok, saw = await check(target)
+                except Exception as exc:  # a check that breaks is a check that did not pass
+                    ok, saw = False, f"{type(exc).__name__}: {exc}"
+                seen[what] = saw
+                passed = passed and ok
+            if passed:
+                return StepResult("done", "; ".join(f"{k}: {v}" for k, v in seen.items()))
+            if time.monotonic() >= deadline:
+                return StepResult(
+                    "failed",
+                    f"not verified within {self.config.timeout:g}s: "
+                    + "; ".join(f"{k}: {v}" for k, v in seen.items()),
+                )
+            await asyncio.sleep(min(self.poll, max(0.0, deadline - time.monotonic())))
+
+    async def describe(self, target: RollbackTarget) -> list[str]:
+        parts = []
+        if self.health:
+            parts.append("the health probe passes")
+        if self.rules:
+            parts.append(f"rules {', '.join(target.fired_rules) or '(none fired)'} are back to ok")
+        return [
+            f"wait up to {self.config.timeout:g}s until " + (" and ".join(parts) or "nothing (no checks)")
+        ]
