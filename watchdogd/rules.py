@@ -295,7 +295,7 @@ def _hold(
             missing_since=missing_since,
             last_match=last_match,
         )
-        return new, (Transition(rule.name, now, OK, NO_DATA, None, state.threshold, reason),)
+        return new, (Transition(rule.name, now, OK, NO_DATA, None, state.threshold, reason, (None,)),)
     return EvalState(
         current,
         state.since,
@@ -331,6 +331,15 @@ def _run(
     clearing_since = None
     if hit:
         active = state.active_since if state.active_since is not None else now
+        if (
+            value is not None
+            and state.missing_since is not None
+            and state.active_since is not None
+            and current is PENDING
+        ):
+            # Time without data is not evidence: a gap pauses the for timer instead of
+            # counting toward it, so two breaching samples around an outage never fire.
+            active = min(now, active + (now - state.missing_since))
         new = FIRING if current is FIRING or now - active >= rule.for_ - _EPS else PENDING
     else:
         active = None

@@ -274,7 +274,7 @@ def test_replay_csv_prints_changes_and_would_be_rollbacks(
 
 def test_replay_json_with_gaps_and_rfc3339(config_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     points = [[f"2026-11-01T10:{m:02d}:{s:02d}Z", 0.3] for m in range(12) for s in (0, 15, 30, 45)]
-    del points[8:12]  # a minute with no points: no data, the for timer holds
+    del points[8:12]  # a minute with no points: no data; the run goes on, the minute does not count
     series = config_dir / "errors.json"
     series.write_text(json.dumps(points))
     code = main(
@@ -291,7 +291,7 @@ def test_replay_json_with_gaps_and_rfc3339(config_dir: Path, capsys: pytest.Capt
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "2026-11-01T10:05:00Z  pending -> firing" in out
+    assert "2026-11-01T10:06:00Z  pending -> firing" in out
 
 
 @pytest.mark.parametrize(
