@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import aiohttp
 import structlog
 
 from watchdogd.config.models import RuleConfig
@@ -123,3 +124,21 @@ class Poller:
             log.info("source_failing_differently", source=name, reason=reason)
         self.failing = reason
         return {measure: Sample(at, None, reason) for measure in measures}
+
+
+async def read_body(response: aiohttp.ClientResponse, limit: int, truncate: bool = False) -> bytes:
+    """The whole body, at most ``limit`` bytes: longer is a SourceError, or cut with ``truncate``."""
+    length = response.content_length
+    if not truncate and length is not None and length > limit:
+        raise SourceError(f"body of {length} bytes is over the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        if size + len(chunk) > limit:
+            if truncate:
+                chunks.append(chunk[: limit - size])
+                break
+            raise SourceError(f"body is over the limit of {limit} bytes")
+        size += len(chunk)
+        chunks.append(chunk)
+    return b"".join(chunks)

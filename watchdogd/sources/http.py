@@ -10,7 +10,7 @@ import aiohttp
 
 from watchdogd.config.models import HttpSource
 from watchdogd.model import Sample
-from watchdogd.sources.base import Measure
+from watchdogd.sources.base import Measure, read_body
 
 MAX_BODY = 1 << 20
 
@@ -48,7 +48,7 @@ class HttpProbe:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=cfg.timeout),
             ) as response:
-                body = await response.content.read(MAX_BODY) if self.body_match else b""
+                body = await read_body(response, MAX_BODY, truncate=True) if self.body_match else b""
                 status = response.status
         except TimeoutError:
             return 0, time.perf_counter() - started, f"no answer within {cfg.timeout:g}s"

@@ -13,7 +13,7 @@ import aiohttp
 from watchdogd.config.models import PrometheusSource
 from watchdogd.errors import SourceError
 from watchdogd.model import Sample
-from watchdogd.sources.base import Measure
+from watchdogd.sources.base import Measure, read_body
 
 MAX_BODY = 8 << 20
 
@@ -51,7 +51,7 @@ class PrometheusQuery:
                 auth=self.auth,
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             ) as response:
-                body = await response.content.read(MAX_BODY)
+                body = await read_body(response, MAX_BODY)
                 status = response.status
         except TimeoutError as exc:
             raise SourceError(f"{self.config.url}: no answer within {self.config.timeout:g}s") from exc

@@ -1,0 +1,180 @@
+"""Scrapes a ``/metrics`` endpoint and computes rates, ratios, quantiles and gauges itself.
+
+Each poll fetches the exposition once, records the series some measure
+wants at the poll time, and answers every measure from that history with
+the arithmetic of :mod:`watchdogd.sources.promrate`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from watchdogd.config.models import ScrapeSource
+from watchdogd.errors import SourceError
+from watchdogd.model import Sample
+from watchdogd.selector import Selector, parse_selector
+from watchdogd.sources import promrate
+from watchdogd.sources.base import Measure, read_body
+from watchdogd.sources.promrate import MAX_SERIES, Answer, Scrape, SeriesKey, SeriesStore, series_key
+
+MAX_BODY = 16 << 20
+KINDS = ("metric", "rate", "ratio", "quantile")
+_ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
+
+
+class MetricsScrape:
+    """One GET of the exposition per poll; answers ``metric``, ``rate``, ``ratio``, ``quantile``.
+
+    History is kept for the longest window a measure needs, or for the
+    configured ``retention``. A scrape that fails as a whole (an HTTP error,
+    a body that is too large or not an exposition, more than ``max_series``
+    series) raises SourceError; a measure whose series are NaN or duplicated
+    has no data on its own.
+    """
+
+    kind = "scrape"
+
+    def __init__(
+        self,
+        name: str,
+        config: ScrapeSource,
+        session: aiohttp.ClientSession,
+        *,
+        max_series: int = MAX_SERIES,
+        max_body: int = MAX_BODY,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.session = session
+        self.max_series = max_series
+        self.max_body = max_body
+        self.store = SeriesStore(max_series)
+        self.headers = {"Accept": _ACCEPT, **{k: v.get_secret_value() for k, v in config.headers.items()}}
+        self._selectors: dict[str, Selector | str] = {}
+
+    async def fetch(self, measures: Sequence[Measure], at: float) -> Mapping[Measure, Sample]:
+        answers: dict[Measure, Sample] = {}
+        plans: dict[Measure, tuple[Selector, ...]] = {}
+        for measure in measures:
+            plan = self._plan(measure)
+            if isinstance(plan, str):
+                answers[measure] = Sample(at, None, plan)
+            else:
+                plans[measure] = plan
+        wanted = [_series_read(m, s) for m, plan in plans.items() for s in plan]
+        text = await self.get()
+        scrape = await asyncio.to_thread(parse_exposition, text, wanted, self.max_series)
+        try:
+            self.store.ingest(at, scrape, self._horizon(plans))
+        except ValueError as exc:
+            raise SourceError(str(exc)) from exc
+        for measure, selectors in plans.items():
+            answer = self._answer(measure, selectors, at)
+            answers[measure] = Sample(at, answer.value, answer.reason)
+        return answers
+
+    async def get(self) -> str:
+        """The exposition's text; raises SourceError."""
+        cfg = self.config
+        try:
+            async with self.session.get(
+                cfg.url.secret(),
+                headers=self.headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=cfg.timeout),
+            ) as response:
+                if response.status != 200:
+                    raise SourceError(f"{cfg.url} answered HTTP {response.status}")
+                body = await read_body(response, self.max_body)
+        except TimeoutError as exc:
+            raise SourceError(f"{cfg.url}: no answer within {cfg.timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise SourceError(f"cannot scrape {cfg.url}: {type(exc).__name__}") from exc
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SourceError("body is not UTF-8 text") from None
+
+    async def close(self) -> None:
+        """The session belongs to the daemon."""
+
+    def _plan(self, measure: Measure) -> tuple[Selector, ...] | str:
+        """The selectors a measure reads, or why it cannot be answered."""
+        if measure.kind not in KINDS:
+            return f"a scrape source has no {measure.kind!r} measure"
+        retention = self.config.retention
+        if measure.kind != "metric" and retention is not None and measure.over > retention:
+            return f"window {measure.over:g}s is longer than the retention of {retention:g}s"
+        texts = [measure.expr, measure.denominator] if measure.kind == "ratio" else [measure.expr]
+        selectors: list[Selector] = []
+        for text in texts:
+            selector = self._selector(text)
+            if isinstance(selector, str):
+                return selector
+            if measure.kind == "quantile" and selector.name is None:
+                return f"{text}: a quantile needs the histogram's name"
+            selectors.append(selector)
+        return tuple(selectors)
+
+    def _selector(self, text: str) -> Selector | str:
+        cached = self._selectors.get(text)
+        if cached is None:
+            try:
+                cached = parse_selector(text)
+            except ValueError as exc:
+                cached = str(exc)
+            self._selectors[text] = cached
+        return cached
+
+    def _horizon(self, plans: Mapping[Measure, tuple[Selector, ...]]) -> float:
+        if self.config.retention is not None:
+            return self.config.retention
+        return max((m.over for m in plans if m.kind != "metric"), default=0.0)
+
+    def _answer(self, measure: Measure, selectors: tuple[Selector, ...], at: float) -> Answer:
+        store, over = self.store, measure.over
+        if measure.kind == "rate":
+            return promrate.rate(store, selectors[0], at, over)
+        if measure.kind == "ratio":
+            return promrate.ratio(store, selectors[0], selectors[1], at, over)
+        if measure.kind == "quantile":
+            return promrate.quantile(store, selectors[0], measure.q, at, over)
+        return promrate.gauge(store, selectors[0])
+
+
+def _series_read(measure: Measure, selector: Selector) -> Selector:
+    """What a measure's selector picks from the scrape: a histogram's ``_bucket`` series."""
+    if measure.kind == "quantile" and selector.name is not None:
+        return Selector(selector.text, selector.name + "_bucket", selector.matchers)
+    return selector
+
+
+def parse_exposition(text: str, wanted: Sequence[Selector], max_series: int = MAX_SERIES) -> Scrape:
+    """The values of the series ``wanted`` picks; raises SourceError for a body that will not do.
+
+    A series that comes twice keeps its first value and is reported in
+    ``duplicates``; more than ``max_series`` series refuse the whole scrape.
+    """
+    values: dict[SeriesKey, float] = {}
+    duplicates: set[SeriesKey] = set()
+    count = 0
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                count += 1
+                if count > max_series:
+                    raise SourceError(f"more than {max_series} series in the scrape")
+                if not any(s.matches(sample.name, sample.labels) for s in wanted):
+                    continue
+                key = series_key(sample.name, sample.labels)
+                if key in values:
+                    duplicates.add(key)
+                else:
+                    values[key] = float(sample.value)
+    except (ValueError, IndexError, KeyError, TypeError) as exc:
+        raise SourceError(f"not a Prometheus text exposition: {str(exc)[:200]}") from None
+    return Scrape(values, frozenset(duplicates))
