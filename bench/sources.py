@@ -132,9 +132,8 @@ async def run(sources: int, interval: float, seconds: float, exporters: list[int
     )
     print(f"polls per second: {polls / wall:.1f} ({polls / wall / scheduled:.0%} of the schedule)")
     print(f"failed polls: {failed}")
-    print(
-        f"CPU of the polling process: {cpu / wall:.0%} of one core ({cpu / max(polls, 1) * 1000:.2f} ms per poll)"
-    )
+    per_poll = cpu / max(polls, 1) * 1000
+    print(f"CPU of the polling process: {cpu / wall:.0%} of one core ({per_poll:.2f} ms per poll)")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory of the polling process: {peak:.0f} MiB")
 
