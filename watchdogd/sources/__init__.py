@@ -1,1 +1,48 @@
-"""Sources: everything watchdogd looks at."""
+"""Sources: everything watchdogd looks at, built from their config by ``build_source``."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from watchdogd.config.models import (
+    DockerLogsSource,
+    DockerSource,
+    FileSource,
+    HttpSource,
+    PostgresSource,
+    PrometheusSource,
+    RedisSource,
+    ScrapeSource,
+    SourceConfig,
+)
+from watchdogd.sources.base import Measure, Poller, Source
+from watchdogd.sources.docker import DockerContainer, docker_logs_source
+from watchdogd.sources.http import HttpProbe
+from watchdogd.sources.logfile import file_source
+from watchdogd.sources.postgres import PostgresProbe
+from watchdogd.sources.prometheus import PrometheusQuery
+from watchdogd.sources.redis import RedisQueue
+from watchdogd.sources.scrape import MetricsScrape
+
+__all__ = ["Measure", "Poller", "Source", "build_source"]
+
+
+def build_source(name: str, config: SourceConfig, session: aiohttp.ClientSession) -> Source:
+    """The source for a config entry; log sources follow their log from now on."""
+    if isinstance(config, PrometheusSource):
+        return PrometheusQuery(name, config, session)
+    if isinstance(config, ScrapeSource):
+        return MetricsScrape(name, config, session)
+    if isinstance(config, HttpSource):
+        return HttpProbe(name, config, session)
+    if isinstance(config, DockerSource):
+        return DockerContainer(name, config)
+    if isinstance(config, DockerLogsSource):
+        return docker_logs_source(name, config)
+    if isinstance(config, FileSource):
+        return file_source(name, config)
+    if isinstance(config, PostgresSource):
+        return PostgresProbe(name, config)
+    if isinstance(config, RedisSource):
+        return RedisQueue(name, config)
+    raise TypeError(f"no source for {type(config).__name__}")

@@ -59,6 +59,9 @@ class PrometheusQuery:
             raise SourceError(f"{self.config.url}: {type(exc).__name__}: {exc}") from exc
         return parse_query_answer(status, body, at, self.config.aggregation)
 
+    async def close(self) -> None:
+        """Nothing of its own: the HTTP session is shared and closed by its owner."""
+
 
 def parse_query_answer(status: int, body: bytes, at: float, aggregation: str) -> Sample:
     """A Sample from an ``/api/v1/query`` answer; raises SourceError for a broken server."""
