@@ -304,11 +304,36 @@ class RuleConfig(Model):
 
 
 class MigrationsTable(Model):
+    """The app's own migration table, updated in the rollback's transaction.
+
+    What each kind becomes, matched on the migration's id:
+
+    - prisma: ``rolled_back_at`` set on its ``_prisma_migrations`` row (by
+      ``migration_name``), as ``prisma migrate resolve --rolled-back`` does; Prisma
+      then counts it as not applied and ``migrate deploy`` applies it again;
+    - alembic: ``alembic_version`` set to the down revision when the rollback SQL
+      names one (``-- watchdogd:previous-version REV``), else its row deleted;
+    - flyway: its ``flyway_schema_history`` row (by ``version``) deleted, so that
+      Flyway sees it as pending (a ``success = false`` row would block ``migrate``);
+    - golang-migrate: ``schema_migrations`` set to the previous version
+      (``-- watchdogd:previous-version N``) with ``dirty = false``, else its row deleted.
+    """
+
     kind: Literal["prisma", "alembic", "flyway", "golang-migrate"]
     table: str | None = Field(None, description="Default: the tool's own table name.")
     schema_: str = Field("public", alias="schema")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @property
+    def table_name(self) -> str:
+        defaults = {
+            "prisma": "_prisma_migrations",
+            "alembic": "alembic_version",
+            "flyway": "flyway_schema_history",
+            "golang-migrate": "schema_migrations",
+        }
+        return self.table or defaults[self.kind]
 
 
 class DatabaseConfig(Model):
@@ -317,6 +342,21 @@ class DatabaseConfig(Model):
     statement_timeout: Duration = Field(60.0, gt=0)
     lock_wait: Duration = Field(30.0, ge=0, description="How long to wait for the advisory lock.")
     migrations_table: MigrationsTable | None = None
+    retries: int = Field(
+        3,
+        ge=0,
+        le=20,
+        description="Retries of the rollback transaction after a lock timeout, statement timeout, "
+        "serialization failure or deadlock.",
+    )
+    retry_backoff: Duration = Field(
+        1.0, ge=0, description="Wait before the first retry; doubled at each further retry."
+    )
+    destructive: Literal["auto", "approve", "refuse"] = Field(
+        "approve",
+        description="When the rollback SQL would drop tables or columns that hold rows: auto runs it; "
+        "approve waits for an operator's approval first; refuse never runs it (container-only rollback).",
+    )
 
 
 class ContainerStepConfig(Model):
