@@ -254,12 +254,18 @@ class Journal:
 
     async def unfinished(self) -> list[RollbackRecord]:
         """Rollbacks that were executing when the process stopped: to be resumed."""
+        return await self.in_states(("executing",))
+
+    async def in_states(self, states: Sequence[RollbackState]) -> list[RollbackRecord]:
+        """Rollbacks in any of ``states``, oldest proposal first."""
+        placeholders = ", ".join("?" for _ in states)
 
         def read(db: sqlite3.Connection) -> list[RollbackRecord]:
-            ids = [
-                r[0]
-                for r in db.execute("SELECT id FROM rollbacks WHERE state = 'executing' ORDER BY proposed_at")
-            ]
+            rows = db.execute(
+                f"SELECT id FROM rollbacks WHERE state IN ({placeholders}) ORDER BY proposed_at",
+                tuple(states),
+            )
+            ids = [r[0] for r in rows]
             return [rec for i in ids if (rec := _read(db, "id = ?", (i,))) is not None]
 
         return await self._run(read)
