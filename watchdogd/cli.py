@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -31,6 +32,26 @@ def _check(args: argparse.Namespace) -> int:
             for line in describe_config(config):
                 print(f"  {line}")
     return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+    from pathlib import Path
+
+    from watchdogd.runner import serve
+    from watchdogd.telemetry import configure_logging, resolve_level
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(resolve_level(config.logging.level, dict(os.environ)), config.logging.format)
+    try:
+        return asyncio.run(serve(config, Path(args.config)))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -163,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--quiet", "-q", action="store_true", help="only say whether each file is valid")
     check.set_defaults(handler=_check)
+
+    run = commands.add_parser("run", help="guard the configured services (the daemon)")
+    run.add_argument("--config", "-c", required=True, metavar="PATH", help="config file")
+    run.set_defaults(handler=_run)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the config")
     schema.set_defaults(handler=_schema)

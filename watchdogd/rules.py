@@ -296,10 +296,14 @@ def _hold(
             last_match=last_match,
         )
         return new, (Transition(rule.name, now, OK, NO_DATA, None, state.threshold, reason, (None,)),)
+    # a rule that has no verdict keeps saying why, with the latest reason
+    reason = state.reason
+    if current is NO_DATA and state.threshold is not None:
+        reason = _missing_reason(rule, why_missing, missing_since, now)
     return EvalState(
         current,
         state.since,
-        state.reason,
+        reason,
         state.started_at,
         state.threshold,
         state.baseline,

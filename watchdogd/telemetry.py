@@ -140,6 +140,12 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
             registry=registry,
         )
+        self.notifications = Counter(
+            "watchdogd_notifications",
+            "Notifications to webhooks: delivered, failed (given up) or dropped (queue full, shutdown).",
+            ["outcome"],
+            registry=registry,
+        )
         self.build_info = Gauge(
             "watchdogd_build_info", "The running version; always 1.", ["version"], registry=registry
         )

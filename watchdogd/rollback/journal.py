@@ -21,9 +21,11 @@ from typing import Any, Literal, TypeVar
 
 from watchdogd.errors import StoreError
 
-RollbackState = Literal["pending", "awaiting_approval", "executing", "succeeded", "failed", "vetoed"]
+RollbackState = Literal[
+    "pending", "awaiting_approval", "executing", "succeeded", "failed", "vetoed", "dry_run"
+]
 StepState = Literal["pending", "running", "done", "failed", "skipped"]
-FINAL_STATES = ("succeeded", "failed", "vetoed")
+FINAL_STATES = ("succeeded", "failed", "vetoed", "dry_run")
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -201,7 +203,7 @@ class Journal:
         """
         now = self.clock()
         marks = {"executing": "started_at = COALESCE(started_at, ?)"}
-        finals = {"succeeded", "failed", "vetoed"}
+        finals = set(FINAL_STATES)
         sets = ["state = ?"]
         params: list[Any] = [to]
         if to in marks:

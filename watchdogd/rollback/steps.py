@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from watchdogd.config.models import RedisPurgeConfig, VerifyStepConfig, WebhookStepConfig
+from watchdogd.httppost import post_json
 from watchdogd.rollback.base import RollbackTarget, StepResult
 
 Check = Callable[[RollbackTarget], Awaitable[tuple[bool, str]]]
@@ -71,37 +72,22 @@ class WebhookStep:
         }
 
     async def run(self, target: RollbackTarget) -> StepResult:
-        body = json.dumps(self.payload(target))
-        headers = {
-            "Content-Type": "application/json",
-            "Idempotency-Key": f"{target.service}:{target.deployment_id}",
-        }
-        last = ""
+        key = f"{target.service}:{target.deployment_id}"
         async with aiohttp.ClientSession() as session:
-            for attempt in range(self.config.retries + 1):
-                if attempt:
-                    await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
-                try:
-                    async with asyncio.timeout(self.config.timeout):
-                        async with session.post(
-                            self.config.url.secret(), data=body, headers=headers
-                        ) as response:
-                            status = response.status
-                except TimeoutError:
-                    last = f"no answer within {self.config.timeout:g}s"
-                    continue
-                except aiohttp.ClientError as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                    continue
-                if status < 300:
-                    return StepResult(
-                        "done", f"{self.config.url} answered {status}", {"attempts": attempt + 1}
-                    )
-                last = f"HTTP {status}"
-                if status < 500 and status != 429:
-                    break  # the receiver refused it: asking again would not help
-        tries = attempt + 1
-        return StepResult("failed", f"webhook {self.config.url}: {last} (after {tries} attempt(s))")
+            result = await post_json(
+                session,
+                self.config.url,
+                json.dumps(self.payload(target)).encode(),
+                attempt_timeout=self.config.timeout,
+                attempts=self.config.retries + 1,
+                backoff=self.backoff,
+                headers={"Idempotency-Key": key},
+            )
+        if result.ok:
+            return StepResult("done", f"{self.config.url} {result.reason}", {"attempts": result.attempts})
+        return StepResult(
+            "failed", f"webhook {self.config.url}: {result.reason} (after {result.attempts} attempt(s))"
+        )
 
     async def describe(self, target: RollbackTarget) -> list[str]:
         return [f"POST {self.config.url} {json.dumps(self.payload(target))}"]

@@ -1,0 +1,160 @@
+"""``watchdogd run`` as a real process, with a config file, against the test bed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.testbed.containers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "operator-token-0123456789"
+VIEWER_TOKEN = "viewer-token-0123456789"
+
+
+@dataclass
+class Watchdogd:
+    """A ``watchdogd run`` process: start, ask its API, stop or kill it."""
+
+    workdir: Path
+    config_text: str
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write_config(self) -> Path:
+        tokens = self.workdir / "tokens.yaml"
+        tokens.write_text(
+            "tokens:\n"
+            f"  - {{name: alice, role: operator, token: {TOKEN}}}\n"
+            f"  - {{name: victor, role: viewer, token: {VIEWER_TOKEN}}}\n"
+        )
+        config = self.workdir / "watchdogd.yaml"
+        header = (
+            f"server: {{listen: '127.0.0.1:{self.port}', tokens_file: tokens.yaml}}\n"
+            f"state: {{url: 'sqlite:///state.db'}}\n"
+            "logging: {level: info, format: json}\n"
+        )
+        config.write_text(header + self.config_text)
+        return config
+
+    def start(self, env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
+        config = self.write_config()
+        self.log_path = self.workdir / f"watchdogd-{int(time.time() * 1000)}.log"
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "watchdogd", "run", "--config", str(config)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"watchdogd exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(OSError):
+                status, _ = self.get("/readyz", token=None)
+                if status == 200:
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"watchdogd not ready within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path else ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"watchdogd did not stop within {timeout}s:\n{self.log()}") from None
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def request(self, method: str, path: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                raw = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            raw, status = exc.read(), exc.code
+        text = raw.decode()
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    def get(self, path: str, token: str | None = TOKEN) -> tuple[int, Any]:
+        return self.request("GET", path, token=token)
+
+    def post(self, path: str, body: Any = None, token: str | None = TOKEN) -> tuple[int, Any]:
+        return self.request("POST", path, body if body is not None else {}, token=token)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        _, text = self.get("/metrics", token=None)
+        for line in str(text).splitlines():
+            if not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            if head.split("{")[0] != name:
+                continue
+            if all(f'{k}="{v}"' in head for k, v in labels.items()):
+                return float(value)
+        return None
+
+    def wait_for(self, what: str, check: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = check()
+            if last:
+                return last
+            time.sleep(0.25)
+        raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})\n{self.log()}")
+
+
+@pytest.fixture
+def watchdogd(tmp_path: Path) -> Iterator[Any]:
+    started: list[Watchdogd] = []
+
+    def make(config_text: str) -> Watchdogd:
+        daemon = Watchdogd(tmp_path, config_text)
+        started.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in started:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait(10)

@@ -1,0 +1,354 @@
+"""The HTTP API: deployments, rollbacks and the operators' votes, plus health and metrics.
+
+JSON in and out; errors are ``{"error": {"code", "message"}}`` with 400, 401,
+403, 404, 409 or 422, never 500 for anything a client can send. Every route
+but the open ones (``/healthz``, ``/readyz``, ``/metrics`` by default) needs a
+bearer token from the tokens file; votes need the operator role.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from watchdogd.auth import Principal, Role, Tokens
+from watchdogd.config.types import parse_duration
+from watchdogd.daemon import Conflict, Daemon, Invalid, NotFound
+from watchdogd.rollback.journal import RollbackRecord
+from watchdogd.store import Deployment
+
+log = structlog.get_logger("watchdogd.api")
+
+MAX_BODY = 1 << 20
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MigrationBody(Body):
+    id: str = Field(min_length=1, max_length=200)
+    down_sql: str = Field(min_length=1, max_length=1_000_000)
+    verify_sql: list[str] = Field(default_factory=list, max_length=100)
+
+
+class DeploymentBody(Body):
+    service: str = Field(min_length=1, max_length=100)
+    image: str | None = Field(None, max_length=500)
+    previous_image: str | None = Field(None, max_length=500)
+    migrations: list[MigrationBody] = Field(default_factory=list, max_length=100)
+    window: str | None = None
+    rehearse: bool = False
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+class ReasonBody(Body):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class VetoBody(ReasonBody):
+    mute_for: str | None = None
+
+    @field_validator("mute_for")
+    @classmethod
+    def _mute(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+def create_app(
+    daemon: Daemon, tokens: Tokens, open_endpoints: tuple[str, ...] = ("healthz", "readyz", "metrics")
+) -> web.Application:
+    """The aiohttp application over ``daemon``."""
+    api = _Api(daemon, tokens, set(open_endpoints))
+    app = web.Application(middlewares=[api.errors, api.auth], client_max_size=MAX_BODY)
+    routes: list[tuple[str, str, Handler, Role | None]] = [
+        ("GET", "/healthz", api.healthz, None),
+        ("GET", "/readyz", api.readyz, None),
+        ("GET", "/metrics", api.metrics, None),
+        ("POST", "/v1/deployments", api.create_deployment, "operator"),
+        ("GET", "/v1/deployments", api.list_deployments, "viewer"),
+        ("GET", "/v1/deployments/{id}", api.get_deployment, "viewer"),
+        ("POST", "/v1/deployments/{id}/promote", api.promote, "operator"),
+        ("POST", "/v1/deployments/{id}/rollback", api.manual_rollback, "operator"),
+        ("GET", "/v1/rollbacks", api.list_rollbacks, "viewer"),
+        ("GET", "/v1/rollbacks/{id}", api.get_rollback, "viewer"),
+        ("POST", "/v1/rollbacks/{id}/ack", api.ack, "operator"),
+        ("POST", "/v1/rollbacks/{id}/veto", api.veto, "operator"),
+        ("POST", "/v1/rollbacks/{id}/approve", api.approve, "operator"),
+        ("GET", "/v1/audit", api.audit, "viewer"),
+    ]
+    for method, path, handler, role in routes:
+        route = app.router.add_route(method, path, handler)
+        api.roles[route] = role
+    return app
+
+
+class _Api:
+    def __init__(self, daemon: Daemon, tokens: Tokens, open_endpoints: set[str]) -> None:
+        self.daemon = daemon
+        self.tokens = tokens
+        self.open = open_endpoints
+        self.roles: dict[Any, Role | None] = {}
+
+    @web.middleware
+    async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        except NotFound as exc:
+            return _error(404, "not_found", str(exc))
+        except Conflict as exc:
+            return _error(409, "conflict", str(exc))
+        except Invalid as exc:
+            return _error(422, "invalid", str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            return _error(400, "too_large", f"request body over {MAX_BODY} bytes")
+        except web.HTTPNotFound:
+            return _error(404, "not_found", f"no route {request.path}")
+        except web.HTTPMethodNotAllowed:
+            return _error(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}")
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("api_error", path=request.path)
+            return _error(500, "internal", "internal error; see the daemon's log")
+
+    @web.middleware
+    async def auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = request.match_info.route
+        role = self.roles.get(route)
+        name = request.path.strip("/")
+        if role is None and (name in self.open or route not in self.roles):
+            return await handler(request)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "unauthorized", "a bearer token is required (Authorization: Bearer TOKEN)")
+        principal = self.tokens.check(token.strip())
+        if principal is None:
+            log.warning("bad_token", peer=request.remote, path=request.path)
+            raise ApiError(401, "unauthorized", "unknown token")
+        if not principal.may(role or "admin"):
+            raise ApiError(403, "forbidden", f"{principal.name} is {principal.role}; this needs {role}")
+        request["principal"] = principal
+        return await handler(request)
+
+    # --- open -------------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.daemon.ready:
+            return web.json_response({"status": "ok"})
+        return web.json_response({"status": "not_ready", "reason": self.daemon.problem}, status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.daemon.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # --- deployments ----------------------------------------------------------------------
+
+    async def create_deployment(self, request: web.Request) -> web.Response:
+        body = await _body(request, DeploymentBody)
+        window = parse_duration(body.window) if body.window else None
+        deployment, report = await self.daemon.register(
+            body.service,
+            body.image,
+            body.previous_image,
+            [m.model_dump() for m in body.migrations],
+            window,
+            body.rehearse,
+            _actor(request),
+        )
+        return web.json_response({**self._deployment(deployment), **report}, status=201)
+
+    async def list_deployments(self, request: web.Request) -> web.Response:
+        store = self._store()
+        return web.json_response({"items": [self._deployment(d) for d in await store.deployments()]})
+
+    async def get_deployment(self, request: web.Request) -> web.Response:
+        deployment = await self._store().deployment(request.match_info["id"])
+        if deployment is None:
+            raise NotFound(f"no deployment {request.match_info['id']}")
+        return web.json_response(self._deployment(deployment))
+
+    async def promote(self, request: web.Request) -> web.Response:
+        deployment = await self.daemon.promote(request.match_info["id"], _actor(request))
+        return web.json_response(self._deployment(deployment))
+
+    async def manual_rollback(self, request: web.Request) -> web.Response:
+        body = await _body(request, ReasonBody)
+        record = await self.daemon.manual_rollback(request.match_info["id"], _actor(request), body.reason)
+        return web.json_response(_rollback(record), status=202)
+
+    # --- rollbacks -----------------------------------------------------------------------
+
+    async def list_rollbacks(self, request: web.Request) -> web.Response:
+        store = self._store()
+        records = await store.in_states(
+            ("pending", "awaiting_approval", "executing", "succeeded", "failed", "vetoed", "dry_run")
+        )
+        return web.json_response({"items": [_rollback(r) for r in reversed(records)]})
+
+    async def get_rollback(self, request: web.Request) -> web.Response:
+        record = await self._store().get(request.match_info["id"])
+        if record is None:
+            raise NotFound(f"no rollback {request.match_info['id']}")
+        return web.json_response(_rollback(record))
+
+    async def ack(self, request: web.Request) -> web.Response:
+        record = await self.daemon.ack(request.match_info["id"], _actor(request))
+        return web.json_response(_rollback(record))
+
+    async def veto(self, request: web.Request) -> web.Response:
+        body = await _body(request, VetoBody)
+        mute = parse_duration(body.mute_for) if body.mute_for else None
+        record = await self.daemon.veto(request.match_info["id"], _actor(request), body.reason, mute)
+        return web.json_response(_rollback(record))
+
+    async def approve(self, request: web.Request) -> web.Response:
+        record = await self.daemon.approve(request.match_info["id"], _actor(request))
+        return web.json_response(_rollback(record))
+
+    async def audit(self, request: web.Request) -> web.Response:
+        query = request.query
+        since = None
+        if "since" in query:
+            try:
+                since = datetime.fromisoformat(query["since"].replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise ApiError(400, "bad_request", "since: write an RFC 3339 time") from None
+        entries = await self._store().audit_entries(query.get("deployment"), query.get("actor"), since)
+        items = [
+            {
+                "seq": e.seq,
+                "at": _time(e.at),
+                "actor": e.actor,
+                "action": e.action,
+                "deployment_id": e.deployment_id,
+                "rollback_id": e.rollback_id,
+                "detail": e.detail,
+            }
+            for e in entries
+        ]
+        return web.json_response({"items": items}, dumps=_dumps)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _store(self) -> Any:
+        if self.daemon.store is None:
+            raise ApiError(503, "not_ready", "the store is not open yet")
+        return self.daemon.store
+
+    def _deployment(self, deployment: Deployment) -> dict[str, Any]:
+        return {
+            "id": deployment.id,
+            "service": deployment.service,
+            "image": deployment.image,
+            "previous_image": deployment.previous_image,
+            "state": deployment.state,
+            "started_at": _time(deployment.started_at),
+            "window_ends_at": _time(deployment.window_ends_at),
+            "finished_at": _time(deployment.finished_at),
+            "migrations": [m["id"] for m in deployment.data.get("migrations", [])],
+            "rules": [{**r, "since": _time(r["since"])} for r in self.daemon.rule_view(deployment)],
+        }
+
+
+def _rollback(record: RollbackRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "deployment_id": record.deployment_id,
+        "service": record.service,
+        "state": record.state,
+        "reasons": record.reasons,
+        "proposed_at": _time(record.proposed_at),
+        "execute_at": _time(record.execute_at),
+        "started_at": _time(record.started_at),
+        "finished_at": _time(record.finished_at),
+        "error": record.error,
+        "steps": [
+            {
+                "name": s.name,
+                "state": s.state,
+                "started_at": _time(s.started_at),
+                "finished_at": _time(s.finished_at),
+                "error": s.error,
+                "detail": s.detail,
+                "attempts": s.attempts,
+            }
+            for s in record.steps
+        ],
+    }
+
+
+async def _body(request: web.Request, model: type[Any]) -> Any:
+    if request.content_type != "application/json":
+        raise ApiError(400, "bad_request", "send JSON (Content-Type: application/json)")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(400, "too_large", f"request body over {MAX_BODY} bytes") from None
+    try:
+        data = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid", "the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            message = "unknown field"
+        raise ApiError(422, "invalid", f"{where}: {message}") from None
+
+
+def _actor(request: web.Request) -> str:
+    principal: Principal | None = request.get("principal")
+    return principal.name if principal else "anonymous"
+
+
+def _time(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(
+        data, default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else str(v)
+    )

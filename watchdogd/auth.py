@@ -1,0 +1,99 @@
+"""Bearer tokens and roles: who may look, who may decide.
+
+The tokens file (CONTRACT.md) maps a token, or its SHA-256, to a name (shown
+in the audit trail) and a role: ``viewer`` < ``operator`` < ``admin``. Tokens
+are compared by their SHA-256 in constant time; the file never holds a token
+in memory longer than it takes to hash it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from watchdogd.errors import ConfigError, ConfigProblem
+
+Role = Literal["viewer", "operator", "admin"]
+RANKS: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    name: str
+    role: Role
+
+    def may(self, role: Role) -> bool:
+        return RANKS[self.role] >= RANKS[role]
+
+
+class Tokens:
+    """The known tokens, by SHA-256."""
+
+    def __init__(self, entries: dict[str, Principal]) -> None:
+        self._by_digest = entries
+
+    @classmethod
+    def empty(cls) -> Tokens:
+        return cls({})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokens:
+        """Read a tokens file; ConfigError naming the entry for anything wrong."""
+        name = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError([ConfigProblem(name, None, "", f"cannot read: {exc.strerror}")]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError([ConfigProblem(name, None, "", f"invalid YAML: {exc}")]) from None
+        items = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise ConfigError([ConfigProblem(name, None, "tokens", "expected a list of tokens")])
+        entries: dict[str, Principal] = {}
+        problems: list[ConfigProblem] = []
+        for index, item in enumerate(items):
+            field = f"tokens[{index}]"
+            if not isinstance(item, dict):
+                problems.append(ConfigProblem(name, None, field, "expected a mapping"))
+                continue
+            who, role = item.get("name"), item.get("role")
+            token, digest = item.get("token"), item.get("sha256")
+            if not isinstance(who, str) or not who:
+                problems.append(ConfigProblem(name, None, f"{field}.name", "required"))
+                continue
+            if role not in RANKS:
+                problems.append(
+                    ConfigProblem(name, None, f"{field}.role", "must be viewer, operator or admin")
+                )
+                continue
+            if (token is None) == (digest is None):
+                problems.append(ConfigProblem(name, None, field, "give exactly one of token or sha256"))
+                continue
+            if token is not None:
+                if not isinstance(token, str) or len(token) < 16:
+                    problems.append(
+                        ConfigProblem(name, None, f"{field}.token", "must be at least 16 characters")
+                    )
+                    continue
+                digest = hashlib.sha256(token.encode()).hexdigest()
+            if not isinstance(digest, str) or len(digest) != 64:
+                problems.append(ConfigProblem(name, None, f"{field}.sha256", "must be 64 hex digits"))
+                continue
+            entries[digest.lower()] = Principal(who, role)
+        if problems:
+            raise ConfigError(problems)
+        return cls(entries)
+
+    def check(self, token: str) -> Principal | None:
+        """The principal of ``token``, or None; every known digest is compared, in constant time."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        found: Principal | None = None
+        for known, principal in self._by_digest.items():
+            if hmac.compare_digest(known, digest):
+                found = principal
+        return found
