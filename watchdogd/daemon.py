@@ -262,7 +262,12 @@ class Daemon:
         mode = svc.mode or defaults.mode
         if deployment.data.get("sql_policy") == "approve" and mode == "auto":
             mode = "manual"
-        return Policy(mode=mode, grace=svc.grace if svc.grace is not None else defaults.grace)
+        return Policy(
+            mode=mode,
+            grace=svc.grace if svc.grace is not None else defaults.grace,
+            approval_timeout=svc.approval_timeout or defaults.approval_timeout,
+            on_approval_timeout=svc.on_approval_timeout or defaults.on_approval_timeout,
+        )
 
     async def _evaluate(self, run: RuleRun, sample: Sample) -> None:
         labels = (run.service, run.rule.name)

@@ -8,6 +8,7 @@ story takes well under a minute.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -350,4 +351,33 @@ services:
     _, audit = wd.get(f"/v1/audit?deployment={deployment['id']}")
     promoted = [e for e in audit["items"] if e["action"] == "promoted"]
     assert promoted and promoted[0]["detail"]["unverified_rules"] == ["error-rate"]
+    assert wd.stop() == 0
+
+
+async def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(
+    watchdogd: Any, app_images: Any, container_registry: ContainerRegistry, pg_dsn: str
+) -> None:
+    story = Story(container_registry, pg_dsn)
+    wd: Watchdogd = watchdogd(config_for(story.name, story.port, pg_dsn))
+    wd.start()
+    assert wd.process is not None
+    config = wd.workdir / "watchdogd.yaml"
+    good = config.read_text()
+    config.write_text(good.replace("for: 10s", "for: 10 seconds"))
+    wd.process.send_signal(signal.SIGHUP)
+    wd.wait_for(
+        "a refused reload",
+        lambda: wd.metric("watchdogd_config_reloads_total", result="refused") == 1.0,
+        timeout=10,
+    )
+    assert wd.get("/readyz", token=None)[0] == 200
+    assert "invalid duration '10 seconds'" in wd.log()
+    config.write_text(good.replace("for: 10s", "for: 20s"))
+    wd.process.send_signal(signal.SIGHUP)
+    wd.wait_for(
+        "an applied reload",
+        lambda: wd.metric("watchdogd_config_reloads_total", result="applied") == 1.0,
+        timeout=10,
+    )
+    assert wd.get("/readyz", token=None)[0] == 200
     assert wd.stop() == 0

@@ -87,6 +87,12 @@ class DefaultsConfig(Model):
     window: Duration = Field(7200.0, gt=0, description="How long a deploy is watched.")
     grace: Duration = Field(60.0, ge=0, description="Veto window of a rollback proposal.")
     mode: Mode = "auto"
+    approval_timeout: Duration | None = Field(
+        None, gt=0, description="Manual mode: how long a proposal waits for approval (default: forever)."
+    )
+    on_approval_timeout: Literal["execute", "cancel"] = Field(
+        "cancel", description="Manual mode: what an unanswered proposal does at its approval timeout."
+    )
 
 
 class LoggingConfig(Model):
@@ -397,6 +403,8 @@ class ServiceConfig(Model):
     window: Duration | None = Field(None, gt=0)
     grace: Duration | None = Field(None, ge=0)
     mode: Mode | None = None
+    approval_timeout: Duration | None = Field(None, gt=0)
+    on_approval_timeout: Literal["execute", "cancel"] | None = None
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     rules: tuple[RuleConfig, ...] = ()
 
