@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.e2e.conftest import VIEWER_TOKEN, Watchdogd
+from tests.e2e.conftest import VIEWER_TOKEN, Receiver, Watchdogd
 from tests.integration.test_sql_step import (
     BASE_SCHEMA,
     MIGRATION_ID,
@@ -207,11 +207,14 @@ async def test_veto_during_grace_touches_nothing_and_mutes(
 
 
 async def test_dry_run_proposes_and_touches_nothing(
-    watchdogd: Any, app_images: Any, container_registry: ContainerRegistry, pg_dsn: str
+    watchdogd: Any, app_images: Any, container_registry: ContainerRegistry, pg_dsn: str, receiver: Receiver
 ) -> None:
     story = Story(container_registry, pg_dsn)
     await story.start_v1()
-    wd: Watchdogd = watchdogd(config_for(story.name, story.port, pg_dsn, mode="dry-run", grace="1s"))
+    config = config_for(story.name, story.port, pg_dsn, mode="dry-run", grace="1s")
+    wd: Watchdogd = watchdogd(
+        f"notify:\n  - {{type: webhook, url: '{receiver.url}', format: slack}}\n" + config
+    )
     wd.start()
     await story.deploy_v2(AppBehaviour(error_ratio=0.2, log_line=""))
     story.register(wd)
@@ -219,6 +222,18 @@ async def test_dry_run_proposes_and_touches_nothing(
     assert all(s["state"] == "pending" for s in done["steps"])
     assert "v2" in story.running_image()
     assert await story.ledger() == []
+
+    def kinds() -> list[str]:
+        return [b["watchdogd"]["event"] for b in receiver.bodies]
+
+    wd.wait_for(
+        "the proposal and the dry run notified", lambda: {"proposal", "rollback_started"} <= set(kinds()), 10
+    )
+    proposal = next(b for b in receiver.bodies if b["watchdogd"]["event"] == "proposal")
+    assert "error-rate" in proposal["text"]
+    _, audit = wd.get(f"/v1/audit?deployment={done['deployment_id']}")
+    would = next(e for e in audit["items"] if e["action"] == "dry_run")
+    assert any("container" in line for line in would["detail"]["would_run"])
     assert wd.stop() == 0
 
 
