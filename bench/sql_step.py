@@ -21,8 +21,9 @@ import asyncpg
 
 # The migration and the database helpers are the integration tests' own.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.integration.test_sql_step import BASE_SCHEMA, UP_MIGRATION, target
+from tests.integration.test_sql_step import target
 from tests.testbed import postgres
+from watchdogd.demo.seed000 import BASE_SCHEMA, UP_MIGRATION
 from watchdogd.rollback.sql import SqlStep
 
 

@@ -17,7 +17,9 @@ import asyncpg
 import pytest
 
 from tests.e2e.conftest import VIEWER_TOKEN, Receiver, Watchdogd
-from tests.integration.test_sql_step import (
+from tests.testbed.containers import AppContainer, ContainerRegistry, free_port
+from tests.testbed.images import AppBehaviour
+from watchdogd.demo.seed000 import (
     BASE_SCHEMA,
     MIGRATION_ID,
     SEED_ROLLBACK,
@@ -25,8 +27,6 @@ from tests.integration.test_sql_step import (
     UP_MIGRATION,
     snapshot,
 )
-from tests.testbed.containers import AppContainer, ContainerRegistry, free_port
-from tests.testbed.images import AppBehaviour
 
 pytestmark = pytest.mark.integration
 

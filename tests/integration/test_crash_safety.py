@@ -20,7 +20,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.integration.test_sql_step import (
+from tests.testbed.containers import AppContainer, ContainerRegistry, free_port
+from tests.testbed.images import APP_V1, APP_V2
+from watchdogd.config.models import ServiceConfig
+from watchdogd.demo.seed000 import (
     BASE_SCHEMA,
     MIGRATION_ID,
     SEED_ROLLBACK,
@@ -28,9 +31,6 @@ from tests.integration.test_sql_step import (
     UP_MIGRATION,
     snapshot,
 )
-from tests.testbed.containers import AppContainer, ContainerRegistry, free_port
-from tests.testbed.images import APP_V1, APP_V2
-from watchdogd.config.models import ServiceConfig
 from watchdogd.rollback.base import Migration, RollbackTarget
 from watchdogd.rollback.container import capture, failed_name
 from watchdogd.rollback.journal import Journal

@@ -1,0 +1,1 @@
+"""``watchdogd demo``: a whole bad-deploy story with the real parts, and the app it deploys."""
