@@ -54,6 +54,14 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from watchdogd.demo.story import run_demo
+
+    return asyncio.run(run_demo(keep=args.keep))
+
+
 def _schema(args: argparse.Namespace) -> int:
     from watchdogd.config.schema import render
 
@@ -185,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--quiet", "-q", action="store_true", help="only say whether each file is valid")
     check.set_defaults(handler=_check)
 
+    demo = commands.add_parser("demo", help="a bad deploy rolled back, container and SQL, on this machine")
+    demo.add_argument("--keep", action="store_true", help="leave it all running to look around")
+    demo.set_defaults(handler=_demo)
+
     run = commands.add_parser("run", help="guard the configured services (the daemon)")
     run.add_argument("--config", "-c", required=True, metavar="PATH", help="config file")
     run.set_defaults(handler=_run)
@@ -222,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--clock", action="store_true", help="print UTC times instead of offsets")
     replay.set_defaults(handler=_replay)
+
     return parser
 
 

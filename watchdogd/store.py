@@ -1,9 +1,12 @@
-"""The state store: what a restart needs, in one SQLite file.
+"""The state store: what a restart needs.
 
 Deployments, every rule's evaluation state (with its timers, so a ``for``
-window survives a restart), mutes, the audit trail, and the rollback journal
-(``Journal``, which this extends). The schema is versioned: ``schema_version``
-holds the version, and ``MIGRATIONS`` bring an older file up to date.
+window survives a restart), mutes, the audit trail, and the rollback journal.
+``StateStore`` is the interface the daemon, the API and the executor use;
+``Store`` keeps it in one SQLite file (extending ``Journal``), and
+``watchdogd.pgstore.PgStore`` in PostgreSQL. ``open_store`` picks one by URL.
+The schema is versioned: ``schema_version`` holds the version, and
+``MIGRATIONS`` bring an older file up to date.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+from watchdogd.config.types import redact_url
 from watchdogd.errors import StoreError
-from watchdogd.rollback.journal import Journal
+from watchdogd.rollback.journal import Journal, RollbackRecord, RollbackState, StepState
 
 DeploymentState = Literal["watching", "promoted", "rolling_back", "rolled_back", "rollback_failed"]
 OPEN_STATES: tuple[DeploymentState, ...] = ("watching", "rolling_back")
@@ -90,6 +94,118 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
+class RollbackJournal(Protocol):
+    """The rollback journal: what the executor needs to run and resume a plan."""
+
+    clock: Callable[[], float]
+
+    async def create(
+        self,
+        deployment_id: str,
+        service: str,
+        steps: Sequence[str],
+        reasons: list[dict[str, Any]],
+        target: dict[str, Any],
+        state: RollbackState = "pending",
+        execute_at: float | None = None,
+    ) -> RollbackRecord: ...
+
+    async def add_reason(self, rollback_id: str, reason: dict[str, Any]) -> None: ...
+
+    async def transition(
+        self,
+        rollback_id: str,
+        to: RollbackState,
+        allowed_from: Sequence[RollbackState],
+        error: str | None = None,
+    ) -> bool: ...
+
+    async def step_started(self, rollback_id: str, position: int) -> None: ...
+
+    async def step_finished(
+        self, rollback_id: str, position: int, state: StepState, detail: str, error: str | None = None
+    ) -> None: ...
+
+    async def get(self, rollback_id: str) -> RollbackRecord | None: ...
+
+    async def for_deployment(self, deployment_id: str) -> RollbackRecord | None: ...
+
+    async def unfinished(self) -> list[RollbackRecord]: ...
+
+    async def in_states(self, states: Sequence[RollbackState]) -> list[RollbackRecord]: ...
+
+
+class StateStore(RollbackJournal, Protocol):
+    """Everything the daemon and the API keep: the journal, deployments, rule states, mutes, audit.
+
+    ``close()`` releases the store at once; ``aclose()`` lets in-flight calls
+    finish first, and is the one to await on shutdown.
+    """
+
+    def close(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def add_deployment(
+        self,
+        service: str,
+        image: str | None,
+        previous_image: str | None,
+        started_at: float,
+        window: float,
+        data: dict[str, Any],
+    ) -> Deployment: ...
+
+    async def update_deployment(self, deployment_id: str, data: dict[str, Any]) -> None: ...
+
+    async def set_deployment_state(
+        self, deployment_id: str, state: DeploymentState, allowed_from: Sequence[DeploymentState]
+    ) -> bool: ...
+
+    async def deployment(self, deployment_id: str) -> Deployment | None: ...
+
+    async def deployments(self, open_only: bool = False, limit: int = 200) -> list[Deployment]: ...
+
+    async def save_rule_state(self, deployment_id: str, rule: str, state: dict[str, Any]) -> None: ...
+
+    async def rule_states(self, deployment_id: str) -> dict[str, dict[str, Any]]: ...
+
+    async def mute(self, service: str, rule: str, until: float) -> None: ...
+
+    async def muted_until(self, service: str, rule: str) -> float | None: ...
+
+    async def audit(
+        self,
+        actor: str,
+        action: str,
+        detail: dict[str, Any],
+        deployment_id: str | None = None,
+        rollback_id: str | None = None,
+    ) -> None: ...
+
+    async def audit_entries(
+        self,
+        deployment_id: str | None = None,
+        actor: str | None = None,
+        since: float | None = None,
+        limit: int = 500,
+    ) -> list[AuditEntry]: ...
+
+
+async def open_store(url: str, clock: Callable[[], float] | None = None) -> StateStore:
+    """The store a ``state.url`` names: ``sqlite:///PATH``, or ``postgresql://...`` (``postgres://``)."""
+    if url.startswith("sqlite:///"):
+        return Store(url.removeprefix("sqlite:///") or ":memory:", clock)
+    if url.startswith(("postgresql://", "postgres://")):
+        # Imported here so that a SQLite set-up never loads the PostgreSQL driver.
+        from watchdogd.pgstore import PgStore
+
+        return await PgStore.open(url, clock=clock)
+    raise StoreError(
+        f"unsupported state store '{redact_url(url)}': use sqlite:///PATH or postgresql://USER@HOST/DB"
+    )
+
+
 class Store(Journal):
     """Journal plus deployments, rule states, mutes and the audit trail."""
 
@@ -101,13 +217,21 @@ class Store(Journal):
         try:
             self._migrate()
         except sqlite3.Error as exc:
+            self.close()
             raise StoreError(f"state store {self.path}: {exc}") from None
+        except StoreError:
+            self.close()
+            raise
 
     @classmethod
     def open_url(cls, url: str) -> Store:
+        """A SQLite store only; ``open_store`` also takes PostgreSQL."""
         if not url.startswith("sqlite:///"):
-            raise StoreError(f"unsupported state store '{url}': use sqlite:///PATH")
+            raise StoreError(f"unsupported state store '{redact_url(url)}': use sqlite:///PATH")
         return cls(url.removeprefix("sqlite:///") or ":memory:")
+
+    async def aclose(self) -> None:
+        self.close()
 
     def _migrate(self) -> None:
         db = self._db

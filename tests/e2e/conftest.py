@@ -34,6 +34,7 @@ class Watchdogd:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    state_url: str = "sqlite:///state.db"
 
     @property
     def url(self) -> str:
@@ -49,7 +50,7 @@ class Watchdogd:
         config = self.workdir / "watchdogd.yaml"
         header = (
             f"server: {{listen: '127.0.0.1:{self.port}', tokens_file: tokens.yaml}}\n"
-            f"state: {{url: 'sqlite:///state.db'}}\n"
+            f"state: {{url: '{self.state_url}'}}\n"
             "logging: {level: info, format: json}\n"
         )
         config.write_text(header + self.config_text)

@@ -23,7 +23,8 @@ import structlog
 
 from watchdogd.config.models import ServiceConfig
 from watchdogd.rollback.base import ContainerSnapshot, Migration, RollbackTarget, Step, StepResult
-from watchdogd.rollback.journal import Journal, RollbackRecord, StepState
+from watchdogd.rollback.journal import RollbackRecord, StepState
+from watchdogd.store import RollbackJournal
 from watchdogd.telemetry import Metrics
 
 log = structlog.get_logger("watchdogd.rollback")
@@ -66,7 +67,9 @@ def target_from_json(data: Mapping[str, Any], config: ServiceConfig) -> Rollback
 class Executor:
     """Executes and resumes plans; ``steps`` maps a step name to the step that does it."""
 
-    def __init__(self, journal: Journal, steps: Mapping[str, Step], metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, journal: RollbackJournal, steps: Mapping[str, Step], metrics: Metrics | None = None
+    ) -> None:
         self.journal = journal
         self.steps = steps
         self.metrics = metrics
