@@ -1,11 +1,11 @@
-# The two things a newcomer runs: `make check` (the examples, as watchdogd
-# understands them) and `make test` (the whole suite, servers included).
+# The two things a newcomer runs: `make demo` (a bad deploy rolled back on this
+# machine) and `make test` (the whole suite, servers included).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: check test testbed lint unit integration clean
+.PHONY: demo check test testbed lint unit integration clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+demo: $(STAMP) testbed
+	$(BIN)/watchdogd demo
 
 check: $(STAMP)
 	$(BIN)/watchdogd check $(addprefix --config ,$(wildcard config/examples/*.yaml))
