@@ -12,22 +12,26 @@ import json
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from watchdogd import openapi
 from watchdogd.auth import Principal, Role, Tokens
-from watchdogd.config.types import parse_duration
+from watchdogd.config.types import DURATION_PATTERN, parse_duration
 from watchdogd.daemon import Conflict, Daemon, Invalid, NotFound
+from watchdogd.events import events_handler, install
 from watchdogd.rollback.journal import RollbackRecord
 from watchdogd.store import Deployment
 
 log = structlog.get_logger("watchdogd.api")
 
 MAX_BODY = 1 << 20
+MAX_DURATION = 366 * 86400.0
+"""The longest window or mute a request may ask for: beyond it times stop being printable."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -40,29 +44,52 @@ class ApiError(Exception):
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a number is not a string, "true" is not a boolean
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _duration(value: str | None, positive: bool = False) -> str | None:
+    if value is None:
+        return None
+    seconds = parse_duration(value)
+    if seconds > MAX_DURATION:
+        raise ValueError(f"'{value}' is longer than 366d")
+    if positive and seconds <= 0:
+        raise ValueError("must be longer than 0")
+    return value
+
+
+class EmptyBody(Body):
+    """No fields: votes without a body may also send ``{}``."""
 
 
 class MigrationBody(Body):
     id: str = Field(min_length=1, max_length=200)
     down_sql: str = Field(min_length=1, max_length=1_000_000)
-    verify_sql: list[str] = Field(default_factory=list, max_length=100)
+    verify_sql: list[Annotated[str, Field(min_length=1, max_length=100_000)]] = Field(
+        default_factory=list, max_length=100
+    )
 
 
 class DeploymentBody(Body):
     service: str = Field(min_length=1, max_length=100)
-    image: str | None = Field(None, max_length=500)
-    previous_image: str | None = Field(None, max_length=500)
+    image: str | None = Field(None, min_length=1, max_length=500)
+    previous_image: str | None = Field(None, min_length=1, max_length=500)
     migrations: list[MigrationBody] = Field(default_factory=list, max_length=100)
-    window: str | None = None
+    window: str | None = Field(None, pattern=DURATION_PATTERN, description="5m, 2h, 1d; at most 366d")
     rehearse: bool = False
 
     @field_validator("window")
     @classmethod
     def _window(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
+        return _duration(value, positive=True)
+
+    @model_validator(mode="after")
+    def _unique(self) -> DeploymentBody:
+        ids = [m.id for m in self.migrations]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two migrations have the same id")
+        return self
 
 
 class ReasonBody(Body):
@@ -70,26 +97,32 @@ class ReasonBody(Body):
 
 
 class VetoBody(ReasonBody):
-    mute_for: str | None = None
+    mute_for: str | None = Field(None, pattern=DURATION_PATTERN, description="30m, 2h; at most 366d")
 
     @field_validator("mute_for")
     @classmethod
     def _mute(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
+        return _duration(value)
+
+
+BODIES: dict[str, type[BaseModel]] = {
+    m.__name__: m for m in (EmptyBody, MigrationBody, DeploymentBody, ReasonBody, VetoBody)
+}
 
 
 def create_app(
     daemon: Daemon, tokens: Tokens, open_endpoints: tuple[str, ...] = ("healthz", "readyz", "metrics")
 ) -> web.Application:
     """The aiohttp application over ``daemon``."""
-    api = _Api(daemon, tokens, set(open_endpoints))
+    api = _Api(daemon, tokens, {*open_endpoints, openapi.ALWAYS_OPEN})
+    api.document = openapi.document(BODIES, open_endpoints)
     app = web.Application(middlewares=[api.errors, api.auth], client_max_size=MAX_BODY)
+    hub = install(app, daemon)
     routes: list[tuple[str, str, Handler, Role | None]] = [
         ("GET", "/healthz", api.healthz, None),
         ("GET", "/readyz", api.readyz, None),
         ("GET", "/metrics", api.metrics, None),
+        ("GET", "/v1/openapi.json", api.openapi, None),
         ("POST", "/v1/deployments", api.create_deployment, "operator"),
         ("GET", "/v1/deployments", api.list_deployments, "viewer"),
         ("GET", "/v1/deployments/{id}", api.get_deployment, "viewer"),
@@ -101,6 +134,8 @@ def create_app(
         ("POST", "/v1/rollbacks/{id}/veto", api.veto, "operator"),
         ("POST", "/v1/rollbacks/{id}/approve", api.approve, "operator"),
         ("GET", "/v1/audit", api.audit, "viewer"),
+        ("GET", "/v1/events", events_handler(hub), "viewer"),
+        ("POST", "/v1/deployments/{id}/rehearse", api.rehearse, "operator"),
     ]
     for method, path, handler, role in routes:
         route = app.router.add_route(method, path, handler)
@@ -114,6 +149,7 @@ class _Api:
         self.tokens = tokens
         self.open = open_endpoints
         self.roles: dict[Any, Role | None] = {}
+        self.document: dict[str, Any] = {}
 
     @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -173,9 +209,13 @@ class _Api:
         body = generate_latest(self.daemon.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self.document)
+
     # --- deployments ----------------------------------------------------------------------
 
     async def create_deployment(self, request: web.Request) -> web.Response:
+        self._store()
         body = await _body(request, DeploymentBody)
         window = parse_duration(body.window) if body.window else None
         deployment, report = await self.daemon.register(
@@ -200,10 +240,19 @@ class _Api:
         return web.json_response(self._deployment(deployment))
 
     async def promote(self, request: web.Request) -> web.Response:
+        self._store()
+        await _body(request, EmptyBody, optional=True)
         deployment = await self.daemon.promote(request.match_info["id"], _actor(request))
         return web.json_response(self._deployment(deployment))
 
+    async def rehearse(self, request: web.Request) -> web.Response:
+        self._store()
+        await _body(request, EmptyBody, optional=True)
+        report = await self.daemon.rehearse(request.match_info["id"], _actor(request))
+        return web.json_response(report)
+
     async def manual_rollback(self, request: web.Request) -> web.Response:
+        self._store()
         body = await _body(request, ReasonBody)
         record = await self.daemon.manual_rollback(request.match_info["id"], _actor(request), body.reason)
         return web.json_response(_rollback(record), status=202)
@@ -224,16 +273,21 @@ class _Api:
         return web.json_response(_rollback(record))
 
     async def ack(self, request: web.Request) -> web.Response:
+        self._store()
+        await _body(request, EmptyBody, optional=True)
         record = await self.daemon.ack(request.match_info["id"], _actor(request))
         return web.json_response(_rollback(record))
 
     async def veto(self, request: web.Request) -> web.Response:
+        self._store()
         body = await _body(request, VetoBody)
         mute = parse_duration(body.mute_for) if body.mute_for else None
         record = await self.daemon.veto(request.match_info["id"], _actor(request), body.reason, mute)
         return web.json_response(_rollback(record))
 
     async def approve(self, request: web.Request) -> web.Response:
+        self._store()
+        await _body(request, EmptyBody, optional=True)
         record = await self.daemon.approve(request.match_info["id"], _actor(request))
         return web.json_response(_rollback(record))
 
@@ -309,23 +363,28 @@ def _rollback(record: RollbackRecord) -> dict[str, Any]:
     }
 
 
-async def _body(request: web.Request, model: type[Any]) -> Any:
-    if request.content_type != "application/json":
-        raise ApiError(400, "bad_request", "send JSON (Content-Type: application/json)")
+async def _body(request: web.Request, model: type[BaseModel], optional: bool = False) -> Any:
+    """The body validated by ``model``: 400 when it is not JSON, 422 when it breaks the model.
+
+    The model's own JSON parser rejects what ``json`` would let through and
+    the store could not keep: lone surrogates, NaN, nesting past its limit.
+    """
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(400, "too_large", f"request body over {MAX_BODY} bytes") from None
+    if optional and not raw.strip():
+        return model()
+    if request.content_type != "application/json":
+        raise ApiError(400, "bad_request", "send JSON (Content-Type: application/json)")
     try:
-        data = json.loads(raw or b"null")
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(422, "invalid", "the body must be a JSON object")
-    try:
-        return model.model_validate(data)
+        return model.model_validate_json(raw or b"null")
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            raise ApiError(400, "bad_request", f"the body is not valid JSON: {first['msg']}") from None
+        if first["type"] in ("model_type", "model_attributes_type") and not first["loc"]:
+            raise ApiError(422, "invalid", "the body must be a JSON object") from None
         where = ".".join(str(p) for p in first["loc"]) or "body"
         message = str(first["msg"]).removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":

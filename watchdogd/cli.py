@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from watchdogd import __version__
+from watchdogd import __version__, ctl
 from watchdogd.config import describe_config, format_duration, load_config, parse_duration
 from watchdogd.errors import ConfigError
 
@@ -63,6 +63,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _schema(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from watchdogd.config.reference import render_markdown
+
+        sys.stdout.write(render_markdown())
+        return EXIT_OK
     from watchdogd.config.schema import render
 
     sys.stdout.write(render())
@@ -202,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of the config")
+    schema.add_argument(
+        "--markdown", action="store_true", help="the config reference (docs/config.md) instead"
+    )
     schema.set_defaults(handler=_schema)
 
     test_rules = commands.add_parser("test-rules", help="run offline rule tests (series and expectations)")
@@ -235,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--clock", action="store_true", help="print UTC times instead of offsets")
     replay.set_defaults(handler=_replay)
 
+    ctl.add_parser(commands)
     return parser
 
 

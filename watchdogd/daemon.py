@@ -32,7 +32,7 @@ from watchdogd.errors import RuleError, WatchdogError
 from watchdogd.model import RuleState, Sample, Transition
 from watchdogd.notify import Event, Notifier
 from watchdogd.rollback.base import ContainerSnapshot, Migration, RollbackTarget, Step
-from watchdogd.rollback.journal import RollbackRecord
+from watchdogd.rollback.journal import RollbackRecord, RollbackState
 from watchdogd.rollback.plan import Executor, target_from_json, target_to_json
 from watchdogd.rollback.sql import SqlStep
 from watchdogd.rollback.steps import RedisPurgeStep, VerifyStep, WebhookStep
@@ -49,7 +49,7 @@ from watchdogd.rules import (
 from watchdogd.sources import Measure, build_source
 from watchdogd.sources.http import HttpProbe
 from watchdogd.sources.schedule import SourceJobs
-from watchdogd.store import Deployment, Store
+from watchdogd.store import Deployment, StateStore, open_store
 from watchdogd.telemetry import Metrics
 
 log = structlog.get_logger("watchdogd")
@@ -111,7 +111,7 @@ class Daemon:
             registry=self.registry,
         )
         self._docker = docker_client
-        self.store: Store | None = None
+        self.store: StateStore | None = None
         self.ready = False
         self.problem = "starting"
         self.runs: dict[str, list[RuleRun]] = {}
@@ -133,7 +133,7 @@ class Daemon:
 
     async def start(self) -> None:
         config = self.config
-        self.store = Store.open_url(config.state.url.secret())
+        self.store = await open_store(config.state.url.secret(), clock=self.clock)
         self.session = aiohttp.ClientSession()
         self.scheduler = AsyncIOScheduler()
         self.scheduler.start()
@@ -171,7 +171,7 @@ class Daemon:
         await self.notifier.close(timeout=min(5.0, deadline))
         await self.session.close()
         if self.store is not None:
-            self.store.close()
+            await self.store.aclose()
         log.info("stopped")
 
     def _spawn(self, work: Awaitable[Any], name: str) -> asyncio.Task[Any]:
@@ -360,6 +360,8 @@ class Daemon:
         actor: str = SYSTEM,
     ) -> RollbackRecord:
         assert self.store is not None
+        # the freshest record: migrations registered a moment ago belong in the plan
+        deployment = await self.store.deployment(deployment.id) or deployment
         service = self._service(deployment.service)
         steps = list(service.rollback.steps)
         if deployment.data.get("sql_policy") == "refuse" and "sql" in steps:
@@ -460,10 +462,10 @@ class Daemon:
             return
         self._spawn(self._execute(record.id), f"execute:{record.id}")
 
-    async def _dry_run(self, record: RollbackRecord) -> None:
+    async def _dry_run(self, record: RollbackRecord) -> bool:
         assert self.store is not None
         if not await self.store.transition(record.id, "dry_run", ("pending", "awaiting_approval")):
-            return
+            return False
         deployment = await self.store.deployment(record.deployment_id)
         assert deployment is not None
         target = self._target(deployment, record.reasons)
@@ -474,17 +476,23 @@ class Daemon:
         self.notifier.notify(
             self._event("rollback_started", deployment, record.id, summary, {"would_run": plan})
         )
+        return True
 
-    async def _execute(self, rollback_id: str) -> None:
+    async def _execute(
+        self, rollback_id: str, claimed_from: tuple[RollbackState, ...] = ("pending", "awaiting_approval")
+    ) -> None:
+        """Run the plan once the rollback is claimed: moved to executing from one of ``claimed_from``.
+
+        Only a resume after a restart, or an approval that claimed it already,
+        may start from ``executing``: anything else would run the plan twice.
+        """
         assert self.store is not None
         record = await self.store.get(rollback_id)
         if record is None or record.final:
             return
         deployment = await self.store.deployment(record.deployment_id)
         assert deployment is not None
-        if not await self.store.transition(
-            record.id, "executing", ("pending", "awaiting_approval", "executing")
-        ):
+        if not await self.store.transition(record.id, "executing", claimed_from):
             return
         await self.store.set_deployment_state(deployment.id, "rolling_back", ("watching", "rolling_back"))
         await self._refresh(deployment.service)
@@ -625,6 +633,16 @@ class Daemon:
             return record  # approving what already runs is a no-op
         if record.state in ("vetoed", "dry_run"):
             raise Conflict(f"rollback {rollback_id} is {record.state}: it cannot be approved")
+        # Claim it here, atomically against a veto: a 200 means it runs, a veto after it gets 409.
+        if record.target.get("dry_run"):
+            won = await self._dry_run(record)
+        else:
+            won = await self.store.transition(record.id, "executing", ("pending", "awaiting_approval"))
+        if not won:
+            current = await self._rollback(rollback_id)
+            if current.state in ("executing", "succeeded", "failed"):
+                return current
+            raise Conflict(f"rollback {rollback_id} is {current.state}: it cannot be approved")
         await self.store.audit(actor, "approve", {}, record.deployment_id, record.id)
         deployment = await self.store.deployment(record.deployment_id)
         if deployment is not None:
@@ -636,8 +654,8 @@ class Daemon:
         timer = self._timers.pop(record.id, None)
         if timer is not None:
             timer.cancel()
-        await self._launch(record)
-        await asyncio.sleep(0)
+        if not record.target.get("dry_run"):
+            self._spawn(self._execute(record.id, ("executing",)), f"execute:{record.id}")
         return await self._rollback(rollback_id)
 
     async def ack(self, rollback_id: str, actor: str) -> RollbackRecord:
@@ -690,6 +708,19 @@ class Daemon:
         assert promoted is not None
         return promoted
 
+    async def rehearse(self, deployment_id: str, actor: str) -> dict[str, Any]:
+        """Runs the deployment's down SQL and verify queries in a transaction, then rolls it back."""
+        assert self.store is not None
+        deployment = await self.store.deployment(deployment_id)
+        if deployment is None:
+            raise NotFound(f"no deployment {deployment_id}")
+        if deployment.service not in self.config.services:
+            raise Invalid(f"service '{deployment.service}' is no longer in the config")
+        result = await SqlStep().rehearse(self._target(deployment, []))
+        outcome = {"status": result.status, "detail": result.detail}
+        await self.store.audit(actor, "rehearsal", outcome, deployment_id)
+        return {"deployment_id": deployment_id, **outcome}
+
     async def _rollback(self, rollback_id: str) -> RollbackRecord:
         assert self.store is not None
         record = await self.store.get(rollback_id)
@@ -718,11 +749,16 @@ class Daemon:
         svc = self._service(service)
         live = self.live.get(service)
         report: dict[str, Any] = {}
+        running = await self._capture(svc.container) if svc.container else None
+        noticed = (live.deployment.data.get("current") or {}) if live is not None else {}
+        same_image = image is None or (live is not None and live.deployment.image == image)
+        if running is not None and running.image_id and running.image_id == noticed.get("image_id"):
+            same_image = True  # the same image under another tag
         if (
             live is not None
             and live.deployment.state == "watching"
             and live.deployment.data.get("origin") == "docker"
-            and (image is None or live.deployment.image in (image, None))
+            and same_image
         ):
             completed = {**live.deployment.data, "migrations": migrations, "origin": "docker+api"}
             report = await self._check_migrations(live.deployment, completed, rehearse)
@@ -735,7 +771,7 @@ class Daemon:
             )
             await self._refresh(service)
             return self.live[service].deployment, report
-        current = await self._capture(svc.container) if svc.container else None
+        current = running
         previous = self._previous_of(service, current)
         if previous is None and previous_image:
             previous = ContainerSnapshot(svc.container or service, previous_image, "", {})
@@ -781,10 +817,19 @@ class Daemon:
         target = self._target(Deployment(**{**_dataclass_dict(deployment), "data": data}), [])
         step = SqlStep()
         report: dict[str, Any] = {}
-        assessment = await step.assess(target)
-        data["sql_policy"] = assessment.action
-        report["sql_policy"] = assessment.action
-        report["destroys"] = [f"{f}" for f in assessment.findings]
+        try:
+            assessment = await step.assess(target)
+        except Exception as exc:  # the database's answer, whatever it is, must not lose the deployment
+            log.warning("assessment_failed", deployment=deployment.id, error=str(exc))
+            data["sql_policy"] = "approve"
+            report["sql_policy"] = "approve"
+            report["assessment_error"] = (
+                f"could not assess the down SQL ({type(exc).__name__}): an operator approves"
+            )
+        else:
+            data["sql_policy"] = assessment.action
+            report["sql_policy"] = assessment.action
+            report["destroys"] = [f"{f}" for f in assessment.findings]
         if rehearse:
             result = await step.rehearse(target)
             report["rehearsal"] = {"status": result.status, "detail": result.detail}
@@ -825,7 +870,7 @@ class Daemon:
             self._arm(record)
         for record in await self.store.unfinished():
             log.warning("rollback_resuming", rollback=record.id)
-            self._spawn(self._execute(record.id), f"execute:{record.id}")
+            self._spawn(self._execute(record.id, ("executing",)), f"execute:{record.id}")
         for name, svc in self.config.services.items():
             if svc.container and name not in self.known:
                 snapshot = await self._capture(svc.container)
@@ -835,18 +880,33 @@ class Daemon:
     async def _ticker(self) -> None:
         """Window ends (promotion) and the window-remaining gauge."""
         assert self.store is not None
+        failing = False
         while True:
-            now = self.clock()
-            for service, live in list(self.live.items()):
-                deployment = live.deployment
-                remaining = max(0.0, deployment.window_ends_at - now)
-                self.metrics.window_remaining.labels(service).set(remaining)
-                if deployment.state == "watching" and remaining <= 0:
-                    existing = await self.store.for_deployment(deployment.id)
-                    if existing is None or existing.state in ("vetoed", "dry_run"):
-                        with contextlib.suppress(Conflict, NotFound):
-                            await self.promote(deployment.id, SYSTEM)
+            try:
+                await self._tick()
+                if failing:
+                    log.info("ticker_recovered")
+                failing = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a store hiccup must not end window handling for good
+                if not failing:
+                    log.error("ticker_failing", error=f"{type(exc).__name__}: {exc}")
+                failing = True
             await asyncio.sleep(TICK)
+
+    async def _tick(self) -> None:
+        assert self.store is not None
+        now = self.clock()
+        for service, live in list(self.live.items()):
+            deployment = live.deployment
+            remaining = max(0.0, deployment.window_ends_at - now)
+            self.metrics.window_remaining.labels(service).set(remaining)
+            if deployment.state == "watching" and remaining <= 0:
+                existing = await self.store.for_deployment(deployment.id)
+                if existing is None or existing.state in ("vetoed", "dry_run"):
+                    with contextlib.suppress(Conflict, NotFound):
+                        await self.promote(deployment.id, SYSTEM)
 
     async def _watch_docker(self) -> None:
         """Deployments noticed from Docker: a service's container started with another image."""
@@ -918,6 +978,7 @@ class Daemon:
             deployment.id,
         )
         log.info("deployment_noticed", service=service, image=snapshot.image, previous=previous.image)
+        self._emit("deployment", {"deployment_id": deployment.id, "service": service, "state": "watching"})
         await self._refresh(service)
 
     # --- views -----------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 SIGTERM and SIGINT stop it cleanly within a deadline (a running rollback step
 finishes or stays journaled for the next start). SIGHUP reloads the config:
 an invalid new config is logged and counted, and the running one stays.
+
+Under systemd (``Type=notify``) it reports readiness, status, reloads and
+shutdown, and pings the watchdog when ``WatchdogSec`` is set.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from watchdogd import sdnotify
 from watchdogd.api import create_app
 from watchdogd.auth import Tokens
 from watchdogd.config import load_config
@@ -47,20 +51,56 @@ async def serve(config: Config, config_path: Path) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(daemon, config_path)))
+    watchdog: asyncio.Task[None] | None = None
     try:
         await daemon.start()
+        sdnotify.ready(_status(daemon))
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            watchdog = asyncio.create_task(_ping_watchdog(daemon, interval), name="sd-watchdog")
         await stop.wait()
     finally:
         log.info("stopping")
+        sdnotify.stopping()
+        if watchdog is not None:
+            watchdog.cancel()
         await runner.cleanup()
         await daemon.stop(STOP_DEADLINE)
     return 0
 
 
 async def _reload(daemon: Daemon, path: Path) -> None:
+    sdnotify.reloading()
     try:
         config = load_config(path)
     except ConfigError as exc:
         daemon.refuse_reload([str(p) for p in exc.problems])
         return
-    await daemon.reload(config)
+    else:
+        await daemon.reload(config)
+    finally:
+        # systemd holds the unit in "reloading" until READY=1, refused or not
+        sdnotify.ready(_status(daemon))
+
+
+def _status(daemon: Daemon) -> str:
+    """The line ``systemctl status`` shows."""
+    services, open_deployments = len(daemon.config.services), len(daemon.live)
+    return f"watching {services} services, {open_deployments} open deployments"
+
+
+async def _ping_watchdog(daemon: Daemon, interval: float) -> None:
+    """WATCHDOG=1 at half of ``WatchdogSec``.
+
+    The pings run on the event loop itself, so a loop that blocks or wedges stops
+    them, and systemd restarts the service. The status line rides along when it changed.
+    """
+    log.info("systemd_watchdog", interval=interval)
+    shown = _status(daemon)
+    while True:
+        current = _status(daemon)
+        if current != shown:
+            sdnotify.status(current)
+            shown = current
+        sdnotify.watchdog()
+        await asyncio.sleep(interval / 2)

@@ -18,7 +18,7 @@ import pytest
 
 from tests.e2e.conftest import VIEWER_TOKEN, Receiver, Watchdogd
 from tests.testbed.containers import AppContainer, ContainerRegistry, free_port
-from tests.testbed.images import AppBehaviour
+from tests.testbed.images import APP_V2, AppBehaviour
 from watchdogd.demo.seed000 import (
     BASE_SCHEMA,
     MIGRATION_ID,
@@ -101,7 +101,7 @@ class Story:
             "/v1/deployments",
             {
                 "service": "api",
-                "image": "watchdogd-testbed/app:v2",
+                "image": APP_V2,
                 "migrations": [
                     {"id": MIGRATION_ID, "down_sql": SEED_ROLLBACK, "verify_sql": list(SEED_VERIFY)}
                 ],
@@ -276,8 +276,9 @@ async def test_healthy_deploy_is_promoted_when_the_window_ends(
     assert wd.stop() == 0
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
 async def test_restart_while_pending_fires_at_the_original_time(
-    watchdogd: Any, app_images: Any, container_registry: ContainerRegistry, pg_dsn: str
+    store: str, watchdogd: Any, app_images: Any, container_registry: ContainerRegistry, pg_dsn: str
 ) -> None:
     story = Story(container_registry, pg_dsn)
     await story.start_v1()
@@ -285,6 +286,8 @@ async def test_restart_while_pending_fires_at_the_original_time(
         "for: 10s", "for: 20s"
     )
     wd: Watchdogd = watchdogd(config)
+    if store == "postgresql":
+        wd.state_url = pg_dsn
     wd.start()
     await story.deploy_v2(AppBehaviour(error_ratio=0.2, log_line=""))
     deployment = story.register(wd)

@@ -42,7 +42,7 @@ async def sources() -> AsyncIterator[list[LogSource]]:
         await source.close()
 
 
-async def wait_for(check: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+async def wait_for(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

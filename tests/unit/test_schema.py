@@ -65,3 +65,47 @@ def test_example_fits_the_schema_shape(path: Path) -> None:
         for rule in service.get("rules", []):
             assert set(rule) <= set(rule_schema["properties"]), rule["name"]
             assert set(rule_schema["required"]) <= set(rule), rule["name"]
+
+
+def test_config_reference_is_current() -> None:
+    from watchdogd.config.reference import render_markdown
+
+    committed = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
+    assert committed == render_markdown(), (
+        "docs/config.md is stale: run `watchdogd schema --markdown > docs/config.md`"
+    )
+
+
+def test_config_reference_names_every_key_of_every_model() -> None:
+    from watchdogd.config.models import Config
+    from watchdogd.config.reference import render_markdown
+
+    text = render_markdown()
+    seen: set[type] = set()
+
+    def walk(model: type) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+            assert f"| `{field.alias or name}` |" in text, f"{model.__name__}.{name} missing"
+            for arg in _models_in(field.annotation):
+                walk(arg)
+
+    walk(Config)
+    assert len(seen) > 20
+
+
+def _models_in(annotation: object) -> list[type]:
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    found: list[type] = []
+    stack = [annotation]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            found.append(item)
+        stack.extend(get_args(item))
+    return found

@@ -1,0 +1,251 @@
+"""The Helm chart, rendered by tests/helmrender.py and checked as Kubernetes manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helmrender import Renderer, TemplateError, parse, render_chart
+from watchdogd.auth import Tokens
+from watchdogd.config import load_config_text
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "helm" / "watchdogd"
+SIDECAR = CHART / "values-sidecar.yaml"
+STANDALONE = CHART / "values-standalone.yaml"
+
+
+def manifests(*values: Path) -> dict[str, dict[str, Any]]:
+    """Rendered objects by kind (each kind appears once in this chart)."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, text in render_chart(CHART, values).items():
+        for doc in yaml.safe_load_all(text):
+            if doc is None:
+                continue
+            assert doc["kind"] not in found, f"{name}: a second {doc['kind']}"
+            assert doc["metadata"]["name"].startswith("release-watchdogd"), name
+            found[doc["kind"]] = doc
+    return found
+
+
+def values_file(tmp_path: Path, values: dict[str, Any]) -> Path:
+    path = tmp_path / "values-extra.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def container(objects: dict[str, dict[str, Any]], name: str = "watchdogd") -> dict[str, Any]:
+    [found] = [
+        c for c in objects["Deployment"]["spec"]["template"]["spec"]["containers"] if c["name"] == name
+    ]
+    return found
+
+
+def loaded_config(objects: dict[str, dict[str, Any]]) -> Any:
+    text = objects["ConfigMap"]["data"]["watchdogd.yaml"]
+    return load_config_text(text, "watchdogd.yaml", base_dir=Path("/etc/watchdogd"))
+
+
+# --- the renderer itself ---------------------------------------------------------------
+
+
+def render(source: str, values: dict[str, Any]) -> str:
+    root = {"Values": values, "Release": {"Name": "r"}, "Chart": {"Name": "c", "Version": "1"}}
+    return Renderer(root).render(parse(source), root)
+
+
+def test_renderer_subset() -> None:
+    values = {"on": True, "off": False, "items": ["a", "b"], "map": {"k": [1, 2]}, "empty": ""}
+    assert render("x: {{ .Release.Name }}-{{ .Chart.Name }}", values) == "x: r-c"
+    assert render("a\n  {{- if .Values.on }}\n  yes\n  {{- end }}\n", values) == "a\n  yes\n"
+    assert render("{{ if .Values.off }}y{{ else }}n{{ end }}", values) == "n"
+    assert render("{{- range .Values.items }}\n- {{ . }}{{ $.Release.Name }}\n{{- end }}", values) == (
+        "\n- ar\n- br"
+    )
+    assert render("m:\n  {{- toYaml .Values.map | nindent 2 }}", values) == "m:\n  k:\n  - 1\n  - 2"
+    assert render('{{ .Values.empty | default "d" | quote }}', values) == '"d"'
+    assert render("{{ not .Values.off }} {{ .Values.on | quote }}", values) == 'true "true"'
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ .Values.missing }}",
+        "{{ .Values.map }}",
+        "{{ printf .Values.on }}",
+        "{{ if .Values.on }}",
+        "{{ end }}",
+        '{{ include "x" . }}',
+    ],
+)
+def test_renderer_refuses_what_it_does_not_know(source: str) -> None:
+    with pytest.raises(TemplateError):
+        render(source, {"on": True, "map": {}})
+
+
+# --- the chart -------------------------------------------------------------------------
+
+
+def test_default_values_render_a_standalone_deployment() -> None:
+    objects = manifests()
+    assert set(objects) == {"Deployment", "ConfigMap", "Secret", "Service"}
+    deployment = objects["Deployment"]
+    assert deployment["apiVersion"] == "apps/v1"
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["replicas"] == 1
+    pod = deployment["spec"]["template"]
+    assert pod["metadata"]["labels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert objects["Service"]["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["watchdogd"]
+    main = container(objects)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert main["image"] == f"watchdogd:{chart['appVersion']}"
+    assert main["args"] == ["run", "--config", "/etc/watchdogd/watchdogd.yaml"]
+    assert deployment["metadata"]["labels"]["helm.sh/chart"] == f"watchdogd-{chart['version']}"
+
+
+def test_probes_hit_the_api_port() -> None:
+    objects = manifests()
+    main = container(objects)
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    [port] = main["ports"]
+    assert port["name"] == "http"
+    config = loaded_config(objects)
+    # the kubelet probes the pod's IP: the API cannot listen on 127.0.0.1 here
+    assert config.server.host == "0.0.0.0"
+    assert port["containerPort"] == config.server.port == objects["Service"]["spec"]["ports"][0]["port"]
+    assert objects["Service"]["spec"]["ports"][0]["targetPort"] == "http"
+    assert {"healthz", "readyz", "metrics"} <= set(config.server.open_endpoints)
+
+
+def test_security_context_is_non_root_and_read_only() -> None:
+    objects = manifests()
+    spec = objects["Deployment"]["spec"]["template"]["spec"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["runAsUser"] != 0
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["automountServiceAccountToken"] is False
+    context = container(objects)["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert container(objects)["resources"]["limits"]["memory"]
+
+
+def test_volumes_give_the_state_and_tmp_a_place_to_write() -> None:
+    objects = manifests()
+    spec = objects["Deployment"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in container(objects)["volumeMounts"]}
+    assert volumes["state"]["emptyDir"] == {}
+    assert "emptyDir" in volumes["tmp"]
+    assert volumes["config"]["configMap"]["name"] == objects["ConfigMap"]["metadata"]["name"]
+    assert volumes["tokens"]["secret"]["secretName"] == objects["Secret"]["metadata"]["name"]
+    assert mounts["/var/lib/watchdogd"]["name"] == "state"
+    assert mounts["/tmp"]["name"] == "tmp"
+    assert mounts["/etc/watchdogd/watchdogd.yaml"]["subPath"] == "watchdogd.yaml"
+    config = loaded_config(objects)
+    state = config.state.url.secret()
+    assert state.startswith("sqlite:////var/lib/watchdogd/"), "the SQLite file must be on the state volume"
+    assert str(config.server.tokens_file).startswith(mounts["/etc/watchdogd/tokens"]["mountPath"] + "/")
+
+
+@pytest.mark.parametrize("values", [(), (STANDALONE,), (SIDECAR,)], ids=["defaults", "standalone", "sidecar"])
+def test_configmap_and_secret_hold_what_watchdogd_loads(tmp_path: Path, values: tuple[Path, ...]) -> None:
+    objects = manifests(*values)
+    config = loaded_config(objects)
+    assert bool(config.services) == bool(values)
+    for service in config.services.values():
+        assert "container" not in service.rollback.steps, "no Docker socket in a pod"
+    assert all(source.type not in ("docker", "docker_logs") for source in config.sources.values())
+    tokens_file = tmp_path / "tokens.yaml"
+    tokens_file.write_text(objects["Secret"]["stringData"]["tokens.yaml"])
+    Tokens.load(tokens_file)
+
+
+def test_service_monitor_and_persistence_when_enabled(tmp_path: Path) -> None:
+    extra = values_file(
+        tmp_path,
+        {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+            "persistence": {"enabled": True, "storageClassName": "fast"},
+            "imagePullSecrets": ["regcred"],
+            "image": {"tag": "1.2.3"},
+        },
+    )
+    objects = manifests(extra)
+    assert set(objects) == {
+        "Deployment",
+        "ConfigMap",
+        "Secret",
+        "Service",
+        "ServiceMonitor",
+        "PersistentVolumeClaim",
+    }
+    monitor = objects["ServiceMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"] == objects["Deployment"]["spec"]["selector"]["matchLabels"]
+    )
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
+    claim = objects["PersistentVolumeClaim"]
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    spec = objects["Deployment"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["state"] == {
+        "name": "state",
+        "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
+    }
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert container(objects)["image"] == "watchdogd:1.2.3"
+
+
+def test_standalone_values_watch_through_the_service() -> None:
+    objects = manifests(STANDALONE)
+    config = loaded_config(objects)
+    assert set(config.services) == {"api"}
+    assert config.services["api"].rollback.steps == ("webhook", "verify")
+    assert "PersistentVolumeClaim" in objects
+    assert [c["name"] for c in objects["Deployment"]["spec"]["template"]["spec"]["containers"]] == [
+        "watchdogd"
+    ]
+
+
+def test_an_existing_tokens_secret_replaces_the_rendered_one(tmp_path: Path) -> None:
+    objects = manifests(values_file(tmp_path, {"tokens": {"existingSecret": "ops-tokens"}}))
+    assert "Secret" not in objects
+    volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tokens"]["secret"]["secretName"] == "ops-tokens"
+
+
+def test_sidecar_values_put_watchdogd_beside_the_app() -> None:
+    objects = manifests(SIDECAR)
+    spec = objects["Deployment"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["app", "watchdogd"]
+    config = loaded_config(objects)
+    for service in config.services.values():
+        # the app's container lives and dies with the pod: no container step
+        assert "container" not in service.rollback.steps
+        assert service.container is None
+        assert set(service.rollback.steps) & {"sql", "webhook"}
+    for source in config.sources.values():
+        assert source.type not in ("docker", "docker_logs")
+        url = getattr(source, "url", None)
+        assert url is None or "127.0.0.1" in url.secret(), "in a pod the app is on localhost"
+    # several replicas share one state so that only one of them acts, and the app upgrades in place
+    assert objects["Deployment"]["spec"]["replicas"] > 1
+    assert objects["Deployment"]["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert config.state.url.secret().startswith("postgresql://")
+    env = {e["name"]: e for e in container(objects)["env"]}
+    assert "secretKeyRef" in env["PGPASSWORD"]["valueFrom"]
+    ports = {p["name"]: p for p in objects["Service"]["spec"]["ports"]}
+    assert ports["app"]["port"] == 8080
+    assert ports["http"]["port"] == config.server.port

@@ -1,0 +1,332 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at ``GET /v1/openapi.json``.
+
+Request bodies come from the API's own body models; answers are described by
+the models below, which mirror what the handlers send. ``OPERATIONS`` holds one
+entry per route; a route served but not described here (or the reverse) is a
+bug that the unit tests catch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from watchdogd import __version__
+
+Role = Literal["viewer", "operator", "admin"]
+REF = "#/components/schemas/{model}"
+ALWAYS_OPEN = "v1/openapi.json"
+"""This document needs no token, whatever the config opens."""
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Out):
+    code: str
+    message: str
+
+
+class Error(_Out):
+    """Every refusal: 400, 401, 403, 404, 409, 422 (and 503 while starting)."""
+
+    error: ErrorDetail
+
+
+class Status(_Out):
+    status: Literal["ok"]
+
+
+class NotReady(_Out):
+    status: Literal["not_ready"]
+    reason: str
+
+
+class RuleView(_Out):
+    name: str
+    state: Literal["ok", "pending", "firing", "no_data"]
+    value: float | str | None
+    """A number; non-finite values are sent as strings (``"inf"``, ``"nan"``)."""
+    since: str | None
+    reason: str | None
+
+
+class Deployment(_Out):
+    id: str
+    service: str
+    image: str | None
+    previous_image: str | None
+    state: Literal["watching", "promoted", "rolling_back", "rolled_back", "rollback_failed"]
+    started_at: str
+    window_ends_at: str
+    finished_at: str | None
+    migrations: list[str]
+    rules: list[RuleView]
+
+
+class Rehearsal(_Out):
+    status: str
+    detail: Any
+
+
+class DeploymentCreated(Deployment):
+    """A new (or completed) deployment, with what the down SQL would destroy when it has some."""
+
+    sql_policy: str | None = None
+    destroys: list[str] | None = None
+    rehearsal: Rehearsal | None = None
+
+
+class Step(_Out):
+    name: str
+    state: Literal["pending", "running", "done", "failed", "skipped"]
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    detail: str | None
+    attempts: int
+
+
+class Rollback(_Out):
+    id: str
+    deployment_id: str
+    service: str
+    state: Literal["pending", "awaiting_approval", "executing", "succeeded", "failed", "vetoed", "dry_run"]
+    reasons: list[dict[str, Any]]
+    proposed_at: str
+    execute_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    steps: list[Step]
+
+
+class AuditEntry(_Out):
+    seq: int
+    at: str
+    actor: str
+    action: str
+    deployment_id: str | None
+    rollback_id: str | None
+    detail: dict[str, Any]
+
+
+class Deployments(_Out):
+    items: list[Deployment]
+
+
+class Rollbacks(_Out):
+    items: list[Rollback]
+
+
+class AuditEntries(_Out):
+    items: list[AuditEntry]
+
+
+ERRORS = {
+    400: "Not JSON, or a malformed query",
+    401: "No token, or an unknown one",
+    403: "The token's role is too low",
+    404: "No such deployment or rollback",
+    409: "The current state refuses it",
+    422: "A body that breaks the schema, or names what the config does not have",
+    503: "The daemon is still starting",
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One route as the document shows it."""
+
+    summary: str
+    role: Role | None
+    ok: int = 200
+    answer: type[BaseModel] | None = None
+    body: str | None = None
+    """The name of a body model in ``watchdogd.api``; bodies are optional when ``body_optional``."""
+    body_optional: bool = False
+    errors: tuple[int, ...] = ()
+    query: tuple[tuple[str, str, str | None], ...] = ()
+    """Query parameters: name, description, JSON schema format."""
+    media_type: str = "application/json"
+
+
+_VIEW = (401, 503)
+_VOTE = (400, 401, 403, 404, 409, 422, 503)
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("GET", "/healthz"): Operation("Liveness", None, answer=Status),
+    ("GET", "/readyz"): Operation(
+        "Readiness: 503 with the reason until the daemon runs", None, answer=Status
+    ),
+    ("GET", "/metrics"): Operation("Prometheus metrics", None, media_type="text/plain"),
+    ("GET", "/v1/openapi.json"): Operation("This document", None),
+    ("POST", "/v1/deployments"): Operation(
+        "Register a deployment",
+        "operator",
+        ok=201,
+        answer=DeploymentCreated,
+        body="DeploymentBody",
+        errors=(400, 401, 403, 422, 503),
+    ),
+    ("GET", "/v1/deployments"): Operation(
+        "Deployments, newest first", "viewer", answer=Deployments, errors=_VIEW
+    ),
+    ("GET", "/v1/deployments/{id}"): Operation(
+        "One deployment with each rule's state", "viewer", answer=Deployment, errors=(*_VIEW, 404)
+    ),
+    ("POST", "/v1/deployments/{id}/promote"): Operation(
+        "End the window as healthy",
+        "operator",
+        answer=Deployment,
+        body="EmptyBody",
+        body_optional=True,
+        errors=_VOTE,
+    ),
+    ("POST", "/v1/deployments/{id}/rollback"): Operation(
+        "Propose a rollback by hand", "operator", ok=202, answer=Rollback, body="ReasonBody", errors=_VOTE
+    ),
+    ("GET", "/v1/rollbacks"): Operation("Rollbacks, newest first", "viewer", answer=Rollbacks, errors=_VIEW),
+    ("GET", "/v1/rollbacks/{id}"): Operation(
+        "One rollback with its steps", "viewer", answer=Rollback, errors=(*_VIEW, 404)
+    ),
+    ("POST", "/v1/rollbacks/{id}/ack"): Operation(
+        "Acknowledge a proposal; it still proceeds",
+        "operator",
+        answer=Rollback,
+        body="EmptyBody",
+        body_optional=True,
+        errors=(400, 401, 403, 404, 422, 503),
+    ),
+    ("POST", "/v1/rollbacks/{id}/veto"): Operation(
+        "Cancel a proposal during its grace; 409 once executing",
+        "operator",
+        answer=Rollback,
+        body="VetoBody",
+        errors=_VOTE,
+    ),
+    ("POST", "/v1/rollbacks/{id}/approve"): Operation(
+        "Execute a proposal now",
+        "operator",
+        answer=Rollback,
+        body="EmptyBody",
+        body_optional=True,
+        errors=_VOTE,
+    ),
+    ("POST", "/v1/deployments/{id}/rehearse"): Operation(
+        "Rehearse the down SQL in a rolled-back transaction",
+        "operator",
+        answer=None,
+        body="EmptyBody",
+        body_optional=True,
+        errors=_VOTE,
+    ),
+    ("GET", "/v1/events"): Operation(
+        "Server-sent events: rule state changes, proposals, steps, outcomes",
+        "viewer",
+        errors=(400, *_VIEW),
+        query=(("last_event_id", "Resume after this event (or send Last-Event-ID)", None),),
+        media_type="text/event-stream",
+    ),
+    ("GET", "/v1/audit"): Operation(
+        "Who did what when",
+        "viewer",
+        answer=AuditEntries,
+        errors=(400, *_VIEW),
+        query=(
+            ("deployment", "Only this deployment's entries", None),
+            ("actor", "Only this actor's entries", None),
+            ("since", "Only entries from this RFC 3339 time on", "date-time"),
+        ),
+    ),
+}
+
+
+def document(bodies: dict[str, type[BaseModel]], open_endpoints: Iterable[str]) -> dict[str, Any]:
+    """The document; ``bodies`` maps body model names to the models, ``open_endpoints`` as in the config."""
+    schemas: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel], mode: Literal["validation", "serialization"]) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template=REF, mode=mode)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+        return {"$ref": REF.format(model=model.__name__)}
+
+    error = ref(Error, "serialization")
+    opened = {*open_endpoints, ALWAYS_OPEN}
+    paths: dict[str, dict[str, Any]] = {}
+    for (method, path), op in OPERATIONS.items():
+        entry: dict[str, Any] = {
+            "summary": op.summary,
+            "operationId": _operation_id(method, path),
+            "x-role": op.role,
+        }
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+            for name in _path_names(path)
+        ]
+        for name, description, fmt in op.query:
+            schema = {"type": "string", **({"format": fmt} if fmt else {})}
+            parameters.append(
+                {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+            )
+        if parameters:
+            entry["parameters"] = parameters
+        if op.body is not None:
+            entry["requestBody"] = {
+                "required": not op.body_optional,
+                "content": {"application/json": {"schema": ref(bodies[op.body], "validation")}},
+            }
+        responses: dict[str, Any] = {}
+        ok: dict[str, Any] = {"description": "OK"}
+        if op.media_type != "application/json":
+            ok["content"] = {op.media_type: {"schema": {"type": "string"}}}
+        elif op.answer is not None:
+            ok["content"] = {"application/json": {"schema": ref(op.answer, "serialization")}}
+        else:
+            ok["content"] = {"application/json": {"schema": {"type": "object"}}}
+        responses[str(op.ok)] = ok
+        if path == "/readyz":
+            responses["503"] = {
+                "description": "Not ready, with the reason",
+                "content": {"application/json": {"schema": ref(NotReady, "serialization")}},
+            }
+        needs_token = op.role is not None or path.strip("/") not in opened
+        codes = set(op.errors)
+        if op.role is None and needs_token:
+            codes |= {401, 403}  # an open endpoint the config closed needs an admin's token
+        for code in sorted(codes):
+            responses[str(code)] = {
+                "description": ERRORS[code],
+                "content": {"application/json": {"schema": error}},
+            }
+        entry["responses"] = responses
+        entry["security"] = [{"bearer": []}] if needs_token else []
+        paths.setdefault(path, {})[method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "watchdogd",
+            "version": __version__,
+            "description": "Guards fresh deploys and rolls them back; the operators' API.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+    }
+
+
+def _path_names(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = [p.strip("{}").replace(".", "_") for p in path.strip("/").split("/") if p and p != "v1"]
+    return "_".join([method.lower(), *words])
