@@ -1,0 +1,220 @@
+"""watchdogd at scale: 200 services x 10 rules at a 5 s interval, against local exporters.
+
+Fake exporters (the ones of ``bench/sources.py``: request counters, a latency
+histogram, 20 gauges) run in a child process on 127.0.0.1, one path per
+service. watchdogd runs in a process of its own: the ``watchdogd run`` code
+path (``watchdogd.runner.serve``: the daemon, its API, its signal handling)
+with one addition, a listener on the daemon's scheduler that records, for
+every poll, how late it started and how late its rules' evaluations were done
+against the poll's scheduled time (jitter included). Each service gets an open
+deployment through the API. After one warm-up round, the process's CPU
+(``/proc/PID/stat``) and memory (``/proc/PID/status``) are read for the
+measured span; peak RSS is ``VmHWM`` over the process's life.
+
+Run: ``.venv/bin/python bench/scale.py [--minutes 5] [--services 200] [--rules 10]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import WatchdogdProcess, free_port, measure, verdict
+from bench.sources import serve
+
+TARGET_CPU = 0.50
+TARGET_RSS_MIB = 150.0
+TARGET_P99_LAG = 1.0
+MAX_MINUTES = 60.0
+
+RULES = [
+    "{ratio: {numerator: 'http_requests_total{code=~\"5..\"}', denominator: http_requests_total, over: 1m}, "
+    'condition: "> 0.5", for: 1m}',
+    "{ratio: {numerator: 'http_requests_total{code=~\"5..\"}', denominator: http_requests_total, over: 5m}, "
+    'condition: "> 0.5", for: 5m}',
+    "{ratio: {numerator: 'http_requests_total{code=\"404\"}', denominator: http_requests_total, over: 2m}, "
+    'condition: "> 0.5", for: 1m}',
+    '{rate: {metric: http_requests_total, over: 1m}, condition: "> 100000", for: 1m}',
+    '{rate: {metric: \'http_requests_total{code="500"}\', over: 5m}, condition: "> 100000", for: 2m}',
+    '{quantile: {metric: http_request_duration_seconds, q: 0.99, over: 1m}, condition: "> 30", for: 1m}',
+    '{quantile: {metric: http_request_duration_seconds, q: 0.5, over: 5m}, condition: "> 30", for: 1m}',
+    '{metric: process_resident_memory_bytes, condition: "> 1e12", for: 1m}',
+    '{metric: app_gauge_3, condition: "> 1000", failures: {count: 3, of: 5}}',
+    '{metric: app_gauge_7, condition: "> 1000", for: 30s}',
+]
+
+
+def config_for(services: int, rules: int, interval: float, ports: list[int]) -> str:
+    lines = [
+        f"defaults: {{interval: {interval:g}s, window: 2h, grace: 0s, mode: auto}}",
+        "sources:",
+    ]
+    for n in range(services):
+        port = ports[n % len(ports)]
+        lines.append(f'  s{n}: {{type: scrape, url: "http://127.0.0.1:{port}/svc{n}/metrics", timeout: 4s}}')
+    lines.append("services:")
+    for n in range(services):
+        lines += [f"  svc{n}:", "    rollback: {steps: [verify]}", "    rules:"]
+        for r in range(rules):
+            spec = RULES[r % len(RULES)]
+            lines.append(f"      - {{name: r{r}, source: s{n}, action: notify, {spec[1:]}")
+    return "\n".join(lines) + "\n"
+
+
+# --- the watchdogd process (``--host``) --------------------------------------------------------
+
+
+def host(config_path: str, lag_path: str) -> int:
+    """``watchdogd run`` with a scheduler listener that records lateness; lags are written at exit."""
+    import os
+
+    from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, EVENT_JOB_SUBMITTED, JobEvent
+
+    from watchdogd import runner
+    from watchdogd.config import load_config
+    from watchdogd.daemon import Daemon
+    from watchdogd.telemetry import configure_logging, resolve_level
+
+    records: list[tuple[str, float, float]] = []
+
+    class ObservedDaemon(Daemon):
+        async def start(self) -> None:
+            await super().start()
+
+            def listen(event: JobEvent) -> None:
+                now = time.time()
+                if event.code == EVENT_JOB_SUBMITTED:
+                    for at in event.scheduled_run_times:  # type: ignore[attr-defined]
+                        records.append(("start", now, now - at.timestamp()))
+                elif event.code == EVENT_JOB_EXECUTED:
+                    records.append(("done", now, now - event.scheduled_run_time.timestamp()))  # type: ignore[attr-defined]
+                else:
+                    records.append(("missed", now, 0.0))
+
+            self.scheduler.add_listener(listen, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_MISSED)
+
+    config = load_config(Path(config_path))
+    configure_logging(resolve_level(config.logging.level, dict(os.environ)), config.logging.format)
+    runner.Daemon = ObservedDaemon  # type: ignore[misc]
+    try:
+        return asyncio.run(runner.serve(config, Path(config_path)))
+    finally:
+        Path(lag_path).write_text(json.dumps(records))
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=5.0, help=f"measured span (at most {MAX_MINUTES:g})")
+    parser.add_argument("--services", type=int, default=200)
+    parser.add_argument("--rules", type=int, default=10, help="rules per service")
+    parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--exporters", type=int, default=8, help="exporter ports (one child process)")
+    parser.add_argument("--host", nargs=2, metavar=("CONFIG", "LAGFILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.host:
+        raise SystemExit(host(*args.host))
+
+    seconds = max(0.1, min(args.minutes, MAX_MINUTES)) * 60
+    ports = [free_port() for _ in range(args.exporters)]
+    ready = multiprocessing.Event()
+    child = multiprocessing.Process(target=serve, args=(ports, ready), daemon=True)
+    child.start()
+    try:
+        if not ready.wait(30):
+            raise SystemExit("the fake exporters did not start")
+        with tempfile.TemporaryDirectory(prefix="wdbench-scale-") as tmp:
+            result = drive(Path(tmp), args, ports, seconds)
+    finally:
+        child.terminate()
+        child.join(10)
+    report(args, result)
+
+
+def drive(workdir: Path, args: Any, ports: list[int], seconds: float) -> dict[str, Any]:
+    lag_path = workdir / "lags.json"
+    body = config_for(args.services, args.rules, args.interval, ports)
+    wd = WatchdogdProcess(workdir, body, log_level="info")
+    config_path = workdir / "watchdogd.yaml"
+    command = [sys.executable, str(Path(__file__).resolve()), "--host", str(config_path), str(lag_path)]
+    wd.start(timeout=120, command=command)
+    try:
+        for n in range(args.services):
+            wd.register(f"svc{n}")
+        time.sleep(2 * args.interval)  # every source polled with its deployment open
+        since = time.time()
+        usage = measure(wd.pid, seconds)
+        until = time.time()
+        _, text = wd.request("GET", "/metrics", token=None)
+    finally:
+        wd.stop(timeout=60)
+    records = json.loads(lag_path.read_text()) if lag_path.exists() else []
+    kept = [(kind, lag) for kind, at, lag in records if since <= at <= until]
+    evaluations = 0.0
+    for line in str(text).splitlines():
+        if line.startswith("watchdogd_rule_evaluations_total{"):
+            evaluations += float(line.rpartition(" ")[2])
+    return {
+        "usage": usage,
+        "start": [lag for kind, lag in kept if kind == "start"],
+        "done": [lag for kind, lag in kept if kind == "done"],
+        "missed": sum(1 for kind, _ in kept if kind == "missed"),
+        "evaluations": evaluations,
+        "errors": wd.log().count('"level": "error"'),
+    }
+
+
+def report(args: Any, result: dict[str, Any]) -> None:
+    usage = result["usage"]
+    done, start = result["done"], result["start"]
+    scheduled = args.services / args.interval
+    print(
+        f"{args.services} services x {args.rules} rules at {args.interval:g}s "
+        f"({scheduled:.0f} polls/s, {scheduled * args.rules:.0f} evaluations/s scheduled), "
+        f"measured over {usage.seconds:.0f}s"
+    )
+    print(f"polls done         {len(done) / usage.seconds:.1f}/s, missed runs {result['missed']}")
+    print(f"evaluations total  {result['evaluations']:,.0f} since start")
+    share = usage.share
+    print(f"CPU                {share:.1%} of one core (target < 50%: {verdict(share < TARGET_CPU)})")
+    print(
+        f"RSS                {usage.rss_mib:.0f} MiB at the end, peak {usage.peak_mib:.0f} MiB "
+        f"(target < {TARGET_RSS_MIB:g} MiB: {verdict(usage.peak_mib < TARGET_RSS_MIB)})"
+    )
+    p50, p99 = percentile(done, 0.5), percentile(done, 0.99)
+    print(
+        f"evaluation lag     p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
+        f"max {max(done, default=0) * 1000:.0f} ms "
+        f"(target p99 < 1 s: {verdict(p99 < TARGET_P99_LAG)})"
+    )
+    if start:
+        print(
+            f"start lag          p50 {percentile(start, 0.5) * 1000:.0f} ms, "
+            f"p99 {percentile(start, 0.99) * 1000:.0f} ms (poll begun vs scheduled)"
+        )
+    if done:
+        print(f"(mean evaluation lag {statistics.mean(done) * 1000:.0f} ms over {len(done):,} polls)")
+
+
+if __name__ == "__main__":
+    main()
