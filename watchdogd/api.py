@@ -8,8 +8,10 @@ bearer token from the tokens file; votes need the operator role.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -20,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from watchdogd import openapi
-from watchdogd.auth import Principal, Role, Tokens
+from watchdogd.auth import Principal, Role, Throttle, Tokens
 from watchdogd.config.types import DURATION_PATTERN, parse_duration
 from watchdogd.daemon import Conflict, Daemon, Invalid, NotFound
 from watchdogd.events import events_handler, install
@@ -149,6 +151,7 @@ class _Api:
         self.tokens = tokens
         self.open = open_endpoints
         self.roles: dict[Any, Role | None] = {}
+        self.throttle = Throttle()
         self.document: dict[str, Any] = {}
 
     @web.middleware
@@ -182,14 +185,20 @@ class _Api:
         name = request.path.strip("/")
         if role is None and (name in self.open or route not in self.roles):
             return await handler(request)
+        peer = request.remote or "unknown"
+        wait = self.throttle.delay(peer, time.monotonic())
+        if wait > 0:
+            await asyncio.sleep(wait)  # only this client waits; everyone else is served
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "unauthorized", "a bearer token is required (Authorization: Bearer TOKEN)")
         principal = self.tokens.check(token.strip())
         if principal is None:
-            log.warning("bad_token", peer=request.remote, path=request.path)
+            failures = self.throttle.fail(peer, time.monotonic())
+            log.warning("bad_token", peer=peer, path=request.path, recent_failures=failures)
             raise ApiError(401, "unauthorized", "unknown token")
+        self.throttle.succeed(peer)
         if not principal.may(role or "admin"):
             raise ApiError(403, "forbidden", f"{principal.name} is {principal.role}; this needs {role}")
         request["principal"] = principal

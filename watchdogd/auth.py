@@ -97,3 +97,52 @@ class Tokens:
             if hmac.compare_digest(known, digest):
                 found = principal
         return found
+
+
+class Throttle:
+    """Slows down an address after repeated failed tokens: each answer waits longer.
+
+    The first ``free`` failures within ``window`` seconds cost nothing; after
+    that each request from the address waits ``base * 2**(n - free)`` seconds,
+    at most ``ceiling``. A good token clears the address. At most ``capacity``
+    addresses are remembered (the stalest are forgotten first).
+    """
+
+    def __init__(
+        self,
+        free: int = 5,
+        window: float = 60.0,
+        base: float = 0.25,
+        ceiling: float = 5.0,
+        capacity: int = 10_000,
+    ) -> None:
+        self.free = free
+        self.window = window
+        self.base = base
+        self.ceiling = ceiling
+        self.capacity = capacity
+        self._failures: dict[str, list[float]] = {}
+
+    def failures(self, peer: str, now: float) -> int:
+        recent = [t for t in self._failures.get(peer, ()) if now - t < self.window]
+        if recent:
+            self._failures[peer] = recent
+        else:
+            self._failures.pop(peer, None)
+        return len(recent)
+
+    def delay(self, peer: str, now: float) -> float:
+        over = self.failures(peer, now) - self.free
+        return 0.0 if over < 0 else min(self.ceiling, self.base * 2**over)
+
+    def fail(self, peer: str, now: float) -> int:
+        if peer not in self._failures and len(self._failures) >= self.capacity:
+            stalest = min(self._failures, key=lambda p: self._failures[p][-1])
+            del self._failures[stalest]
+        times = self._failures.setdefault(peer, [])
+        times.append(now)
+        del times[: -(self.free + 16)]
+        return self.failures(peer, now)
+
+    def succeed(self, peer: str) -> None:
+        self._failures.pop(peer, None)

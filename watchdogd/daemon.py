@@ -123,7 +123,6 @@ class Daemon:
         """For each service, the last container seen with another image than the current one."""
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._lock = asyncio.Lock()
         self._stopping = False
         self._events_thread: threading.Thread | None = None
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
@@ -276,16 +275,17 @@ class Daemon:
         live = self.live.get(run.service)
         if live is None or not live.deployment.open or sample.time < live.deployment.started_at:
             return
-        async with self._lock:
-            state = live.states.get(run.rule.name) or self._start_rule(run, live.deployment)
-            try:
-                state, transitions = evaluate(run.rule, state, sample, sample.time)
-            except RuleError as exc:
-                log.warning("rule_error", service=run.service, rule=run.rule.name, error=str(exc))
-                return
-            live.states[run.rule.name] = state
-            assert self.store is not None
-            await self.store.save_rule_state(live.deployment.id, run.rule.name, dump_state(state))
+        # No await between reading and replacing the state: evaluations of other rules
+        # interleave freely, and one rule's polls never overlap (one job per source).
+        state = live.states.get(run.rule.name) or self._start_rule(run, live.deployment)
+        try:
+            state, transitions = evaluate(run.rule, state, sample, sample.time)
+        except RuleError as exc:
+            log.warning("rule_error", service=run.service, rule=run.rule.name, error=str(exc))
+            return
+        live.states[run.rule.name] = state
+        assert self.store is not None
+        await self.store.save_rule_state(live.deployment.id, run.rule.name, dump_state(state))
         self.metrics.rule_state.labels(*labels).set(state.state.metric_value)
         self.metrics.rule_evaluations.labels(*labels, state.state.value).inc()
         for transition in transitions:

@@ -224,3 +224,19 @@ def test_veto_and_approve_race_exactly_one_wins(watchdogd: Any) -> None:
         assert len(started) == (0 if veto[0] == 200 else 1), audit
         outcomes.append((veto[0], approve[0], final["state"]))
     assert wd.stop() == 0
+
+
+def test_repeated_bad_tokens_are_slowed_down_and_logged(wd: Watchdogd) -> None:
+    timings = []
+    for _ in range(8):
+        started = time.monotonic()
+        status, _ = wd.get("/v1/deployments", token="guessing-0000000000")
+        timings.append(time.monotonic() - started)
+        assert status == 401
+    assert max(timings[:5]) < 0.2, timings  # the first few cost nothing
+    assert timings[-1] >= 0.4, timings  # then each answer waits longer
+    assert wd.log().count('"bad_token"') >= 8
+    assert wd.get("/v1/deployments")[0] == 200  # a good token still gets in, and clears the address
+    started = time.monotonic()
+    assert wd.get("/v1/deployments")[0] == 200
+    assert time.monotonic() - started < 0.2

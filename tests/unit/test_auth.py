@@ -1,0 +1,86 @@
+"""Tokens and roles, and the slowdown of an address that keeps guessing."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from watchdogd.auth import Throttle, Tokens
+from watchdogd.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_tokens_by_value_or_digest_with_roles(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"ci-pipeline-token-0001").hexdigest()
+    tokens = Tokens.load(
+        write(
+            tmp_path,
+            "tokens:\n"
+            "  - {name: alice, role: operator, token: alice-token-0123456}\n"
+            f"  - {{name: ci, role: admin, sha256: {digest}}}\n"
+            "  - {name: victor, role: viewer, token: victor-token-012345}\n",
+        )
+    )
+    alice = tokens.check("alice-token-0123456")
+    assert alice is not None and alice.name == "alice" and alice.may("operator") and not alice.may("admin")
+    ci = tokens.check("ci-pipeline-token-0001")
+    assert ci is not None and ci.may("admin")
+    victor = tokens.check("victor-token-012345")
+    assert victor is not None and victor.may("viewer") and not victor.may("operator")
+    assert tokens.check("alice-token-012345") is None
+    assert tokens.check("") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tokens: 3\n", "tokens: expected a list of tokens"),
+        (
+            "tokens:\n  - {name: a, role: root, token: aaaaaaaaaaaaaaaaaaaa}\n",
+            "tokens[0].role: must be viewer, operator or admin",
+        ),
+        (
+            "tokens:\n  - {name: a, role: viewer, token: short}\n",
+            "tokens[0].token: must be at least 16 characters",
+        ),
+        ("tokens:\n  - {name: a, role: viewer}\n", "tokens[0]: give exactly one of token or sha256"),
+        ("tokens:\n  - {name: a, role: viewer, sha256: abc}\n", "tokens[0].sha256: must be 64 hex digits"),
+    ],
+)
+def test_bad_tokens_file_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Tokens.load(write(tmp_path, text))
+    assert message in str(caught.value)
+    assert "aaaaaaaaaaaaaaaaaaaa" not in str(caught.value)
+
+
+def test_an_address_that_keeps_guessing_is_slowed_down() -> None:
+    throttle = Throttle(free=3, window=60.0, base=0.25, ceiling=2.0)
+    for n in range(3):
+        assert throttle.delay("10.0.0.9", float(n)) == 0.0
+        throttle.fail("10.0.0.9", float(n))
+    assert throttle.delay("10.0.0.9", 3.0) == 0.25
+    throttle.fail("10.0.0.9", 3.0)
+    assert throttle.delay("10.0.0.9", 4.0) == 0.5
+    for n in range(10):
+        throttle.fail("10.0.0.9", 5.0 + n)
+    assert throttle.delay("10.0.0.9", 20.0) == 2.0  # capped
+    assert throttle.delay("127.0.0.1", 20.0) == 0.0  # others are not slowed
+    assert throttle.delay("10.0.0.9", 200.0) == 0.0  # the window forgets
+    throttle.fail("10.0.0.9", 201.0)
+    throttle.succeed("10.0.0.9")
+    assert throttle.failures("10.0.0.9", 202.0) == 0
+
+
+def test_memory_is_bounded() -> None:
+    throttle = Throttle(capacity=100)
+    for n in range(1000):
+        throttle.fail(f"peer-{n}", float(n))
+    assert len(throttle._failures) <= 100
