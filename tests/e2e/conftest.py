@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -35,10 +36,12 @@ class Watchdogd:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     state_url: str = "sqlite:///state.db"
+    tls: tuple[Path, Path] | None = None
+    """Certificate and key: the API then speaks HTTPS only."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def write_config(self) -> Path:
         tokens = self.workdir / "tokens.yaml"
@@ -49,12 +52,15 @@ class Watchdogd:
         )
         config = self.workdir / "watchdogd.yaml"
         header = (
-            f"server: {{listen: '127.0.0.1:{self.port}', tokens_file: tokens.yaml}}\n"
+            f"server: {{listen: '127.0.0.1:{self.port}', tokens_file: tokens.yaml{self._tls_config()}}}\n"
             f"state: {{url: '{self.state_url}'}}\n"
             "logging: {level: info, format: json}\n"
         )
         config.write_text(header + self.config_text)
         return config
+
+    def _tls_config(self) -> str:
+        return f", tls: {{cert: '{self.tls[0]}', key: '{self.tls[1]}'}}" if self.tls else ""
 
     def start(self, env: dict[str, str] | None = None, timeout: float = 30.0) -> None:
         config = self.write_config()
@@ -105,7 +111,8 @@ class Watchdogd:
         if token:
             request.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:
+            context = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else None
+            with urllib.request.urlopen(request, timeout=10, context=context) as response:
                 raw = response.read()
                 status = response.status
         except urllib.error.HTTPError as exc:

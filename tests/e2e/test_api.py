@@ -7,12 +7,14 @@ fast at its container step; what matters here is who won and what ran.
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -240,3 +242,36 @@ def test_repeated_bad_tokens_are_slowed_down_and_logged(wd: Watchdogd) -> None:
     started = time.monotonic()
     assert wd.get("/v1/deployments")[0] == 200
     assert time.monotonic() - started < 0.2
+
+
+def test_tls_when_configured(watchdogd: Any, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    daemon: Watchdogd = watchdogd(api_config())
+    daemon.tls = (cert, key)
+    daemon.start()
+    assert daemon.get("/v1/deployments")[0] == 200
+    with pytest.raises(OSError):  # plain HTTP is not spoken
+        urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/healthz", timeout=5)
