@@ -124,6 +124,7 @@ class Daemon:
         self._timers: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self._deploying = asyncio.Lock()
         self._events_thread: threading.Thread | None = None
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         """Called with every event (kind, data): the API's event stream subscribes here."""
@@ -741,6 +742,19 @@ class Daemon:
         actor: str,
     ) -> tuple[Deployment, dict[str, Any]]:
         """A deployment from the API; it completes one picked up from Docker for the same image."""
+        async with self._deploying:  # one at a time against Docker events, or one would supersede the other
+            return await self._register(service, image, previous_image, migrations, window, rehearse, actor)
+
+    async def _register(
+        self,
+        service: str,
+        image: str | None,
+        previous_image: str | None,
+        migrations: list[dict[str, Any]],
+        window: float | None,
+        rehearse: bool,
+        actor: str,
+    ) -> tuple[Deployment, dict[str, Any]]:
         assert self.store is not None
         if service not in self.config.services:
             raise Invalid(
@@ -936,6 +950,10 @@ class Daemon:
             stop.set()
 
     async def _container_started(self, service: str) -> None:
+        async with self._deploying:
+            await self._noticed(service)
+
+    async def _noticed(self, service: str) -> None:
         assert self.store is not None
         svc = self._service(service)
         assert svc.container is not None
