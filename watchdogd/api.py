@@ -27,6 +27,7 @@ from watchdogd.config.types import DURATION_PATTERN, parse_duration
 from watchdogd.daemon import Conflict, Daemon, Invalid, NotFound
 from watchdogd.events import events_handler, install
 from watchdogd.rollback.journal import RollbackRecord
+from watchdogd.sources.alertmanager import WebhookPayload
 from watchdogd.store import Deployment
 
 log = structlog.get_logger("watchdogd.api")
@@ -108,7 +109,7 @@ class VetoBody(ReasonBody):
 
 
 BODIES: dict[str, type[BaseModel]] = {
-    m.__name__: m for m in (EmptyBody, MigrationBody, DeploymentBody, ReasonBody, VetoBody)
+    m.__name__: m for m in (EmptyBody, MigrationBody, DeploymentBody, ReasonBody, VetoBody, WebhookPayload)
 }
 
 
@@ -138,6 +139,7 @@ def create_app(
         ("GET", "/v1/audit", api.audit, "viewer"),
         ("GET", "/v1/events", events_handler(hub), "viewer"),
         ("POST", "/v1/deployments/{id}/rehearse", api.rehearse, "operator"),
+        ("POST", "/v1/alertmanager", api.alertmanager, "operator"),
     ]
     for method, path, handler, role in routes:
         route = app.router.add_route(method, path, handler)
@@ -211,6 +213,8 @@ class _Api:
 
     async def readyz(self, request: web.Request) -> web.Response:
         if self.daemon.ready:
+            if self.daemon.election.shared:
+                return web.json_response({"status": "ok", "leader": self.daemon.election.leading})
             return web.json_response({"status": "ok"})
         return web.json_response({"status": "not_ready", "reason": self.daemon.problem}, status=503)
 
@@ -299,6 +303,23 @@ class _Api:
         await _body(request, EmptyBody, optional=True)
         record = await self.daemon.approve(request.match_info["id"], _actor(request))
         return web.json_response(_rollback(record))
+
+    # --- pushed alerts --------------------------------------------------------------------------
+
+    async def alertmanager(self, request: web.Request) -> web.Response:
+        body: WebhookPayload = await _body(request, WebhookPayload)
+        sources = self.daemon.alertmanager(body)
+        firing = sum(1 for a in body.alerts if a.status == "firing")
+        log.info(
+            "alertmanager_notification",
+            receiver=body.receiver,
+            status=body.status,
+            alerts=len(body.alerts),
+            firing=firing,
+            sources=sources,
+            actor=_actor(request),
+        )
+        return web.json_response({"status": "ok", "alerts": len(body.alerts), "sources": sources})
 
     async def audit(self, request: web.Request) -> web.Response:
         query = request.query

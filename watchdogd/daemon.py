@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import math
 import threading
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,9 +25,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry, Counter
 
 from watchdogd import __version__
+from watchdogd.clock import JUMP, SteadyClock
+from watchdogd.clock import now as steady
 from watchdogd.config.models import Config, HttpSource, RuleConfig, ServiceConfig
 from watchdogd.decisions import Fire, Policy, due, on_fire, proposal
-from watchdogd.errors import RuleError, WatchdogError
+from watchdogd.errors import RuleError, StoreError, WatchdogError
+from watchdogd.leader import POLL, Election, Solo, election_for
 from watchdogd.model import RuleState, Sample, Transition
 from watchdogd.notify import Event, Notifier
 from watchdogd.rollback.base import ContainerSnapshot, Migration, RollbackTarget, Step
@@ -47,6 +49,8 @@ from watchdogd.rules import (
     start,
 )
 from watchdogd.sources import Measure, build_source
+from watchdogd.sources.alertmanager import AlertmanagerAlerts, WebhookPayload
+from watchdogd.sources.exec import ExecCommand
 from watchdogd.sources.http import HttpProbe
 from watchdogd.sources.schedule import SourceJobs
 from watchdogd.store import Deployment, StateStore, open_store
@@ -57,6 +61,8 @@ log = structlog.get_logger("watchdogd")
 SYSTEM = "watchdogd"
 """The actor of automatic decisions in the audit trail."""
 TICK = 0.5
+STORE_RETRY = 2.0
+"""Seconds between two attempts at a decision the store refused to record (disk full, read-only)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,7 @@ class Daemon:
         config: Config,
         *,
         registry: CollectorRegistry | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady,
         docker_client: Any = None,
     ) -> None:
         self.config = config
@@ -122,9 +128,16 @@ class Daemon:
         self.before: dict[str, ContainerSnapshot] = {}
         """For each service, the last container seen with another image than the current one."""
         self._timers: dict[str, asyncio.Task[None]] = {}
+        self._executing: set[str] = set()
+        """Rollbacks whose plan runs in this process: one run per rollback, however it was asked for."""
+        self.election: Election = Solo()
+        """Only the leader evaluates, decides and executes; the others serve the API."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
         self._deploying = asyncio.Lock()
+        self._store_failing = False
+        self._drift = 0.0
+        """The wall clock's drift from the steady clock when last looked at."""
         self._events_thread: threading.Thread | None = None
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         """Called with every event (kind, data): the API's event stream subscribes here."""
@@ -134,6 +147,7 @@ class Daemon:
     async def start(self) -> None:
         config = self.config
         self.store = await open_store(config.state.url.secret(), clock=self.clock)
+        self.election = election_for(config.state.url.secret(), getattr(self.store, "schema", None))
         self.session = aiohttp.ClientSession()
         self.scheduler = AsyncIOScheduler()
         self.scheduler.start()
@@ -142,8 +156,15 @@ class Daemon:
         self.notifier.start()
         self._build_rules()
         await self._schedule_sources()
-        await self._resume()
-        self._spawn(self._ticker(), "ticker")
+        if await self.election.campaign():
+            await self._lead()
+        else:
+            log.info("following", reason="another replica leads")
+            await self._sync()
+        self.metrics.leader.set(1 if self.election.leading else 0)
+        if not isinstance(self.election, Solo):
+            self._spawn(self._every(POLL, self._campaign, "election"), "election")
+        self._spawn(self._every(TICK, self._tick, "ticker"), "ticker")  # window ends, remaining gauge
         if any(s.container for s in config.services.values()):
             self._spawn(self._watch_docker(), "docker-events")
         self.ready = True
@@ -170,6 +191,8 @@ class Daemon:
             self.scheduler.shutdown(wait=False)
         await self.notifier.close(timeout=min(5.0, deadline))
         await self.session.close()
+        with contextlib.suppress(Exception):
+            await self.election.resign()
         if self.store is not None:
             await self.store.aclose()
         log.info("stopped")
@@ -186,6 +209,25 @@ class Daemon:
 
         task.add_done_callback(done)
         return task
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """Say it once (log, readyz) and keep guarding from memory until the store takes writes again."""
+        if self._store_failing:
+            return
+        self._store_failing = True
+        log.error("store_failing", error=str(exc), guarding="from memory")
+        if not self._stopping:
+            self.ready = False
+            self.problem = f"state store failing, guarding from memory: {exc}"
+
+    def _store_recovered(self) -> None:
+        if not self._store_failing:
+            return
+        self._store_failing = False
+        log.info("store_recovered")
+        if not self._stopping:
+            self.ready = True
+            self.problem = ""
 
     def _emit(self, kind: str, data: dict[str, Any]) -> None:
         for listener in list(self.listeners):
@@ -213,6 +255,8 @@ class Daemon:
             self.notifier = Notifier(config.notify, self.metrics)
             self.notifier.start()
         await self._schedule_sources()
+        for service in self.live:
+            self._arm_commands(service)
         self.config_reloads.labels("applied").inc()
         log.info("reloaded", services=len(config.services), sources=len(config.sources))
 
@@ -273,6 +317,8 @@ class Daemon:
         labels = (run.service, run.rule.name)
         if sample.value is not None:
             self.metrics.rule_value.labels(*labels).set(sample.value)
+        if not self.election.leading:
+            return  # the leader evaluates and saves the states; a follower reads them
         live = self.live.get(run.service)
         if live is None or not live.deployment.open or sample.time < live.deployment.started_at:
             return
@@ -286,7 +332,12 @@ class Daemon:
             return
         live.states[run.rule.name] = state
         assert self.store is not None
-        await self.store.save_rule_state(live.deployment.id, run.rule.name, dump_state(state))
+        try:
+            await self.store.save_rule_state(live.deployment.id, run.rule.name, dump_state(state))
+        except StoreError as exc:
+            self._store_failed(exc)  # the state lives on in memory; the next evaluation saves it again
+        else:
+            self._store_recovered()
         self.metrics.rule_state.labels(*labels).set(state.state.metric_value)
         self.metrics.rule_evaluations.labels(*labels, state.state.value).inc()
         for transition in transitions:
@@ -315,7 +366,10 @@ class Daemon:
             "at": t.at,
         }
         log.info("rule_state", service=run.service, **detail)
-        await self.store.audit(SYSTEM, "rule_state", detail, deployment.id)
+        try:
+            await self.store.audit(SYSTEM, "rule_state", detail, deployment.id)
+        except StoreError as exc:
+            self._store_failed(exc)  # a missing audit line must not stop a rule from firing
         self._emit("rule_state", {"service": run.service, "deployment_id": deployment.id, **detail})
         if t.fired:
             await self._on_fire(run, deployment, t, detail)
@@ -335,7 +389,7 @@ class Daemon:
         fire = Fire(run.rule.name, run.rule.action, run.rule.immediate, t.at, muted)
         existing = await self.store.for_deployment(deployment.id)
         verdict = on_fire(policy, fire, deployment.state == "watching", existing is not None)
-        reason = {**reason, "severity": run.rule.severity}
+        reason = {**reason, "severity": run.rule.severity, **self._source_output(run.config.source)}
         if verdict == "ignore":
             await self.store.audit(SYSTEM, "fire_muted", {**reason, "muted_until": muted}, deployment.id)
             return
@@ -425,14 +479,21 @@ class Daemon:
         old = self._timers.pop(record.id, None)
         if old is not None:
             old.cancel()
-        if record.execute_at is None:
+        if record.execute_at is None or not self.election.leading:
             return
         delay = max(0.0, record.execute_at - self.clock())
 
         async def wait() -> None:
             await asyncio.sleep(delay)
+            while True:
+                try:
+                    await self._due(record.id)
+                    self._store_recovered()
+                    break
+                except StoreError as exc:  # the decision stays journaled as pending: try again
+                    self._store_failed(exc)
+                    await asyncio.sleep(STORE_RETRY)
             self._timers.pop(record.id, None)
-            await self._due(record.id)
 
         self._timers[record.id] = self._spawn(wait(), f"timer:{record.id}")
 
@@ -487,6 +548,20 @@ class Daemon:
         Only a resume after a restart, or an approval that claimed it already,
         may start from ``executing``: anything else would run the plan twice.
         """
+        if not self.election.leading:
+            return  # a follower's approval is picked up by the leader
+        while True:
+            try:
+                await self._run_plan(rollback_id, claimed_from)
+                self._store_recovered()
+                return
+            except StoreError as exc:
+                # Nothing runs unjournaled: retry, resuming from the journal as a restart would.
+                self._store_failed(exc)
+                await asyncio.sleep(STORE_RETRY)
+                claimed_from = (*claimed_from, "executing")
+
+    async def _run_plan(self, rollback_id: str, claimed_from: tuple[RollbackState, ...]) -> None:
         assert self.store is not None
         record = await self.store.get(rollback_id)
         if record is None or record.final:
@@ -495,6 +570,17 @@ class Daemon:
         assert deployment is not None
         if not await self.store.transition(record.id, "executing", claimed_from):
             return
+        if rollback_id in self._executing:
+            return  # claimed twice in this process (an approval and a resume): it runs once
+        self._executing.add(rollback_id)
+        try:
+            await self._run_claimed(record, deployment)
+        finally:
+            self._executing.discard(rollback_id)
+
+    async def _run_claimed(self, record: RollbackRecord, deployment: Deployment) -> None:
+        assert self.store is not None
+        rollback_id = record.id
         await self.store.set_deployment_state(deployment.id, "rolling_back", ("watching", "rolling_back"))
         await self._refresh(deployment.service)
         fired = [float(r["at"]) for r in record.reasons if isinstance(r.get("at"), int | float)]
@@ -870,11 +956,8 @@ class Daemon:
         if live is not None and live.deployment.id == newest.id:
             live.deployment = newest
             return
-        states = {}
-        for rule, raw in (await self.store.rule_states(newest.id)).items():
-            with contextlib.suppress(RuleError):
-                states[rule] = load_state(raw)
-        self.live[service] = Live(newest, states)
+        self.live[service] = Live(newest, await self._stored_states(newest.id))
+        self._arm_commands(service)
 
     async def _resume(self) -> None:
         assert self.store is not None
@@ -891,32 +974,101 @@ class Daemon:
                 if snapshot is not None:
                     self.known[name] = snapshot
 
-    async def _ticker(self) -> None:
-        """Window ends (promotion) and the window-remaining gauge."""
-        assert self.store is not None
+    async def _lead(self) -> None:
+        """This replica leads from now: it picks everything up from the store, as the last leader left it."""
+        self.metrics.leader.set(1)
+        log.info("leading")
+        self.live.clear()
+        await self._resume()
+
+    def _step_down(self) -> None:
+        """The lock is gone: another replica may lead now, so stop deciding and executing here."""
+        self.metrics.leader.set(0)
+        for timer in list(self._timers.values()):
+            timer.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            if task.get_name().startswith("execute:"):
+                task.cancel()  # journaled: the next leader resumes the step that was running
+        log.error("leadership_lost", reason="the leader lock is gone; following")
+
+    async def _campaign(self) -> None:
+        """Ask for the leader lock (a follower) or check it is still held (the leader)."""
+        was = self.election.leading
+        leading = await self.election.campaign()
+        if leading and not was:
+            await self._lead()
+        elif was and not leading:
+            self._step_down()
+        await self._sync()
+
+    async def _every(self, seconds: float, work: Callable[[], Awaitable[None]], name: str) -> None:
+        """Run ``work`` every ``seconds``; a failure (a store hiccup) is said once and does not end it."""
         failing = False
         while True:
             try:
-                await self._tick()
+                await work()
                 if failing:
-                    log.info("ticker_recovered")
+                    log.info(f"{name}_recovered")
                 failing = False
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a store hiccup must not end window handling for good
+            except Exception as exc:
                 if not failing:
-                    log.error("ticker_failing", error=f"{type(exc).__name__}: {exc}")
+                    log.error(f"{name}_failing", error=f"{type(exc).__name__}: {exc}")
                 failing = True
-            await asyncio.sleep(TICK)
+            await asyncio.sleep(seconds)
+
+    async def _sync(self) -> None:
+        """Catch up with the shared store: what another replica registered, voted or claimed."""
+        assert self.store is not None
+        open_now = {d.service for d in await self.store.deployments(open_only=True)}
+        for service in open_now | set(self.live):
+            await self._refresh(service)
+        if not self.election.leading:
+            for live in self.live.values():
+                live.states = await self._stored_states(live.deployment.id)
+            return
+        for record in await self.store.in_states(("pending", "awaiting_approval")):
+            if record.id not in self._timers:
+                self._arm(record)
+        for record in await self.store.unfinished():
+            if record.id not in self._executing:
+                self._spawn(self._execute(record.id, ("executing",)), f"execute:{record.id}")
+
+    async def _stored_states(self, deployment_id: str) -> dict[str, EvalState]:
+        assert self.store is not None
+        states = {}
+        for rule, raw in (await self.store.rule_states(deployment_id)).items():
+            with contextlib.suppress(RuleError):
+                states[rule] = load_state(raw)
+        return states
+
+    def _watch_wall_clock(self) -> None:
+        """Say when the wall clock jumps; windows keep their steady time, polling starts again now."""
+        if not isinstance(self.clock, SteadyClock):
+            return
+        drift = self.clock.drift()
+        self.metrics.clock_drift.set(drift)
+        if abs(drift - self._drift) >= JUMP:
+            log.warning(
+                "wall_clock_jumped",
+                by=round(drift - self._drift, 3),
+                drift=round(drift, 3),
+                kept="windows, timers and stored times follow the steady clock",
+            )
+            self._drift = drift
+            self.jobs.reschedule()
 
     async def _tick(self) -> None:
         assert self.store is not None
+        self._watch_wall_clock()
         now = self.clock()
         for service, live in list(self.live.items()):
             deployment = live.deployment
             remaining = max(0.0, deployment.window_ends_at - now)
             self.metrics.window_remaining.labels(service).set(remaining)
-            if deployment.state == "watching" and remaining <= 0:
+            if deployment.state == "watching" and remaining <= 0 and self.election.leading:
                 existing = await self.store.for_deployment(deployment.id)
                 if existing is None or existing.state in ("vetoed", "dry_run"):
                     with contextlib.suppress(Conflict, NotFound):
@@ -971,7 +1123,7 @@ class Daemon:
             and (live.deployment.data.get("current") or {}).get("image_id") == snapshot.image_id
         ):
             return  # already registered through the API
-        if previous is None:
+        if previous is None or not self.election.leading:
             return
         latest = await self.store.deployments(limit=1)
         if latest and latest[0].service == service and latest[0].state in ("rolled_back", "rollback_failed"):
@@ -998,6 +1150,38 @@ class Daemon:
         log.info("deployment_noticed", service=service, image=snapshot.image, previous=previous.image)
         self._emit("deployment", {"deployment_id": deployment.id, "service": service, "state": "watching"})
         await self._refresh(service)
+
+    # --- pushed and deploy-started sources ----------------------------------------------------------
+
+    def alertmanager(self, payload: WebhookPayload) -> int:
+        """Hand an Alertmanager notification to every alertmanager source; how many took it."""
+        jobs = getattr(self, "jobs", None)
+        sources = [j.poller.source for j in jobs.jobs.values()] if jobs is not None else []
+        taken = 0
+        for source in sources:
+            if isinstance(source, AlertmanagerAlerts):
+                source.receive(payload)
+                taken += 1
+                # evaluate now rather than at the next interval
+                self._spawn(self.jobs.poll_now(source.name), f"poll:{source.name}")
+        return taken
+
+    def _arm_commands(self, service: str) -> None:
+        """A deploy of ``service`` is watched: its after_deploy commands run now, then every interval."""
+        jobs = getattr(self, "jobs", None)
+        for name in {run.config.source for run in self.runs.get(service, [])}:
+            job = jobs.jobs.get(name) if jobs is not None else None
+            if job is not None and isinstance(job.poller.source, ExecCommand) and not job.poller.source.armed:
+                job.poller.source.arm()
+                self._spawn(self.jobs.poll_now(name), f"poll:{name}")
+
+    def _source_output(self, source: str) -> dict[str, str]:
+        """The last output of an exec source, for a rollback's reasons and the audit."""
+        jobs = getattr(self, "jobs", None)
+        job = jobs.jobs.get(source) if jobs is not None else None
+        if job is not None and isinstance(job.poller.source, ExecCommand) and job.poller.source.last_output:
+            return {"output": job.poller.source.last_output}
+        return {}
 
     # --- views -----------------------------------------------------------------------------------
 

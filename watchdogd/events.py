@@ -18,7 +18,6 @@ import asyncio
 import itertools
 import json
 import math
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
+
+from watchdogd.clock import now as steady
 
 log = structlog.get_logger("watchdogd.events")
 
@@ -102,7 +103,7 @@ class EventHub:
         heartbeat: float = 15.0,
         queue_size: int = 256,
         write_timeout: float = 30.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady,
     ) -> None:
         if buffer < 1 or queue_size < 1:
             raise ValueError("buffer and queue_size must be at least 1")

@@ -41,6 +41,14 @@ class Status(_Out):
     status: Literal["ok"]
 
 
+class Ready(_Out):
+    status: Literal["ok"]
+    leader: bool = True
+    """With replicas on a PostgreSQL state, whether this one evaluates, decides and executes.
+
+    Absent with SQLite: the only process always leads."""
+
+
 class NotReady(_Out):
     status: Literal["not_ready"]
     reason: str
@@ -115,6 +123,14 @@ class AuditEntry(_Out):
     detail: dict[str, Any]
 
 
+class AlertsTaken(_Out):
+    """An Alertmanager notification taken in: its alert count and the sources that kept it."""
+
+    status: Literal["ok"]
+    alerts: int
+    sources: int
+
+
 class Deployments(_Out):
     items: list[Deployment]
 
@@ -161,7 +177,9 @@ _VOTE = (400, 401, 403, 404, 409, 422, 503)
 OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/healthz"): Operation("Liveness", None, answer=Status),
     ("GET", "/readyz"): Operation(
-        "Readiness: 503 with the reason until the daemon runs", None, answer=Status
+        "Readiness, and whether this replica leads: 503 with the reason until the daemon runs",
+        None,
+        answer=Ready,
     ),
     ("GET", "/metrics"): Operation("Prometheus metrics", None, media_type="text/plain"),
     ("GET", "/v1/openapi.json"): Operation("This document", None),
@@ -224,6 +242,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         body="EmptyBody",
         body_optional=True,
         errors=_VOTE,
+    ),
+    ("POST", "/v1/alertmanager"): Operation(
+        "Alertmanager webhook (version 4): alerts for the alertmanager sources",
+        "operator",
+        answer=AlertsTaken,
+        body="WebhookPayload",
+        errors=(400, 401, 403, 422, 503),
     ),
     ("GET", "/v1/events"): Operation(
         "Server-sent events: rule state changes, proposals, steps, outcomes",

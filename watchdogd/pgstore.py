@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from watchdogd.clock import now as steady
 from watchdogd.config.types import redact_url
 from watchdogd.errors import StoreError
 from watchdogd.rollback.journal import FINAL_STATES, RollbackRecord, RollbackState, StepRecord, StepState
@@ -160,7 +160,7 @@ class PgStore:
             )
         except (*_DRIVER_ERRORS, ValueError) as exc:
             raise StoreError(f"state store {where}: cannot connect: {_describe(exc, dsn)}") from exc
-        store = cls(pool, where, schema, clock or time.time)
+        store = cls(pool, where, schema, clock or steady)
         try:
             await store._migrate()
         except BaseException:

@@ -53,7 +53,24 @@ class Selector:
 
 def parse_selector(text: str) -> Selector:
     """Parse ``name{a="x", b=~"y.*"}``; raises ValueError with the reason."""
-    source = text.strip()
+    return _parse(text, text.strip(), need_name=True)
+
+
+def parse_matchers(text: str) -> Selector:
+    """Parse label matchers alone, ``a="x", b!="y"`` with or without braces (no name).
+
+    Any set of matchers is valid, even one that matches everything.
+    """
+    body = text.strip()
+    if not body.startswith("{"):
+        body = "{" + body + "}"
+    selector = _parse(text, body, need_name=False)
+    if selector.name is not None:
+        raise ValueError(f"invalid matchers '{text}': label matchers only, no metric name")
+    return selector
+
+
+def _parse(text: str, source: str, need_name: bool) -> Selector:
     pos = 0
     name: str | None = None
     match = _NAME.match(source, pos)
@@ -88,7 +105,7 @@ def parse_selector(text: str) -> Selector:
             raise ValueError(f"invalid selector '{text}': expected ',' or '}}' at {pos + 1}")
     if pos != len(source):
         raise ValueError(f"invalid selector '{text}': unexpected '{source[pos:]}'")
-    if name is None and not any(m.op in ("=", "=~") and not m.matches("") for m in matchers):
+    if need_name and name is None and not any(m.op in ("=", "=~") and not m.matches("") for m in matchers):
         raise ValueError(f"invalid selector '{text}': give a metric name")
     return Selector(text=source, name=name, matchers=tuple(matchers))
 

@@ -146,6 +146,16 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.leader = Gauge(
+            "watchdogd_leader",
+            "1 when this replica leads (evaluates, decides, executes), 0 when it follows.",
+            registry=registry,
+        )
+        self.clock_drift = Gauge(
+            "watchdogd_clock_drift_seconds",
+            "How far the wall clock is ahead of watchdogd's steady clock (windows keep the steady one).",
+            registry=registry,
+        )
         self.build_info = Gauge(
             "watchdogd_build_info", "The running version; always 1.", ["version"], registry=registry
         )

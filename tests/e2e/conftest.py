@@ -38,6 +38,8 @@ class Watchdogd:
     state_url: str = "sqlite:///state.db"
     tls: tuple[Path, Path] | None = None
     """Certificate and key: the API then speaks HTTPS only."""
+    module: str = "watchdogd"
+    """What ``python -m`` runs: a wrapper module can inject a fault around watchdogd."""
 
     @property
     def url(self) -> str:
@@ -67,7 +69,7 @@ class Watchdogd:
         self.log_path = self.workdir / f"watchdogd-{int(time.time() * 1000)}.log"
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "watchdogd", "run", "--config", str(config)],
+            [sys.executable, "-m", self.module, "run", "--config", str(config)],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

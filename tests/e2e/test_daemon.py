@@ -121,6 +121,17 @@ class Story:
         finally:
             await conn.close()
 
+    async def assert_rolled_back_once(self, before: dict[str, Any]) -> None:
+        """v1 running once under the name, one bad container kept aside, one ledger row, the old schema."""
+        assert await self.ledger() == [("api", MIGRATION_ID)]
+        assert await self.schema() == before
+        assert "v1" in self.running_image()
+        containers = self.registry.client.containers
+        named = containers.list(all=True, filters={"name": f"^/{self.name}$"})
+        assert len(named) == 1 and named[0].status == "running"
+        kept = containers.list(all=True, filters={"name": f"^/{self.name}-failed-"})
+        assert len(kept) == 1, [c.name for c in kept]
+
     async def ledger(self) -> list[tuple[Any, ...]]:
         conn = await asyncpg.connect(self.dsn)
         try:

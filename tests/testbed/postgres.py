@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import subprocess
+import time
+from pathlib import Path
 
 import asyncpg
 
@@ -58,3 +62,27 @@ async def database_exists(name: str) -> bool:
     finally:
         await conn.close()
     return found == 1
+
+
+async def restart_server(timeout: float = 60.0) -> None:
+    """Restart the test bed's PostgreSQL (fast shutdown: open sessions are cut) and wait until it answers."""
+    version = _cluster_version()
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"]
+    await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = await asyncpg.connect(dsn_for(ADMIN_DATABASE), timeout=CONNECT_TIMEOUT)
+            await conn.close()
+            return
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+def _cluster_version() -> str:
+    versions = sorted(Path("/etc/postgresql").iterdir(), key=lambda p: [int(x) for x in p.name.split(".")])
+    if not versions:
+        raise RuntimeError("no PostgreSQL cluster under /etc/postgresql; run scripts/testbed.sh")
+    return versions[-1].name

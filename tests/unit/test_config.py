@@ -214,7 +214,8 @@ INVALID = [
     pytest.param(
         "sources:\n  q: {type: kafka, url: http://127.0.0.1:9092}\n",
         "config/api.yaml:2: sources.q.type: unknown type 'kafka' "
-        "(one of: 'prometheus', 'scrape', 'http', 'docker', 'docker_logs', 'file', 'postgres', 'redis')",
+        "(one of: 'prometheus', 'scrape', 'http', 'docker', 'docker_logs', 'file', 'postgres', 'redis', "
+        "'exec', 'alertmanager')",
         id="unknown-source-type",
     ),
     pytest.param(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from watchdogd.config.models import (
     DOCKER_FIELDS,
+    EXEC_FIELDS,
     HTTP_FIELDS,
     LOG_SOURCE_TYPES,
     POSTGRES_FIELDS,
@@ -16,7 +17,7 @@ from watchdogd.config.models import (
     ServiceConfig,
     SourceConfig,
 )
-from watchdogd.selector import parse_selector
+from watchdogd.selector import parse_matchers, parse_selector
 
 Loc = tuple[str | int, ...]
 Problem = tuple[Loc, str]
@@ -28,7 +29,8 @@ _MEASURES: dict[str, tuple[str, ...]] = {
     "rate": ("scrape",),
     "ratio": ("scrape",),
     "quantile": ("scrape",),
-    "field": ("docker", "http", "postgres"),
+    "field": ("docker", "http", "postgres", "exec"),
+    "alerts": ("alertmanager",),
     "pattern": LOG_SOURCE_TYPES,
     "over": LOG_SOURCE_TYPES,
     "absent_for": LOG_SOURCE_TYPES,
@@ -42,6 +44,8 @@ _WHAT_FITS: dict[str, str] = {
     "file": "a pattern with over or absent_for",
     "postgres": "a query (SQL returning one number) or field: connected",
     "redis": "nothing more: the value is the queue depth",
+    "exec": "a field (" + ", ".join(EXEC_FIELDS) + ")",
+    "alertmanager": "alerts: label matchers, like 'alertname=\"HighErrorRate\"'",
 }
 
 
@@ -153,6 +157,25 @@ def _check_measure(rule: RuleConfig, source: SourceConfig, loc: Loc) -> list[Pro
             problems.append(((*loc,), f"a rule on postgres source '{rule.source}' needs {_WHAT_FITS[kind]}"))
         elif rule.field is not None and rule.field not in POSTGRES_FIELDS:
             problems.append(((*loc, "field"), _unknown_field(rule.field, POSTGRES_FIELDS)))
+    elif kind == "exec":
+        if rule.field is None:
+            problems.append(((*loc,), f"a rule on exec source '{rule.source}' needs {_WHAT_FITS[kind]}"))
+        elif rule.field not in EXEC_FIELDS:
+            problems.append(((*loc, "field"), _unknown_field(rule.field, EXEC_FIELDS)))
+        elif rule.field == "failed_tests" and getattr(source, "report", None) is None:
+            problems.append(
+                ((*loc, "field"), f"failed_tests needs a JUnit report: set report on source '{rule.source}'")
+            )
+    elif kind == "alertmanager":
+        if rule.alerts is None:
+            problems.append(
+                ((*loc,), f"a rule on alertmanager source '{rule.source}' needs {_WHAT_FITS[kind]}")
+            )
+        else:
+            try:
+                parse_matchers(rule.alerts)
+            except ValueError as exc:
+                problems.append(((*loc, "alerts"), str(exc)))
     elif kind in LOG_SOURCE_TYPES:
         if rule.pattern is None:
             problems.append(((*loc,), f"a rule on {kind} source '{rule.source}' needs a pattern"))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from watchdogd.config.models import Config, RuleConfig, ServiceConfig, SourceConfig
+import shlex
+from collections.abc import Callable
+
+from watchdogd.config.models import Config, ExecSource, RuleConfig, ServiceConfig, SourceConfig
 from watchdogd.config.types import format_duration as fd
 
 
@@ -27,7 +30,7 @@ def describe_config(config: Config) -> list[str]:
 
 
 def describe_source(source: SourceConfig) -> str:
-    where = {
+    where_of: dict[str, Callable[[], str]] = {
         "prometheus": lambda: f"Prometheus API at {getattr(source, 'url', '')}",
         "scrape": lambda: f"scrapes {getattr(source, 'url', '')}",
         "http": lambda: f"probes {getattr(source, 'url', '')}",
@@ -36,10 +39,15 @@ def describe_source(source: SourceConfig) -> str:
         "file": lambda: f"log file {getattr(source, 'path', '')}",
         "postgres": lambda: f"PostgreSQL at {getattr(source, 'dsn', '')}",
         "redis": lambda: f"Redis {getattr(source, 'url', '')} key {getattr(source, 'key', '')}",
-    }[source.type]()
+        "exec": lambda: _describe_exec(source),
+        "alertmanager": lambda: "alerts posted to /v1/alertmanager",
+    }
+    where = where_of[source.type]()
     every = f"every {fd(source.interval)}" if source.interval else "at the service's interval"
     if source.type in ("docker_logs", "file"):
         every = "followed live"
+    if getattr(source, "after_deploy", False):
+        every = f"once a deploy is watched, then {every}"
     return f"{source.type}, {where}, {every}, timeout {fd(source.timeout)}"
 
 
@@ -95,6 +103,8 @@ def describe_measure(rule: RuleConfig) -> str:
         return f"log lines matching /{rule.pattern}/ per {fd(rule.over or 0)} {on}"
     if rule.field is not None:
         return f"{rule.field} {on}"
+    if rule.alerts is not None:
+        return f"alerts firing that match {{{rule.alerts.strip().strip('{}')}}} {on}"
     return f"the value {on}"
 
 
@@ -137,3 +147,15 @@ def describe_missing(rule: RuleConfig) -> str:
     after = f"after {fd(m.after)} without data" if m.after else "as soon as data is missing"
     verb = "counts as a failing evaluation" if m.result == "fail" else "counts as a passing evaluation"
     return f"{verb} {after}"
+
+
+def _describe_exec(source: SourceConfig) -> str:
+    if not isinstance(source, ExecSource):
+        return ""
+    text = source.command if isinstance(source.command, str) else shlex.join(source.command)
+    parts = [f"runs `{text}`" + (" in a shell" if source.shell else ""), f"in {source.cwd or '.'}"]
+    if source.env_file is not None:
+        parts.append(f"with env_file {source.env_file}")
+    if source.report is not None:
+        parts.append(f"JUnit report {source.report}")
+    return ", ".join(parts)

@@ -7,6 +7,7 @@ problems of a file are reported together, and none carries a secret.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -15,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from watchdogd.config.checks import Loc, check_config
-from watchdogd.config.models import Config, FileSource, Model, StateConfig
+from watchdogd.config.models import Config, ExecSource, FileSource, Model, StateConfig
 from watchdogd.config.types import SecretUrl, redact_url
 from watchdogd.errors import ConfigError, ConfigProblem
 
@@ -76,14 +77,14 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, LineMap]:
 
     Duplicate keys are errors: YAML's "the last one wins" hides typos.
     """
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:  # a character YAML does not allow, found as the reader starts
+        raise ConfigError([ConfigProblem(filename, None, "", f"invalid YAML: {exc}")]) from None
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        reason = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError([ConfigProblem(filename, line, "", f"invalid YAML: {reason}")]) from None
+        raise ConfigError([_yaml_problem(filename, exc)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigProblem(filename, None, "", f"invalid YAML: {exc}")]) from None
     finally:
@@ -92,10 +93,20 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, LineMap]:
         return None, {}
     lines: LineMap = {(): node.start_mark.line + 1}
     problems: list[ConfigProblem] = []
-    data = _build(loader, node, (), lines, problems, filename)
+    try:
+        data = _build(loader, node, (), lines, problems, filename)
+    except yaml.MarkedYAMLError as exc:  # a scalar no constructor takes (``=``, ``!!python/...``)
+        raise ConfigError([_yaml_problem(filename, exc)]) from None
     if problems:
         raise ConfigError(problems)
     return data, lines
+
+
+def _yaml_problem(filename: str, exc: yaml.MarkedYAMLError) -> ConfigProblem:
+    mark = exc.problem_mark or exc.context_mark
+    line = mark.line + 1 if mark is not None else None
+    reason = exc.problem or exc.context or "invalid YAML"
+    return ConfigProblem(filename, line, "", f"invalid YAML: {reason}")
 
 
 def _build(
@@ -328,6 +339,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _resolve_exec(source: ExecSource, resolve: Callable[[Path], Path]) -> ExecSource:
+    """An exec source runs in the config's folder unless told; its report is relative to its cwd."""
+    cwd = resolve(source.cwd) if source.cwd is not None else resolve(Path("."))
+    env_file = resolve(source.env_file) if source.env_file is not None else None
+    return source.model_copy(update={"cwd": cwd, "env_file": env_file})
+
+
 def _resolve_paths(config: Config, base: Path) -> Config:
     """Relative paths in the config are relative to the config file's folder."""
 
@@ -337,6 +355,8 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     sources = {
         name: source.model_copy(update={"path": resolve(source.path)})
         if isinstance(source, FileSource)
+        else _resolve_exec(source, resolve)
+        if isinstance(source, ExecSource)
         else source
         for name, source in config.sources.items()
     }

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from watchdogd.config.types import Condition, Duration, Percent, SecretUrl
 
@@ -194,6 +194,52 @@ class RedisSource(SourceBase):
     )
 
 
+class ExecSource(SourceBase):
+    """A command run on the source's interval; its exit code, last number or failed tests."""
+
+    type: Literal["exec"]
+    command: str | tuple[str, ...] = Field(
+        description="A list (program and arguments, no shell); a string only with shell: true."
+    )
+    shell: bool = Field(False, description="Run the command string through /bin/sh -c.")
+    timeout: Duration = Field(
+        60.0, gt=0, description="The command (and every process it started) is killed after this long."
+    )
+    cwd: Path | None = Field(None, description="Working directory; default: the config file's folder.")
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Added to watchdogd's environment (after env_file)."
+    )
+    env_file: Path | None = Field(
+        None, description="KEY=VALUE lines added to the environment; values are secrets, never logged."
+    )
+    report: Path | None = Field(
+        None, description="JUnit XML report the command writes (relative: to cwd); for failed_tests."
+    )
+    after_deploy: bool = Field(
+        False,
+        description="Run only once a deploy is watched: at once after it starts, then every interval.",
+    )
+
+    @model_validator(mode="after")
+    def _command(self) -> ExecSource:
+        if self.shell and not isinstance(self.command, str):
+            raise ValueError("with shell: true the command is one string")
+        if not self.shell and isinstance(self.command, str):
+            raise ValueError("command is a list (program and arguments), or a string with shell: true")
+        if not (self.command if isinstance(self.command, str) else self.command and self.command[0]):
+            raise ValueError("command is empty")
+        return self
+
+
+class AlertmanagerSource(SourceBase):
+    """Alerts Alertmanager posts to ``POST /v1/alertmanager``, kept in memory."""
+
+    type: Literal["alertmanager"]
+    max_alerts: int = Field(
+        10_000, gt=0, le=1_000_000, description="Alerts kept at most; the oldest are dropped past it."
+    )
+
+
 SourceConfig = Annotated[
     PrometheusSource
     | ScrapeSource
@@ -202,7 +248,9 @@ SourceConfig = Annotated[
     | DockerLogsSource
     | FileSource
     | PostgresSource
-    | RedisSource,
+    | RedisSource
+    | ExecSource
+    | AlertmanagerSource,
     Field(discriminator="type"),
 ]
 SOURCE_TYPES: tuple[str, ...] = (
@@ -214,6 +262,8 @@ SOURCE_TYPES: tuple[str, ...] = (
     "file",
     "postgres",
     "redis",
+    "exec",
+    "alertmanager",
 )
 LOG_SOURCE_TYPES: tuple[str, ...] = ("docker_logs", "file")
 DOCKER_FIELDS: tuple[str, ...] = (
@@ -228,6 +278,7 @@ DOCKER_FIELDS: tuple[str, ...] = (
 )
 HTTP_FIELDS: tuple[str, ...] = ("up", "status", "latency_seconds")
 POSTGRES_FIELDS: tuple[str, ...] = ("connected",)
+EXEC_FIELDS: tuple[str, ...] = ("exit_code", "last_number", "failed_tests")
 
 
 # --- rules -------------------------------------------------------------------------
@@ -277,7 +328,12 @@ class RuleConfig(Model):
     rate: RateSpec | None = None
     ratio: RatioSpec | None = None
     quantile: QuantileSpec | None = None
-    field: str | None = Field(None, description="docker, http or postgres field.")
+    field: str | None = Field(None, description="docker, http, postgres or exec field.")
+    alerts: str | None = Field(
+        None,
+        description='alertmanager: label matchers, like \'alertname="HighErrorRate", service="api"\'; '
+        "the value is the number of matching alerts firing.",
+    )
     pattern: str | None = Field(None, description="Regular expression over log lines.")
     over: Duration | None = Field(None, gt=0, description="Window counted for log patterns.")
     absent_for: Duration | None = Field(None, gt=0, description="Fires when no line matches for this long.")
@@ -353,7 +409,7 @@ class DatabaseConfig(Model):
         ge=0,
         le=20,
         description="Retries of the rollback transaction after a lock timeout, statement timeout, "
-        "serialization failure or deadlock.",
+        "serialization failure, deadlock or a connection lost before COMMIT (then over a new connection).",
     )
     retry_backoff: Duration = Field(
         1.0, ge=0, description="Wait before the first retry; doubled at each further retry."

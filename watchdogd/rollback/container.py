@@ -261,7 +261,12 @@ class ContainerStep:
                 run.actions.append(f"stopped {run.name}")
                 await self._call(self.api.rename, live["Id"], run.failed)
                 run.actions.append(f"renamed {run.name} to {run.failed}")
-            live = await self._create(run)
+            try:
+                live = await self._create(run)
+            except (DockerException, RequestException) as exc:
+                # The engine refused the previous container: the bad one is still better than none.
+                explanation = getattr(exc, "explanation", None) or exc
+                return await self._put_back(run, f"creating {run.name} from {run.ref} failed: {explanation}")
         if not live["State"].get("Running"):
             await self._call(self.api.start, live["Id"])
             run.actions.append(f"started {run.name}")
@@ -389,14 +394,22 @@ class ContainerStep:
         else:
             await self._call(self.api.remove_container, new_id, force=True)
             run.actions.append(f"removed {run.name} ({run.ref}, not healthy)")
-            await self._call(self.api.rename, kept["Id"], run.name)
-            run.actions.append(f"renamed {run.failed} back to {run.name}")
-            await self._call(self.api.start, kept["Id"])
-            run.actions.append(f"started {run.name} (the deployed image) again")
-            reason += f"; the deployed container is back under {run.name} and running"
+            reason = (await self._put_back(run, reason)).detail
         if logs:
             reason += f"\n--- last logs of {run.ref} ---\n{logs}"
         return StepResult("failed", reason, run.data(logs=logs))
+
+    async def _put_back(self, run: _Run, reason: str) -> StepResult:
+        """Rename the kept bad container back to the service's name and start it; the step failed."""
+        kept = await self._inspect(run.failed)
+        if kept is None:
+            return StepResult("failed", f"{reason}; no {run.failed} to put back", run.data())
+        await self._call(self.api.rename, kept["Id"], run.name)
+        run.actions.append(f"renamed {run.failed} back to {run.name}")
+        await self._call(self.api.start, kept["Id"])
+        run.actions.append(f"started {run.name} (the deployed image) again")
+        reason += f"; the deployed container is back under {run.name} and running"
+        return StepResult("failed", reason, run.data())
 
     async def _tail(self, container_id: str) -> str:
         raw = await self._call(self.api.logs, container_id, stdout=True, stderr=True, tail=LOG_TAIL_LINES)

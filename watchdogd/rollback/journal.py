@@ -12,13 +12,13 @@ import asyncio
 import json
 import sqlite3
 import threading
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from watchdogd.clock import now as steady
 from watchdogd.errors import StoreError
 
 RollbackState = Literal[
@@ -92,7 +92,7 @@ class RollbackRecord:
 class Journal:
     """Rollbacks and their steps in a SQLite file (``:memory:`` for tests that need no disk)."""
 
-    def __init__(self, path: str | Path, clock: Any = time.time) -> None:
+    def __init__(self, path: str | Path, clock: Any = steady) -> None:
         self.path = str(path)
         self.clock = clock
         self._lock = threading.Lock()

@@ -42,11 +42,14 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
+import structlog
 
 from watchdogd.config.models import DatabaseConfig, MigrationsTable
 from watchdogd.rollback import sqlsplit
 from watchdogd.rollback.base import Migration, RollbackTarget, StepResult, StepStatus
 from watchdogd.rollback.sqlsplit import Script, ScriptError, Statement
+
+log = structlog.get_logger("watchdogd.rollback")
 
 FaultHook = Callable[[str, asyncpg.Connection], Awaitable[None]]
 """Called at named points ("commit": just before COMMIT, "committed": just after) for fault injection."""
@@ -108,6 +111,10 @@ class _Failed(Exception):
         super().__init__(reason)
         self.reason = reason
         self.sqlstate = sqlstate
+
+
+LOST = "connection_lost"
+"""The ``sqlstate`` of a _Failed raised when the connection went away before COMMIT."""
 
 
 class _CommitLost(Exception):
@@ -222,6 +229,8 @@ def _postgres_reason(exc: asyncpg.PostgresError) -> str:
 
 
 def _connection_lost(exc: BaseException) -> bool:
+    if isinstance(exc, _Failed) and exc.__cause__ is not None:
+        return _connection_lost(exc.__cause__)  # a statement's failure that was the connection's
     if isinstance(exc, asyncpg.PostgresError):
         state = exc.sqlstate or ""
         return state.startswith(("08", "57P"))
@@ -335,8 +344,11 @@ class SqlStep:
                     return "failed", "connection lost during COMMIT; the ledger shows it did not commit", {}
                 break
             except _Failed as exc:
-                if exc.sqlstate in RETRYABLE and attempts <= database.retries:
+                retryable = exc.sqlstate in RETRYABLE or exc.sqlstate == LOST
+                if retryable and attempts <= database.retries:
                     await self.sleep(database.retry_backoff * 2 ** (attempts - 1))
+                    if exc.sqlstate == LOST or session.conn.is_closed():
+                        await self._reconnect(session, target.service, database)
                     continue
                 tries = f" after {attempts} attempts" if attempts > 1 else ""
                 return "failed", f"{exc.reason}{tries}; rolled back, nothing applied", {"attempts": attempts}
@@ -389,9 +401,9 @@ class SqlStep:
             await self._body(conn, item)
         except BaseException as exc:
             if _connection_lost(exc):
+                how = exc.reason if isinstance(exc, _Failed) else type(exc).__name__
                 raise _Failed(
-                    f"connection lost before COMMIT ({type(exc).__name__}); the server rolls the "
-                    "transaction back"
+                    f"connection lost before COMMIT ({how}); the server rolls the transaction back", LOST
                 ) from exc
             if not conn.is_closed() and conn.is_in_transaction():
                 await conn.execute("ROLLBACK")
@@ -657,6 +669,21 @@ class SqlStep:
                 raise _Failed(f"preparing the ledger failed: {_postgres_reason(exc)}") from exc
             raise
         return _Session(conn, key)
+
+    async def _reconnect(self, session: _Session, service: str, database: DatabaseConfig) -> None:
+        """A new connection and advisory lock for ``session`` (the server restarted, or cut it off).
+
+        When the server is not back yet the session keeps its dead connection: the
+        next attempt fails at once as lost, and the caller's retries bound the wait.
+        """
+        session.conn.terminate()
+        try:
+            fresh = await self._open(service, database)
+        except (_Failed, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("sql_reconnect_failed", service=service, error=str(exc))
+            return
+        session.conn, session.key = fresh.conn, fresh.key
+        log.info("sql_reconnected", service=service)
 
     async def _lock(self, conn: asyncpg.Connection, key: tuple[int, int], wait: float) -> None:
         loop = asyncio.get_running_loop()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import aiohttp
 
 from watchdogd.config.models import (
+    AlertmanagerSource,
     DockerLogsSource,
     DockerSource,
+    ExecSource,
     FileSource,
     HttpSource,
     PostgresSource,
@@ -15,8 +17,10 @@ from watchdogd.config.models import (
     ScrapeSource,
     SourceConfig,
 )
+from watchdogd.sources.alertmanager import AlertmanagerAlerts
 from watchdogd.sources.base import Measure, Poller, Source
 from watchdogd.sources.docker import DockerContainer, docker_logs_source
+from watchdogd.sources.exec import ExecCommand
 from watchdogd.sources.http import HttpProbe
 from watchdogd.sources.logfile import file_source
 from watchdogd.sources.postgres import PostgresProbe
@@ -45,4 +49,8 @@ def build_source(name: str, config: SourceConfig, session: aiohttp.ClientSession
         return PostgresProbe(name, config)
     if isinstance(config, RedisSource):
         return RedisQueue(name, config)
+    if isinstance(config, ExecSource):
+        return ExecCommand(name, config)
+    if isinstance(config, AlertmanagerSource):
+        return AlertmanagerAlerts(name, config)
     raise TypeError(f"no source for {type(config).__name__}")

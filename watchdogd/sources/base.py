@@ -31,7 +31,7 @@ class Measure:
     """What a rule asks of its source; equal measures are computed once per poll.
 
     ``kind`` is one of ``query``, ``field``, ``metric``, ``rate``, ``ratio``,
-    ``quantile``, ``count``, ``absence``, ``depth``.
+    ``quantile``, ``count``, ``absence``, ``depth``, ``alerts``.
     """
 
     kind: str
@@ -58,6 +58,8 @@ class Measure:
             return cls("count", rule.pattern, over=rule.over or 0.0)
         if rule.field is not None:
             return cls("field", rule.field)
+        if rule.alerts is not None:
+            return cls("alerts", rule.alerts)
         return cls("depth")
 
 

@@ -21,6 +21,7 @@ import docker
 import structlog
 from docker.errors import DockerException, NotFound
 
+from watchdogd.clock import now as steady
 from watchdogd.config.models import DockerLogsSource, DockerSource
 from watchdogd.errors import SourceError
 from watchdogd.model import Sample
@@ -291,7 +292,7 @@ class DockerLogFollower:
         since: float,
         make_client: ClientFactory,
         retry: float = 1.0,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady,
     ) -> None:
         self.container = container
         self.matcher = matcher

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import structlog
 
+from watchdogd.clock import now as steady
 from watchdogd.config.models import FileSource
 from watchdogd.sources.base import Measure
 from watchdogd.sources.logs import LineBuffer, LogMatcher, LogSource, decode_line
@@ -42,7 +42,7 @@ class FileFollower:
         *,
         interval: float = 0.25,
         from_start: bool = False,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = steady,
     ) -> None:
         self.path = path
         self.matcher = matcher

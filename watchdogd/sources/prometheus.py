@@ -67,7 +67,7 @@ def parse_query_answer(status: int, body: bytes, at: float, aggregation: str) ->
     """A Sample from an ``/api/v1/query`` answer; raises SourceError for a broken server."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise SourceError(f"answer is not JSON (HTTP {status})") from None
     if not isinstance(doc, dict):
         raise SourceError(f"answer is not a JSON object (HTTP {status})")
@@ -101,7 +101,7 @@ def _number(pair: Any) -> float:
         raise SourceError("malformed sample in answer")
     try:
         return float(pair[1])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise SourceError(f"sample value {str(pair[1])[:40]!r} is not a number") from None
 
 
@@ -112,9 +112,18 @@ def _sample(at: float, values: list[float], aggregation: str = "max") -> Sample:
     if aggregation == "min":
         value = min(finite)
     elif aggregation == "sum":
-        value = math.fsum(finite)
+        value = _total(finite)
     elif aggregation == "avg":
-        value = math.fsum(finite) / len(finite)
+        value = _total(finite) / len(finite)
     else:
         value = max(finite)
+    if math.isnan(value):
+        return Sample(at, None, "value is NaN (+Inf and -Inf together)")
     return Sample(at, value)
+
+
+def _total(values: list[float]) -> float:
+    try:
+        return math.fsum(values)
+    except (OverflowError, ValueError):  # +Inf with -Inf, or finite values past the float range
+        return sum(values)

@@ -10,7 +10,6 @@ Recent samples are kept per measure, bounded in age, for pre-deploy baselines.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from datetime import datetime
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from watchdogd.clock import now as steady
 from watchdogd.model import Sample
 from watchdogd.sources.base import Measure, Poller, Source
 from watchdogd.telemetry import Metrics
@@ -46,6 +46,8 @@ class _Job:
     history: dict[Measure, deque[Sample]] = field(default_factory=dict)
     keep: float = 0.0
     polls: int = 0
+    running: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """A poll outside the schedule waits for the scheduled one: a rule's polls never overlap."""
 
 
 class SourceJobs:
@@ -60,7 +62,7 @@ class SourceJobs:
         self,
         scheduler: AsyncIOScheduler,
         metrics: Metrics,
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], float] = steady,
         jitter: float = 0.1,
     ) -> None:
         self.scheduler = scheduler
@@ -96,6 +98,17 @@ class SourceJobs:
             replace_existing=True,
             next_run_time=_now(self.scheduler),
         )
+
+    def reschedule(self) -> None:
+        """Poll every source now and count its intervals from there.
+
+        The scheduler plans runs in wall-clock time: after the wall clock stepped
+        back, the next runs would otherwise wait for it to catch up.
+        """
+        now = _now(self.scheduler)
+        for name in self.jobs:
+            if self.scheduler.get_job(f"source:{name}") is not None:
+                self.scheduler.modify_job(f"source:{name}", next_run_time=now)
 
     async def remove(self, name: str) -> None:
         """Stop polling ``name`` and close its connections."""
@@ -140,6 +153,10 @@ class SourceJobs:
         job = self.jobs.get(name)
         if job is None:
             return
+        async with job.running:
+            await self._poll(name, job)
+
+    async def _poll(self, name: str, job: _Job) -> None:
         measures = tuple(dict.fromkeys(m for sub in job.subscribers.values() for m in sub.measures))
         if not measures:
             return

@@ -175,6 +175,6 @@ def parse_exposition(text: str, wanted: Sequence[Selector], max_series: int = MA
                     duplicates.add(key)
                 else:
                     values[key] = float(sample.value)
-    except (ValueError, IndexError, KeyError, TypeError) as exc:
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
         raise SourceError(f"not a Prometheus text exposition: {str(exc)[:200]}") from None
     return Scrape(values, frozenset(duplicates))

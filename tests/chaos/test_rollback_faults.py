@@ -1,0 +1,122 @@
+"""Faults around a rollback: an engine that refuses, a webhook that never answers."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.chaos.conftest import Exporter, Receiver, Watchdogd
+from tests.chaos.helpers import deployment, register, rollbacks
+from tests.testbed.containers import ContainerRegistry, free_port
+from tests.testbed.images import APP_V2, AppBehaviour
+
+pytestmark = pytest.mark.integration
+
+
+async def test_engine_refusing_the_previous_container_puts_the_bad_one_back(
+    watchdogd: Any,
+    app_images: Any,
+    docker_client: Any,
+    container_registry: ContainerRegistry,
+    pg_dsn: str,
+    receiver: Receiver,
+) -> None:
+    name = container_registry.name("api")
+    port = free_port()
+    v1 = container_registry.run_app("v1", AppBehaviour(error_ratio=0.0), name=name, port=port)
+    wd: Watchdogd = watchdogd(
+        f"""
+defaults: {{interval: 500ms, window: 2m, grace: 5s}}
+sources:
+  app: {{type: scrape, url: "http://127.0.0.1:{port}/cgi-bin/metrics", timeout: 2s}}
+notify:
+  - {{type: webhook, url: "{receiver.url}", format: json, timeout: 5s}}
+services:
+  api:
+    container: {name}
+    rollback:
+      steps: [container]
+      container: {{stop_timeout: 3s, healthy_timeout: 15s, settle: 300ms}}
+    rules:
+      - name: error-rate
+        source: app
+        ratio: {{numerator: 'http_requests_total{{code=~"5.."}}', denominator: http_requests_total, over: 3s}}
+        condition: "> 0.05"
+        for: 2s
+        action: rollback
+"""
+    )
+    wd.state_url = pg_dsn
+    wd.start()
+    v1.container.remove(force=True)
+    v2 = container_registry.run_app("v2", AppBehaviour(error_ratio=0.2, log_line=""), name=name, port=port)
+    deployed = register(wd, "api", image=APP_V2)
+
+    proposal = wd.wait_for("a pending proposal", lambda: rollbacks(wd), timeout=40)[0]
+    assert proposal["state"] == "pending"
+    # The fault: the previous container's configuration now holds an option the engine refuses.
+    db = await asyncpg.connect(pg_dsn)
+    try:
+        raw = await db.fetchval("SELECT target FROM watchdogd_state.rollbacks WHERE id = $1", proposal["id"])
+        target = json.loads(raw)
+        assert target["previous"]["config"] is not None, target["previous"]
+        target["previous"]["config"].setdefault("HostConfig", {})["Memory"] = 1024  # below Docker's 6MB
+        await db.execute(
+            "UPDATE watchdogd_state.rollbacks SET target = $1 WHERE id = $2",
+            json.dumps(target),
+            proposal["id"],
+        )
+    finally:
+        await db.close()
+
+    done = wd.wait_for(
+        "the rollback ending",
+        lambda: next((r for r in rollbacks(wd) if r["state"] in ("succeeded", "failed")), None),
+        timeout=60,
+    )
+    assert done["state"] == "failed", done
+    assert "creating" in done["error"] and "memory" in done["error"].lower(), done["error"]
+    assert "back under" in done["error"]
+    assert deployment(wd, deployed["id"])["state"] == "rollback_failed"
+
+    # the bad container is back under its name, running; nothing left under the -failed- name
+    running = docker_client.containers.get(name)
+    assert running.id == v2.container.id and running.status == "running"
+    assert docker_client.containers.list(all=True, filters={"name": f"^/{name}-failed-"}) == []
+
+    def failure_notified() -> bool:
+        return any("memory" in json.dumps(b).lower() and "failed" in json.dumps(b) for b in receiver.bodies)
+
+    wd.wait_for("the failure notified, with its reason", failure_notified, timeout=10)
+    assert wd.stop() == 0
+
+
+def test_a_hanging_webhook_does_not_delay_the_decision(
+    watchdogd: Any, exporter: Any, hanging_receiver: str
+) -> None:
+    breaching: Exporter = exporter(lambda _: 10.0)
+    wd: Watchdogd = watchdogd(
+        f"""
+defaults: {{interval: 500ms, window: 1m, grace: 1s, mode: dry-run}}
+sources:
+  app: {{type: scrape, url: "{breaching.url}", timeout: 1s}}
+notify:
+  - {{type: webhook, url: "{hanging_receiver}", format: json, timeout: 30s}}
+services:
+  api:
+    rollback: {{steps: [verify]}}
+    rules:
+      - {{name: errors, source: app, metric: errors, condition: "> 5", immediate: true, action: rollback}}
+"""
+    )
+    wd.start()
+    started = time.monotonic()
+    register(wd, "api")
+    wd.wait_for("proposed then run (dry)", lambda: [r for r in rollbacks(wd) if r["state"] == "dry_run"], 10)
+    assert time.monotonic() - started < 8.0  # the 30s webhook timeout is nowhere in it
+    assert (wd.metric("watchdogd_notifications_total", outcome="delivered") or 0) == 0
+    assert wd.stop(timeout=20) == 0

@@ -1,0 +1,41 @@
+"""watchdogd's clock: seconds since the epoch that never jump.
+
+Windows, `for` timers, grace periods and deployment windows are all measured
+on it. The wall clock is read once, when the process starts; from then on time
+advances with the monotonic clock, so a wall clock stepped forward (NTP, an
+operator's `date -s`) does not fire a pending rule or end a window early, and a
+step back does not hold them off. Times stored and shown stay those of the
+wall clock as it was at start; a restart takes the wall clock again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+JUMP = 1.0
+"""Seconds of disagreement between the wall clock and this clock that count as a jump."""
+
+
+class SteadyClock:
+    """The wall clock at start, advanced by the monotonic clock; call it for the time."""
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._anchor = wall() - monotonic()
+
+    def __call__(self) -> float:
+        return self._anchor + self._monotonic()
+
+    def drift(self) -> float:
+        """How far the wall clock is ahead of this clock (negative: behind)."""
+        return self._wall() - self()
+
+
+now = SteadyClock()
+"""The process's clock; every part of watchdogd that stamps or measures time uses it."""
