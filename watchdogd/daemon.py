@@ -286,9 +286,10 @@ class Daemon:
             intervals = [self._service(svc).interval or config.defaults.interval for svc, _ in users]
             interval = source_config.interval or min(intervals)
             keep = max((run.rule.baseline_before or 0.0) for _, run in users)
-            self.jobs.add(
-                build_source(source_name, source_config, self.session), interval, source_config.timeout, keep
-            )
+            source = build_source(source_name, source_config, self.session)
+            if isinstance(source, ExecCommand):
+                source.gate = lambda: self.election.leading  # a smoke test runs on the leader only
+            self.jobs.add(source, interval, source_config.timeout, keep)
             for service, run in users:
                 self.jobs.subscribe(source_name, (service, run.rule.name), [run.measure], self._callback(run))
 

@@ -245,3 +245,16 @@ async def test_after_deploy_waits_until_armed(tmp_path: Path) -> None:
     command.arm()
     assert (await command.fetch([EXIT], time.time()))[EXIT].value == 0.0
     assert marker.exists()
+
+
+async def test_a_follower_replica_does_not_run_the_command(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    command = ExecCommand("smoke", ExecSource(type="exec", command=("touch", str(marker))))
+    leading = False
+    command.gate = lambda: leading
+    sample = (await command.fetch([EXIT], time.time()))[EXIT]
+    assert sample.value is None and sample.reason is not None and "leading replica" in sample.reason
+    assert not marker.exists()
+    leading = True
+    assert (await command.fetch([EXIT], time.time()))[EXIT].value == 0.0
+    assert marker.exists()

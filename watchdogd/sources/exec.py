@@ -14,7 +14,7 @@ import re
 import signal
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -54,6 +54,8 @@ class ExecCommand:
         self.name = name
         self.config = config
         self.armed = not config.after_deploy
+        self.gate: Callable[[], bool] = lambda: True
+        """Whether to run now: with several replicas, only the leader runs commands."""
         self.last_run: Run | None = None
 
     @property
@@ -68,6 +70,8 @@ class ExecCommand:
     async def fetch(self, measures: Sequence[Measure], at: float) -> Mapping[Measure, Sample]:
         if not self.armed:
             return {m: Sample(at, None, "waiting for a deploy (after_deploy)") for m in measures}
+        if not self.gate():
+            return {m: Sample(at, None, "not run here: the leading replica runs it") for m in measures}
         run = await self.run()
         self.last_run = run
         return {m: self._answer(m, run, at) for m in measures}
