@@ -18,6 +18,7 @@ import pytest
 from tests.chaos.conftest import Exporter, Watchdogd
 from tests.chaos.helpers import deployment, epoch, register, rollbacks, rule
 from tests.chaos.wallclock import OFFSET_FILE
+from tests.e2e.conftest import scrape_config
 
 pytestmark = pytest.mark.integration
 
@@ -31,16 +32,7 @@ def test_wall_clock_steps_neither_fire_early_nor_hold_off(
     offset = tmp_path / "offset"
     offset.write_text("0")
     wd: Watchdogd = watchdogd(
-        f"""
-defaults: {{interval: 500ms, window: 1m, grace: 0s, mode: dry-run}}
-sources:
-  app: {{type: scrape, url: "{breaching.url}", timeout: 1s}}
-services:
-  api:
-    rollback: {{steps: [verify]}}
-    rules:
-      - {{name: errors, source: app, metric: errors, condition: "> 5", for: 6s, action: rollback}}
-"""
+        scrape_config(breaching.url, "window: 1m, grace: 0s, mode: dry-run", rule="for: 6s")
     )
     wd.module = "tests.chaos.wallclock"
     wd.start(env={OFFSET_FILE: str(offset)})

@@ -11,6 +11,7 @@ import pytest
 
 from tests.chaos.conftest import Exporter, Receiver, Watchdogd
 from tests.chaos.helpers import deployment, register, rollbacks
+from tests.e2e.conftest import scrape_config
 from tests.testbed.containers import ContainerRegistry, free_port
 from tests.testbed.images import APP_V2, AppBehaviour
 
@@ -100,18 +101,12 @@ def test_a_hanging_webhook_does_not_delay_the_decision(
 ) -> None:
     breaching: Exporter = exporter(lambda _: 10.0)
     wd: Watchdogd = watchdogd(
-        f"""
-defaults: {{interval: 500ms, window: 1m, grace: 1s, mode: dry-run}}
-sources:
-  app: {{type: scrape, url: "{breaching.url}", timeout: 1s}}
-notify:
-  - {{type: webhook, url: "{hanging_receiver}", format: json, timeout: 30s}}
-services:
-  api:
-    rollback: {{steps: [verify]}}
-    rules:
-      - {{name: errors, source: app, metric: errors, condition: "> 5", immediate: true, action: rollback}}
-"""
+        scrape_config(
+            breaching.url,
+            "window: 1m, grace: 1s, mode: dry-run",
+            rule="immediate: true",
+            notify=f'notify:\n  - {{type: webhook, url: "{hanging_receiver}", format: json, timeout: 30s}}\n',
+        )
     )
     wd.start()
     started = time.monotonic()

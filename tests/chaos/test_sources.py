@@ -10,6 +10,7 @@ import pytest
 
 from tests.chaos.conftest import Exporter, Watchdogd
 from tests.chaos.helpers import audit, deployment, register, rollbacks, rule
+from tests.e2e.conftest import scrape_config
 from tests.testbed.containers import free_port
 
 pytestmark = pytest.mark.integration
@@ -60,16 +61,7 @@ def test_flapping_series_never_fires_over_ten_windows(watchdogd: Any, exporter: 
     # Breaching for two scrapes (1s), fine for the next two: half the time, never for the 2s of `for`.
     flapping: Exporter = exporter(lambda n: 10.0 if (n // 2) % 2 == 0 else 0.0)
     wd: Watchdogd = watchdogd(
-        f"""
-defaults: {{interval: 500ms, window: 21s, grace: 0, mode: dry-run}}
-sources:
-  app: {{type: scrape, url: "{flapping.url}", timeout: 1s}}
-services:
-  api:
-    rollback: {{steps: [verify]}}
-    rules:
-      - {{name: errors, source: app, metric: errors, condition: "> 5", for: 2s, action: rollback}}
-"""
+        scrape_config(flapping.url, "window: 21s, grace: 0, mode: dry-run", rule="for: 2s")
     )
     wd.start()
     deployed = register(wd, "api")

@@ -22,7 +22,7 @@ import pytest
 
 from tests.chaos.conftest import Exporter, Watchdogd
 from tests.chaos.helpers import register, rollbacks
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import ROOT, scrape_config
 
 pytestmark = pytest.mark.integration
 
@@ -70,16 +70,7 @@ def test_disk_full_keeps_guarding_and_loses_no_journaled_decision(tmp_path: Path
     breaching: Exporter = exporter(lambda _: 10.0)
     wd = PipedWatchdogd(
         tmp_path,
-        f"""
-defaults: {{interval: 500ms, window: 1m, grace: 5s, mode: dry-run}}
-sources:
-  app: {{type: scrape, url: "{breaching.url}", timeout: 1s}}
-services:
-  api:
-    rollback: {{steps: [verify]}}
-    rules:
-      - {{name: errors, source: app, metric: errors, condition: "> 5", action: rollback}}
-""",
+        scrape_config(breaching.url, "window: 1m, grace: 5s, mode: dry-run"),
         state_url=f"sqlite:///{tmp_path / 'state' / 'state.db'}",
     )
     (tmp_path / "state").mkdir()

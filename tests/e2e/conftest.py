@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,13 +172,24 @@ def watchdogd(tmp_path: Path) -> Iterator[Any]:
             daemon.process.wait(10)
 
 
-class Receiver:
-    """A webhook receiver on 127.0.0.1 in a thread; ``bodies`` holds what it was sent."""
+class LocalServer:
+    """An HTTP server on 127.0.0.1, a free port, in a thread; ``url`` ends with ``path``."""
+
+    def serve(self, handler: type[http.server.BaseHTTPRequestHandler], path: str) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Receiver(LocalServer):
+    """A webhook receiver; ``bodies`` holds what it was sent."""
 
     def __init__(self) -> None:
-        import http.server
-        import threading
-
         self.bodies: list[Any] = []
         bodies = self.bodies
 
@@ -190,14 +203,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 return
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.serve(Handler, "/hook")
 
 
 @pytest.fixture
@@ -205,3 +211,59 @@ def receiver() -> Iterator[Receiver]:
     hook = Receiver()
     yield hook
     hook.close()
+
+
+class Exporter(LocalServer):
+    """A /metrics endpoint on 127.0.0.1; ``value(n)`` gives the gauge for the n-th scrape (from 0)."""
+
+    def __init__(self, value: Callable[[int], float]) -> None:
+        self.scrapes = 0
+        exporter = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                number = value(exporter.scrapes)
+                exporter.scrapes += 1
+                body = f"# TYPE errors gauge\nerrors {number}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.serve(Handler, "/metrics")
+
+
+@pytest.fixture
+def exporter() -> Iterator[Callable[[Callable[[int], float]], Exporter]]:
+    made: list[Exporter] = []
+
+    def make(value: Callable[[int], float]) -> Exporter:
+        made.append(Exporter(value))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()
+
+
+def scrape_config(url: str, defaults: str, rule: str = "", notify: str = "") -> str:
+    """Service ``api`` with one rule, ``errors > 5`` on the gauge ``errors`` scraped from ``url``.
+
+    ``defaults`` and ``rule`` are flow-mapping items (``grace: 1s, mode: dry-run``;
+    ``for: 6s``); the rollback is a verify step only, nothing to touch.
+    """
+    rule = f"{rule}, " if rule else ""
+    return f"""
+defaults: {{interval: 500ms, {defaults}}}
+sources:
+  app: {{type: scrape, url: "{url}", timeout: 1s}}
+{notify}services:
+  api:
+    rollback: {{steps: [verify]}}
+    rules:
+      - {{name: errors, source: app, metric: errors, condition: "> 5", {rule}action: rollback}}
+"""

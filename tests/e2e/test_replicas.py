@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Watchdogd
+from tests.e2e.conftest import Watchdogd, scrape_config
 from tests.e2e.test_daemon import Story, config_for, first_rollback_in
 from tests.testbed.containers import ContainerRegistry
 from tests.testbed.images import AppBehaviour
@@ -128,3 +128,24 @@ async def test_leader_killed_mid_rollback_the_follower_finishes_it_once(
     await story.assert_rolled_back_once(before)
     assert "rollback_resuming" in b.log()
     assert b.stop() == 0
+
+
+def test_a_veto_sent_to_the_follower_stops_the_leader(replicas: Any, exporter: Any) -> None:
+    breaching = exporter(lambda _: 10.0)
+    a, b = replicas(scrape_config(breaching.url, "window: 2m, grace: 8s"))
+    a.start()
+    b.start()
+    assert leading(a) and not leading(b)
+    status, _ = b.post("/v1/deployments", {"service": "api"})
+    assert status == 201
+    proposal = b.wait_for(
+        "the leader's proposal, seen on the follower", lambda: b.get("/v1/rollbacks")[1]["items"], 15
+    )[0]
+    assert proposal["state"] == "pending"
+    status, body = b.post(f"/v1/rollbacks/{proposal['id']}/veto", {"reason": "known noisy client"})
+    assert (status, body["state"]) == (200, "vetoed"), body
+    time.sleep(10.0)  # past the grace: the leader executes nothing
+    _, on_leader = a.get(f"/v1/rollbacks/{proposal['id']}")
+    assert on_leader["state"] == "vetoed" and on_leader["started_at"] is None
+    assert "rollback_started" not in a.log()
+    assert a.stop() == 0 and b.stop() == 0
