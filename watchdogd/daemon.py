@@ -50,6 +50,7 @@ from watchdogd.rules import (
 )
 from watchdogd.sources import Measure, build_source
 from watchdogd.sources.alertmanager import AlertmanagerAlerts, WebhookPayload
+from watchdogd.sources.base import Source
 from watchdogd.sources.exec import ExecCommand
 from watchdogd.sources.http import HttpProbe
 from watchdogd.sources.schedule import SourceJobs
@@ -486,14 +487,7 @@ class Daemon:
 
         async def wait() -> None:
             await asyncio.sleep(delay)
-            while True:
-                try:
-                    await self._due(record.id)
-                    self._store_recovered()
-                    break
-                except StoreError as exc:  # the decision stays journaled as pending: try again
-                    self._store_failed(exc)
-                    await asyncio.sleep(STORE_RETRY)
+            await self._until_stored(lambda _: self._due(record.id))  # meanwhile it stays journaled pending
             self._timers.pop(record.id, None)
 
         self._timers[record.id] = self._spawn(wait(), f"timer:{record.id}")
@@ -551,16 +545,23 @@ class Daemon:
         """
         if not self.election.leading:
             return  # a follower's approval is picked up by the leader
+        # Nothing runs unjournaled: a retry resumes from the journal as a restart would, claimed or not.
+        await self._until_stored(
+            lambda retry: self._run_plan(rollback_id, (*claimed_from, "executing") if retry else claimed_from)
+        )
+
+    async def _until_stored(self, work: Callable[[bool], Awaitable[None]]) -> None:
+        """Run ``work`` until the store takes its writes; ``work(True)`` on each retry after a refusal."""
+        retry = False
         while True:
             try:
-                await self._run_plan(rollback_id, claimed_from)
+                await work(retry)
                 self._store_recovered()
                 return
-            except StoreError as exc:
-                # Nothing runs unjournaled: retry, resuming from the journal as a restart would.
+            except StoreError as exc:  # disk full, read-only: said once, tried again every STORE_RETRY
                 self._store_failed(exc)
+                retry = True
                 await asyncio.sleep(STORE_RETRY)
-                claimed_from = (*claimed_from, "executing")
 
     async def _run_plan(self, rollback_id: str, claimed_from: tuple[RollbackState, ...]) -> None:
         assert self.store is not None
@@ -991,7 +992,9 @@ class Daemon:
         for task in list(self._tasks):
             if task.get_name().startswith("execute:"):
                 task.cancel()  # journaled: the next leader resumes the step that was running
-        log.error("leadership_lost", reason="the leader lock is gone; following")
+        log.warning(
+            "following", reason="the leader lock is gone (said above); timers and running plans stopped"
+        )
 
     async def _campaign(self) -> None:
         """Ask for the leader lock (a follower) or check it is still held (the leader)."""
@@ -1156,33 +1159,37 @@ class Daemon:
 
     def alertmanager(self, payload: WebhookPayload) -> int:
         """Hand an Alertmanager notification to every alertmanager source; how many took it."""
-        jobs = getattr(self, "jobs", None)
-        sources = [j.poller.source for j in jobs.jobs.values()] if jobs is not None else []
         taken = 0
-        for source in sources:
+        for name in self.config.sources:
+            source = self._polled(name)
             if isinstance(source, AlertmanagerAlerts):
                 source.receive(payload)
                 taken += 1
-                # evaluate now rather than at the next interval
-                self._spawn(self.jobs.poll_now(source.name), f"poll:{source.name}")
+                self._spawn(
+                    self.jobs.poll_now(name), f"poll:{name}"
+                )  # evaluate now, not at the next interval
         return taken
 
     def _arm_commands(self, service: str) -> None:
         """A deploy of ``service`` is watched: its after_deploy commands run now, then every interval."""
-        jobs = getattr(self, "jobs", None)
         for name in {run.config.source for run in self.runs.get(service, [])}:
-            job = jobs.jobs.get(name) if jobs is not None else None
-            if job is not None and isinstance(job.poller.source, ExecCommand) and not job.poller.source.armed:
-                job.poller.source.arm()
+            source = self._polled(name)
+            if isinstance(source, ExecCommand) and not source.armed:
+                source.arm()
                 self._spawn(self.jobs.poll_now(name), f"poll:{name}")
 
-    def _source_output(self, source: str) -> dict[str, str]:
+    def _source_output(self, name: str) -> dict[str, str]:
         """The last output of an exec source, for a rollback's reasons and the audit."""
-        jobs = getattr(self, "jobs", None)
-        job = jobs.jobs.get(source) if jobs is not None else None
-        if job is not None and isinstance(job.poller.source, ExecCommand) and job.poller.source.last_output:
-            return {"output": job.poller.source.last_output}
+        source = self._polled(name)
+        if isinstance(source, ExecCommand) and source.last_output:
+            return {"output": source.last_output}
         return {}
+
+    def _polled(self, name: str) -> Source | None:
+        """The source ``name`` as it is polled; None before the daemon started or for an unused one."""
+        jobs: SourceJobs | None = getattr(self, "jobs", None)  # set by start()
+        job = jobs.jobs.get(name) if jobs is not None else None
+        return job.poller.source if job is not None else None
 
     # --- views -----------------------------------------------------------------------------------
 

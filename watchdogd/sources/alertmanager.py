@@ -88,12 +88,9 @@ class AlertmanagerAlerts:
         """Take a notification in: firing alerts are kept, resolved ones dropped; returns alerts kept."""
         for alert in payload.alerts:
             key = alert.fingerprint or _key(alert.labels)
-            ends = _epoch(alert.endsAt)
-            if alert.status == "resolved":
-                self.alerts.pop(key, None)
-                continue
-            self.alerts.pop(key, None)  # re-inserted last: the oldest news is dropped first
-            self.alerts[key] = Alert(dict(alert.labels), ends)
+            self.alerts.pop(key, None)  # a firing one goes in last: the oldest news is dropped first
+            if alert.status == "firing":
+                self.alerts[key] = Alert(dict(alert.labels), _epoch(alert.endsAt))
         over = len(self.alerts) - self.config.max_alerts
         if over > 0:
             for key in list(self.alerts)[:over]:

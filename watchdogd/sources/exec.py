@@ -74,7 +74,7 @@ class ExecCommand:
             return {m: Sample(at, None, "not run here: the leading replica runs it") for m in measures}
         run = await self.run()
         self.last_run = run
-        return {m: self._answer(m, run, at) for m in measures}
+        return {m: await self._answer(m, run, at) for m in measures}
 
     async def run(self) -> Run:
         """Run the command once, bounded by its timeout; never leaves a process behind."""
@@ -85,26 +85,16 @@ class ExecCommand:
         started = time.time()
         limit = max(config.timeout - KILL_MARGIN, config.timeout * 0.9)
         try:
-            if isinstance(config.command, str):
-                process = await asyncio.create_subprocess_shell(
-                    config.command,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                    cwd=cwd,
-                    env=env,
-                    start_new_session=True,
-                )
-            else:
-                process = await asyncio.create_subprocess_exec(
-                    *config.command,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                    cwd=cwd,
-                    env=env,
-                    start_new_session=True,
-                )
+            args = ("/bin/sh", "-c", config.command) if isinstance(config.command, str) else config.command
+            process = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,  # its own process group, killed whole at the timeout
+            )
         except OSError as exc:
             raise SourceError(f"cannot start the command: {exc.strerror or exc}") from exc
         tail = bytearray()
@@ -128,7 +118,7 @@ class ExecCommand:
         _kill_group(process)
         return Run(started, exit_code, self._mask(tail.decode(errors="replace"), secrets))
 
-    def _answer(self, measure: Measure, run: Run, at: float) -> Sample:
+    async def _answer(self, measure: Measure, run: Run, at: float) -> Sample:
         if run.reason is not None:
             return Sample(at, None, run.reason)
         field = measure.expr
@@ -141,7 +131,8 @@ class ExecCommand:
             return Sample(at, float(numbers[-1]))
         if field == "failed_tests":
             try:
-                return Sample(at, float(self._failed_tests(run)))
+                # up to REPORT_LIMIT bytes read and parsed: off the event loop
+                return Sample(at, float(await asyncio.to_thread(self._failed_tests, run)))
             except SourceError as exc:
                 return Sample(at, None, str(exc))
         return Sample(at, None, f"unknown exec field '{field}'")
