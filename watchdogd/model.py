@@ -7,8 +7,10 @@ from (epoch or monotonic), only that they never go backwards.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class RuleState(StrEnum):
@@ -73,3 +75,283 @@ class Transition:
     def fired(self) -> bool:
         """This transition entered firing."""
         return self.to_state is RuleState.FIRING and self.from_state is not RuleState.FIRING
+
+
+class DeploymentState(StrEnum):
+    """Where a watched deployment stands (CONTRACT.md, "Deployments")."""
+
+    WATCHING = "watching"
+    """Inside its window: rules are evaluated, rollbacks may be proposed."""
+    PROMOTED = "promoted"
+    """The window ended (or an operator ended it) with every rollback rule verified."""
+    UNVERIFIED = "unverified"
+    """The window ended while a rollback rule had no data: never promoted silently."""
+    SUPERSEDED = "superseded"
+    """A newer deployment of the service was registered; this one's proposals were cancelled."""
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+
+    @property
+    def open(self) -> bool:
+        return self in (DeploymentState.WATCHING, DeploymentState.ROLLING_BACK)
+
+
+class RollbackState(StrEnum):
+    """Where a rollback stands: a proposal first, then a plan that runs."""
+
+    PENDING = "pending"
+    """Inside its veto window: operators may veto, approve or acknowledge it."""
+    AWAITING_APPROVAL = "awaiting_approval"
+    """Manual mode: nothing runs until an operator approves (or the approval timeout decides)."""
+    EXECUTING = "executing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """A step failed; an operator may retry it from its journal."""
+    VETOED = "vetoed"
+    DRY_RUN = "dry_run"
+    """Dry-run mode: recorded what it would have run, touched nothing."""
+    CANCELLED = "cancelled"
+    """Ended by watchdogd: its deployment was superseded or its service removed from the config."""
+
+    @property
+    def proposed(self) -> bool:
+        """Still a proposal: vetoable, approvable, joined by other firing rules."""
+        return self in (RollbackState.PENDING, RollbackState.AWAITING_APPROVAL)
+
+    @property
+    def final(self) -> bool:
+        """Nothing more happens to it unless an operator retries it (``failed`` only)."""
+        return self in FINAL_ROLLBACK_STATES
+
+
+FINAL_ROLLBACK_STATES = frozenset(
+    {
+        RollbackState.SUCCEEDED,
+        RollbackState.FAILED,
+        RollbackState.VETOED,
+        RollbackState.DRY_RUN,
+        RollbackState.CANCELLED,
+    }
+)
+PROPOSED_STATES = (RollbackState.PENDING, RollbackState.AWAITING_APPROVAL)
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """A migration registered with a deployment: how to undo and check it."""
+
+    id: str
+    down_sql: str
+    verify: tuple[str, ...] = ()
+    """Queries that must each return true after the down SQL."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "down_sql": self.down_sql, "verify_sql": list(self.verify)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Migration:
+        verify = raw.get("verify_sql", raw.get("verify", ()))
+        return cls(str(raw["id"]), str(raw["down_sql"]), tuple(str(q) for q in verify))
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSnapshot:
+    """A container's configuration captured at deploy time, enough to recreate it."""
+
+    name: str
+    image: str
+    """The image reference it ran (a tag or an id)."""
+    image_id: str
+    config: dict[str, Any]
+    """Everything else needed to recreate it (command, env, mounts, ...), JSON-ready."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "image": self.image, "image_id": self.image_id, "config": self.config}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> ContainerSnapshot | None:
+        if not raw:
+            return None
+        return cls(str(raw["name"]), str(raw["image"]), str(raw.get("image_id") or ""), dict(raw["config"]))
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentFacts:
+    """What a rollback of a deployment needs: the containers before and after, the migrations."""
+
+    origin: str = "api"
+    """How it became known: ``api``, ``docker`` (noticed from events) or ``docker+api``."""
+    previous: ContainerSnapshot | None = None
+    current: ContainerSnapshot | None = None
+    migrations: tuple[Migration, ...] = ()
+    sql_policy: str | None = None
+    """What the down SQL's assessment allows: ``run``, ``approve`` (an operator must) or ``refuse``."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "previous": self.previous.to_json() if self.previous else None,
+            "current": self.current.to_json() if self.current else None,
+            "migrations": [m.to_json() for m in self.migrations],
+            "sql_policy": self.sql_policy,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> DeploymentFacts:
+        return cls(
+            origin=str(raw.get("origin") or "api"),
+            previous=ContainerSnapshot.from_json(raw.get("previous")),
+            current=ContainerSnapshot.from_json(raw.get("current")),
+            migrations=tuple(Migration.from_json(m) for m in raw.get("migrations") or ()),
+            sql_policy=raw.get("sql_policy"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    id: str
+    service: str
+    image: str | None
+    previous_image: str | None
+    state: DeploymentState
+    started_at: float
+    window_ends_at: float
+    finished_at: float | None
+    facts: DeploymentFacts
+
+    @property
+    def open(self) -> bool:
+        return DeploymentState(self.state).open
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a rollback was proposed: a rule that fired, or an operator's words."""
+
+    at: float
+    text: str
+    """The rule's reason in words (``0.2 > 0.05 for 5m``) or the operator's."""
+    rule: str | None = None
+    operator: str | None = None
+    value: float | None = None
+    values: tuple[float | None, ...] = ()
+    threshold: float | None = None
+    severity: str | None = None
+    output: str | None = None
+    """The last output of an exec source (a smoke test's failures)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.rule or self.operator or 'operator'}: {self.text}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"at": self.at, "reason": self.text}
+        if self.rule is not None:
+            out.update(
+                rule=self.rule,
+                value=_finite(self.value),
+                values=[_finite(v) for v in self.values],
+                threshold=_finite(self.threshold),
+            )
+            if self.severity is not None:
+                out["severity"] = self.severity
+        if self.operator is not None:
+            out["operator"] = self.operator
+        if self.output is not None:
+            out["output"] = self.output
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Reason:
+        def num(value: Any) -> float | None:
+            return None if value is None else float(value)
+
+        return cls(
+            at=float(raw.get("at") or 0.0),
+            text=str(raw.get("reason", "")),
+            rule=raw.get("rule"),
+            operator=raw.get("operator"),
+            value=num(raw.get("value")),
+            values=tuple(num(v) for v in raw.get("values") or ()),
+            threshold=num(raw.get("threshold")),
+            severity=raw.get("severity"),
+            output=raw.get("output"),
+        )
+
+
+def why(reasons: Sequence[Reason]) -> str:
+    """Reasons in one line, for summaries and the rollback target."""
+    return "; ".join(r.label for r in reasons)
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    position: int
+    name: str
+    state: StepState
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRecord:
+    id: str
+    deployment_id: str
+    service: str
+    state: RollbackState
+    reasons: tuple[Reason, ...]
+    target: dict[str, Any]
+    """The plan's target as JSON (``watchdogd.rollback.plan.target_to_json``), fixed when it executes."""
+    proposed_at: float
+    execute_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    steps: tuple[StepRecord, ...]
+
+    @property
+    def final(self) -> bool:
+        return RollbackState(self.state).final
+
+    @property
+    def proposed(self) -> bool:
+        return RollbackState(self.state).proposed
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(self.target.get("dry_run"))
+
+    @property
+    def rules(self) -> frozenset[str]:
+        """The rules whose firing this rollback answers."""
+        return frozenset(r.rule for r in self.reasons if r.rule is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    seq: int
+    at: float
+    actor: str
+    action: str
+    deployment_id: str | None
+    rollback_id: str | None
+    detail: dict[str, Any]
+
+
+def _finite(value: float | None) -> float | str | None:
+    """JSON has no NaN or infinity: those travel as strings."""
+    if value is None:
+        return None
+    return value if math.isfinite(value) else str(value)

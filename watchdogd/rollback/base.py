@@ -11,30 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from watchdogd.config.models import ServiceConfig
+from watchdogd.model import ContainerSnapshot, Migration
+
+__all__ = ["ContainerSnapshot", "Migration", "RollbackTarget", "Step", "StepResult", "StepStatus"]
 
 StepStatus = Literal["done", "already_done", "skipped", "failed"]
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    """A migration registered with a deployment: how to undo and check it."""
-
-    id: str
-    down_sql: str
-    verify: tuple[str, ...] = ()
-    """Queries that must each return true after the down SQL."""
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerSnapshot:
-    """A container's configuration captured at deploy time, enough to recreate it."""
-
-    name: str
-    image: str
-    """The image reference it ran (a tag or an id)."""
-    image_id: str
-    config: dict[str, Any]
-    """Everything else needed to recreate it (command, env, mounts, ...), JSON-ready."""
 
 
 @dataclass(frozen=True, slots=True)
