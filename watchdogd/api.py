@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -24,11 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from watchdogd import openapi
 from watchdogd.auth import Principal, Role, Throttle, Tokens
 from watchdogd.config.types import DURATION_PATTERN, parse_duration
-from watchdogd.daemon import Conflict, Daemon, Invalid, NotFound
+from watchdogd.daemon import Daemon
+from watchdogd.errors import NotFound, RequestError
 from watchdogd.events import events_handler, install
-from watchdogd.rollback.journal import RollbackRecord
+from watchdogd.model import Deployment, Migration, RollbackRecord, jsonable_number
 from watchdogd.sources.alertmanager import WebhookPayload
-from watchdogd.store import Deployment
+from watchdogd.watch.deployments import Registration
 
 log = structlog.get_logger("watchdogd.api")
 
@@ -120,7 +122,7 @@ def create_app(
     api = _Api(daemon, tokens, {*open_endpoints, openapi.ALWAYS_OPEN})
     api.document = openapi.document(BODIES, open_endpoints)
     app = web.Application(middlewares=[api.errors, api.auth], client_max_size=MAX_BODY)
-    hub = install(app, daemon)
+    hub = install(app, daemon.report)
     routes: list[tuple[str, str, Handler, Role | None]] = [
         ("GET", "/healthz", api.healthz, None),
         ("GET", "/readyz", api.readyz, None),
@@ -136,6 +138,7 @@ def create_app(
         ("POST", "/v1/rollbacks/{id}/ack", api.ack, "operator"),
         ("POST", "/v1/rollbacks/{id}/veto", api.veto, "operator"),
         ("POST", "/v1/rollbacks/{id}/approve", api.approve, "operator"),
+        ("POST", "/v1/rollbacks/{id}/retry", api.retry, "operator"),
         ("GET", "/v1/audit", api.audit, "viewer"),
         ("GET", "/v1/events", events_handler(hub), "viewer"),
         ("POST", "/v1/deployments/{id}/rehearse", api.rehearse, "operator"),
@@ -162,12 +165,8 @@ class _Api:
             return await handler(request)
         except ApiError as exc:
             return _error(exc.status, exc.code, exc.message)
-        except NotFound as exc:
-            return _error(404, "not_found", str(exc))
-        except Conflict as exc:
-            return _error(409, "conflict", str(exc))
-        except Invalid as exc:
-            return _error(422, "invalid", str(exc))
+        except RequestError as exc:
+            return _error(exc.status, exc.code, str(exc))
         except web.HTTPRequestEntityTooLarge:
             return _error(400, "too_large", f"request body over {MAX_BODY} bytes")
         except web.HTTPNotFound:
@@ -212,11 +211,12 @@ class _Api:
         return web.json_response({"status": "ok"})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        if self.daemon.ready:
+        health = self.daemon.health
+        if health.ready:
             if self.daemon.election.shared:
                 return web.json_response({"status": "ok", "leader": self.daemon.election.leading})
             return web.json_response({"status": "ok"})
-        return web.json_response({"status": "not_ready", "reason": self.daemon.problem}, status=503)
+        return web.json_response({"status": "not_ready", "reason": health.problem}, status=503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.daemon.registry)
@@ -228,80 +228,75 @@ class _Api:
     # --- deployments ----------------------------------------------------------------------
 
     async def create_deployment(self, request: web.Request) -> web.Response:
-        self._store()
         body = await _body(request, DeploymentBody)
-        window = parse_duration(body.window) if body.window else None
-        deployment, report = await self.daemon.register(
-            body.service,
-            body.image,
-            body.previous_image,
-            [m.model_dump() for m in body.migrations],
-            window,
-            body.rehearse,
-            _actor(request),
+        registration = Registration(
+            service=body.service,
+            image=body.image,
+            previous_image=body.previous_image,
+            migrations=tuple(Migration(m.id, m.down_sql, tuple(m.verify_sql)) for m in body.migrations),
+            window=parse_duration(body.window) if body.window else None,
+            rehearse=body.rehearse,
+            idempotency_key=_idempotency_key(request),
         )
-        return web.json_response({**self._deployment(deployment), **report}, status=201)
+        deployment, registered = await self.daemon.deployments.register(registration, _actor(request))
+        return web.json_response({**self._deployment(deployment), **registered.to_json()}, status=201)
 
     async def list_deployments(self, request: web.Request) -> web.Response:
-        store = self._store()
+        store = self.daemon.store
         return web.json_response({"items": [self._deployment(d) for d in await store.deployments()]})
 
     async def get_deployment(self, request: web.Request) -> web.Response:
-        deployment = await self._store().deployment(request.match_info["id"])
+        deployment = await self.daemon.store.deployment(request.match_info["id"])
         if deployment is None:
             raise NotFound(f"no deployment {request.match_info['id']}")
         return web.json_response(self._deployment(deployment))
 
     async def promote(self, request: web.Request) -> web.Response:
-        self._store()
         await _body(request, EmptyBody, optional=True)
-        deployment = await self.daemon.promote(request.match_info["id"], _actor(request))
+        deployment = await self.daemon.operators.promote(request.match_info["id"], _actor(request))
         return web.json_response(self._deployment(deployment))
 
     async def rehearse(self, request: web.Request) -> web.Response:
-        self._store()
         await _body(request, EmptyBody, optional=True)
-        report = await self.daemon.rehearse(request.match_info["id"], _actor(request))
+        report = await self.daemon.operators.rehearse(request.match_info["id"], _actor(request))
         return web.json_response(report)
 
     async def manual_rollback(self, request: web.Request) -> web.Response:
-        self._store()
         body = await _body(request, ReasonBody)
-        record = await self.daemon.manual_rollback(request.match_info["id"], _actor(request), body.reason)
+        record = await self.daemon.operators.manual_rollback(request.match_info["id"], _actor(request), body.reason)
         return web.json_response(_rollback(record), status=202)
 
     # --- rollbacks -----------------------------------------------------------------------
 
     async def list_rollbacks(self, request: web.Request) -> web.Response:
-        store = self._store()
-        records = await store.in_states(
-            ("pending", "awaiting_approval", "executing", "succeeded", "failed", "vetoed", "dry_run")
-        )
-        return web.json_response({"items": [_rollback(r) for r in reversed(records)]})
+        records = await self.daemon.store.rollbacks()
+        return web.json_response({"items": [_rollback(r) for r in records]})
 
     async def get_rollback(self, request: web.Request) -> web.Response:
-        record = await self._store().get(request.match_info["id"])
+        record = await self.daemon.store.get(request.match_info["id"])
         if record is None:
             raise NotFound(f"no rollback {request.match_info['id']}")
         return web.json_response(_rollback(record))
 
     async def ack(self, request: web.Request) -> web.Response:
-        self._store()
         await _body(request, EmptyBody, optional=True)
-        record = await self.daemon.ack(request.match_info["id"], _actor(request))
+        record = await self.daemon.operators.ack(request.match_info["id"], _actor(request))
         return web.json_response(_rollback(record))
 
     async def veto(self, request: web.Request) -> web.Response:
-        self._store()
         body = await _body(request, VetoBody)
         mute = parse_duration(body.mute_for) if body.mute_for else None
-        record = await self.daemon.veto(request.match_info["id"], _actor(request), body.reason, mute)
+        record = await self.daemon.operators.veto(request.match_info["id"], _actor(request), body.reason, mute)
         return web.json_response(_rollback(record))
 
     async def approve(self, request: web.Request) -> web.Response:
-        self._store()
         await _body(request, EmptyBody, optional=True)
-        record = await self.daemon.approve(request.match_info["id"], _actor(request))
+        record = await self.daemon.operators.approve(request.match_info["id"], _actor(request))
+        return web.json_response(_rollback(record))
+
+    async def retry(self, request: web.Request) -> web.Response:
+        await _body(request, EmptyBody, optional=True)
+        record = await self.daemon.operators.retry(request.match_info["id"], _actor(request))
         return web.json_response(_rollback(record))
 
     # --- pushed alerts --------------------------------------------------------------------------
@@ -329,7 +324,7 @@ class _Api:
                 since = datetime.fromisoformat(query["since"].replace("Z", "+00:00")).timestamp()
             except ValueError:
                 raise ApiError(400, "bad_request", "since: write an RFC 3339 time") from None
-        entries = await self._store().audit_entries(query.get("deployment"), query.get("actor"), since)
+        entries = await self.daemon.store.audit_entries(query.get("deployment"), query.get("actor"), since)
         items = [
             {
                 "seq": e.seq,
@@ -346,11 +341,6 @@ class _Api:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _store(self) -> Any:
-        if self.daemon.store is None:
-            raise ApiError(503, "not_ready", "the store is not open yet")
-        return self.daemon.store
-
     def _deployment(self, deployment: Deployment) -> dict[str, Any]:
         return {
             "id": deployment.id,
@@ -361,8 +351,17 @@ class _Api:
             "started_at": _time(deployment.started_at),
             "window_ends_at": _time(deployment.window_ends_at),
             "finished_at": _time(deployment.finished_at),
-            "migrations": [m["id"] for m in deployment.data.get("migrations", [])],
-            "rules": [{**r, "since": _time(r["since"])} for r in self.daemon.rule_view(deployment)],
+            "migrations": [m.id for m in deployment.facts.migrations],
+            "rules": [
+                {
+                    "name": v.name,
+                    "state": v.state.value,
+                    "value": jsonable_number(v.value),
+                    "since": _time(v.since),
+                    "reason": v.reason,
+                }
+                for v in self.daemon.watched.rule_views(deployment, self.daemon.world)
+            ],
         }
 
 
@@ -372,7 +371,7 @@ def _rollback(record: RollbackRecord) -> dict[str, Any]:
         "deployment_id": record.deployment_id,
         "service": record.service,
         "state": record.state,
-        "reasons": record.reasons,
+        "reasons": [r.to_json() for r in record.reasons],
         "proposed_at": _time(record.proposed_at),
         "execute_at": _time(record.execute_at),
         "started_at": _time(record.started_at),
@@ -420,6 +419,19 @@ async def _body(request: web.Request, model: type[BaseModel], optional: bool = F
         if first["type"] == "extra_forbidden":
             message = "unknown field"
         raise ApiError(422, "invalid", f"{where}: {message}") from None
+
+
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+
+
+def _idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` header: up to 200 visible ASCII characters."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(400, "bad_request", "Idempotency-Key: use 1 to 200 visible ASCII characters")
+    return key
 
 
 def _actor(request: web.Request) -> str:

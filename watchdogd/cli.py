@@ -150,9 +150,10 @@ def _replay(args: argparse.Namespace) -> int:
     except (WatchdogError, RuleError) as exc:
         print(f"watchdogd replay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    grace = service.grace if service.grace is not None else config.defaults.grace
-    if rule_config.immediate:
-        grace = 0.0
+    from watchdogd.decisions import policy_for, proposal
+
+    made = proposal(policy_for(config, service_name), 0.0, rule_config.immediate)
+    grace = made.execute_at or 0.0
     print(f"rule {service_name}/{rule.name}, one evaluation every {format_duration(step)}")
     for line in describe_replay(replay, grace, clock=args.clock):
         print(line)

@@ -10,11 +10,21 @@ wall clock as it was at start; a restart takes the wall clock again.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 JUMP = 1.0
 """Seconds of disagreement between the wall clock and this clock that count as a jump."""
+
+
+class Clock(Protocol):
+    """What watchdogd's parts are handed: the time, and a way to wait for it to pass."""
+
+    def __call__(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
 
 
 class SteadyClock:
@@ -31,6 +41,9 @@ class SteadyClock:
 
     def __call__(self) -> float:
         return self._anchor + self._monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
     def drift(self) -> float:
         """How far the wall clock is ahead of this clock (negative: behind)."""

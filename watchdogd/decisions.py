@@ -1,19 +1,31 @@
 """Decisions: what a firing rule, a clock tick or an operator's vote does to a rollback.
 
 Pure, like the rule engine: given the facts and the time, it says what to do;
-the daemon does it (writes the journal, starts the plan, notifies). The states
-are the contract's: ``pending`` (veto window) or ``awaiting_approval`` (manual
-mode) -> ``executing`` -> ``succeeded`` | ``failed``; ``pending`` -> ``vetoed``.
+``watchdogd.watch`` does it (writes the journal, starts the plan, notifies).
+The daemon, ``test-rules`` and ``replay`` all decide through these functions.
+
+A deployment has at most one open proposal: every rollback rule firing while
+it is open joins it as one more reason, and its veto window is the shortest of
+theirs. A veto ends that proposal and mutes its rules (for ``mute_for``, or
+until each rule clears); a rule still firing when its mute ends, or one the
+veto did not cover, proposes again.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal
 
+from watchdogd.config.models import Config, ServiceConfig
+from watchdogd.model import DeploymentState, RollbackState
+
 Mode = Literal["auto", "manual", "dry-run"]
-Verdict = Literal["ignore", "notify", "propose", "join"]
 Due = Literal["wait", "execute", "expire"]
+UNTIL_CLEAR = math.inf
+"""A mute with no end of its own: it ends when the rule leaves firing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,53 +39,183 @@ class Policy:
     on_approval_timeout: Literal["execute", "cancel"] = "cancel"
 
 
+def policy_for(config: Config, service: str, sql_policy: str | None = None) -> Policy:
+    """The service's policy, defaults resolved; down SQL that needs approval makes ``auto`` manual."""
+    svc, defaults = config.services[service], config.defaults
+    mode = svc.mode or defaults.mode
+    if sql_policy == "approve" and mode == "auto":
+        mode = "manual"
+    return Policy(
+        mode=mode,
+        grace=svc.grace if svc.grace is not None else defaults.grace,
+        approval_timeout=svc.approval_timeout or defaults.approval_timeout,
+        on_approval_timeout=svc.on_approval_timeout or defaults.on_approval_timeout,
+    )
+
+
+def plan_steps(service: ServiceConfig, sql_policy: str | None) -> tuple[str, ...]:
+    """The steps a rollback runs: the service's order, less ``sql`` when its policy refuses it."""
+    steps = service.rollback.steps
+    if sql_policy == "refuse":
+        return tuple(s for s in steps if s != "sql")
+    return tuple(steps)
+
+
 @dataclass(frozen=True, slots=True)
 class Fire:
-    """A rule entered firing for a deployment."""
+    """A rule that is firing for a deployment, at one evaluation."""
 
     rule: str
     action: Literal["rollback", "notify"]
     immediate: bool
     at: float
     muted_until: float | None = None
+    entered: bool = True
+    """This evaluation entered firing (False: it was firing already)."""
+
+    @property
+    def muted(self) -> bool:
+        return self.muted_until is not None and self.at < self.muted_until
+
+
+class Verdict(StrEnum):
+    NOTHING = "nothing"
+    MUTED = "muted"
+    """Muted by a veto: recorded once, when it enters firing."""
+    NOTIFY = "notify"
+    PROPOSE = "propose"
+    JOIN = "join"
+    """Add this rule's reason to the open proposal."""
+
+
+def on_fire(fire: Fire, deployment: DeploymentState, open_rules: frozenset[str] | None) -> Verdict:
+    """What a firing rule does; ``open_rules`` are the rules of the open proposal (None: none open).
+
+    Asked at every evaluation while the rule fires, not only when it enters
+    firing: that is how a rule whose mute ends while it still fires proposes again.
+    """
+    if fire.action == "notify" or deployment is not DeploymentState.WATCHING:
+        # promoted, superseded or already rolling back: say it, touch nothing
+        return Verdict.NOTIFY if fire.entered else Verdict.NOTHING
+    if open_rules is not None and fire.rule in open_rules:
+        return Verdict.NOTHING
+    if fire.muted:
+        return Verdict.MUTED if fire.entered else Verdict.NOTHING
+    return Verdict.JOIN if open_rules is not None else Verdict.PROPOSE
 
 
 @dataclass(frozen=True, slots=True)
 class Proposal:
-    """What the daemon must write for a new proposal."""
+    """What must be written for a new proposal, or asked of the open one when joining it."""
 
-    state: Literal["pending", "awaiting_approval"]
+    state: Literal[RollbackState.PENDING, RollbackState.AWAITING_APPROVAL]
     execute_at: float | None
     """End of the veto window (auto, dry-run); the approval deadline in manual mode."""
     dry_run: bool
 
 
-def on_fire(policy: Policy, fire: Fire, deployment_open: bool, has_proposal: bool) -> Verdict:
-    """What a firing rule does: nothing, a notification, a new proposal, or one more reason."""
-    if fire.muted_until is not None and fire.at < fire.muted_until:
-        return "ignore"
-    if fire.action == "notify":
-        return "notify"
-    if not deployment_open:
-        return "notify"  # promoted or already rolled back: say it, touch nothing
-    return "join" if has_proposal else "propose"
+def proposal(policy: Policy, at: float, immediate: bool = False) -> Proposal:
+    """A proposal made at ``at``: by a rule (``immediate`` ones have no veto window) or an operator.
 
-
-def proposal(policy: Policy, fire: Fire) -> Proposal:
-    """The new proposal for ``fire``: its state and deadline."""
-    grace = 0.0 if fire.immediate else policy.grace
+    Joining an open proposal asks for this ``execute_at`` too; the store keeps
+    the earlier of the two, so the proposal's grace is the shortest of its rules'.
+    """
     if policy.mode == "manual":
-        deadline = None if policy.approval_timeout is None else fire.at + policy.approval_timeout
-        return Proposal("awaiting_approval", deadline, dry_run=False)
-    return Proposal("pending", fire.at + grace, dry_run=policy.mode == "dry-run")
+        deadline = None if policy.approval_timeout is None else at + policy.approval_timeout
+        return Proposal(RollbackState.AWAITING_APPROVAL, deadline, dry_run=False)
+    grace = 0.0 if immediate else policy.grace
+    return Proposal(RollbackState.PENDING, at + grace, dry_run=policy.mode == "dry-run")
 
 
-def due(policy: Policy, state: str, execute_at: float | None, now: float) -> Due:
+def first_proposal(fired: Mapping[str, Sequence[float]]) -> tuple[float, str] | None:
+    """When a deployment's rollback is first proposed, and by which rule: the earliest to fire.
+
+    ``fired`` holds each rollback rule's firing times; the rules firing later
+    join that proposal as reasons (``on_fire``) instead of making a second one.
+    """
+    firsts = [(times[0], rule) for rule, times in fired.items() if times]
+    return min(firsts) if firsts else None
+
+
+def due(policy: Policy, state: RollbackState, execute_at: float | None, now: float) -> Due:
     """At ``now``, is a proposal to wait, to execute, or to expire unanswered?"""
-    if state == "pending":
+    if state is RollbackState.PENDING:
         return "execute" if execute_at is not None and now >= execute_at else "wait"
-    if state == "awaiting_approval":
+    if state is RollbackState.AWAITING_APPROVAL:
         if execute_at is None or now < execute_at:
             return "wait"
         return "execute" if policy.on_approval_timeout == "execute" else "expire"
     return "wait"
+
+
+Vote = Literal["veto", "approve", "ack", "retry"]
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """An operator's vote on a rollback in some state: apply it, answer as is, or refuse (409)."""
+
+    outcome: Literal["apply", "noop", "refuse"]
+    why: str = ""
+
+
+def guard(vote: Vote, state: RollbackState, dry_run: bool = False) -> Guard:
+    """Whether ``vote`` may change a rollback that is in ``state``."""
+    if vote == "ack":
+        return Guard("apply") if not state.final else Guard("noop")
+    if vote == "veto":
+        if state.proposed:
+            return Guard("apply")
+        if state is RollbackState.VETOED:
+            return Guard("noop")
+        return Guard("refuse", f"it is {state}: too late to veto")
+    if vote == "approve":
+        if state.proposed:
+            return Guard("apply")
+        if state in (RollbackState.EXECUTING, RollbackState.SUCCEEDED):
+            return Guard("noop")  # approving what already runs changes nothing
+        if state is RollbackState.FAILED:
+            return Guard("refuse", "it failed: retry it instead")
+        return Guard("refuse", f"it is {state}: it cannot be approved")
+    if state is RollbackState.FAILED and not dry_run:
+        return Guard("apply")
+    if state is RollbackState.EXECUTING:
+        return Guard("noop")
+    return Guard("refuse", f"it is {state}: only a failed rollback can be retried")
+
+
+def veto_mutes(rules: Iterable[str], mute_for: float | None, now: float) -> dict[str, float]:
+    """Until when each rule of a vetoed proposal stays muted: ``mute_for``, or until it clears."""
+    until = now + mute_for if mute_for else UNTIL_CLEAR
+    return dict.fromkeys(rules, until)
+
+
+WindowEnd = Literal["wait", "promote", "unverified"]
+
+
+def window_end(
+    state: DeploymentState,
+    window_ends_at: float,
+    now: float,
+    rollback: RollbackState | None,
+    blind_rules: Sequence[str],
+) -> WindowEnd:
+    """At ``now``, what the end of a deployment's window does.
+
+    A proposal still open or executing holds the deployment (its outcome
+    decides). ``blind_rules`` are the rollback rules that had no data: the
+    deploy was not verified by them, so it ends ``unverified``, never promoted
+    silently.
+    """
+    if state is not DeploymentState.WATCHING or now < window_ends_at:
+        return "wait"
+    if rollback is not None and (rollback.proposed or rollback is RollbackState.EXECUTING):
+        return "wait"
+    return "unverified" if blind_rules else "promote"
+
+
+def may_register(open_state: DeploymentState | None) -> str | None:
+    """Why a new deployment of a service cannot be registered now (None: it can)."""
+    if open_state is DeploymentState.ROLLING_BACK:
+        return "a rollback of the service is executing: register the deploy once it has finished"
+    return None

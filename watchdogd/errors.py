@@ -7,7 +7,11 @@ One root, a few branches::
     ├── SourceError          a source could not give a value (becomes "no data", never a crash)
     ├── RuleError            a rule was asked to do something impossible (time going backwards)
     ├── StoreError           the state store failed
-    └── RollbackError        a rollback step failed
+    ├── RollbackError        a rollback step failed
+    └── RequestError         an operator's or a pipeline's request refused (the API's 4xx)
+        ├── NotFound         no such deployment or rollback (404)
+        ├── Conflict         the current state refuses it (409); ``code`` says which refusal
+        └── Invalid          it names something the config does not have (422)
 """
 
 from __future__ import annotations
@@ -55,3 +59,28 @@ class StoreError(WatchdogError):
 
 class RollbackError(WatchdogError):
     """A rollback step failed."""
+
+
+class RequestError(WatchdogError):
+    """A request refused; the API answers with ``status`` and ``code``."""
+
+    status = 400
+    code = "bad_request"
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(RequestError):
+    status = 409
+
+    def __init__(self, message: str, code: str = "conflict") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Invalid(RequestError):
+    status = 422
+    code = "invalid"

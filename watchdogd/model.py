@@ -258,9 +258,9 @@ class Reason:
         if self.rule is not None:
             out.update(
                 rule=self.rule,
-                value=_finite(self.value),
-                values=[_finite(v) for v in self.values],
-                threshold=_finite(self.threshold),
+                value=jsonable_number(self.value),
+                values=[jsonable_number(v) for v in self.values],
+                threshold=jsonable_number(self.threshold),
             )
             if self.severity is not None:
                 out["severity"] = self.severity
@@ -350,7 +350,7 @@ class AuditEntry:
     detail: dict[str, Any]
 
 
-def _finite(value: float | None) -> float | str | None:
+def jsonable_number(value: float | None) -> float | str | None:
     """JSON has no NaN or infinity: those travel as strings."""
     if value is None:
         return None

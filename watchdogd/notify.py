@@ -34,6 +34,9 @@ EventKind = Literal[
     "rollback_succeeded",
     "rollback_failed",
     "promotion",
+    "unverified",
+    "cancelled",
+    "retry",
     "rule_firing",
     "rule_resolved",
 ]
@@ -48,6 +51,9 @@ _FAMILY: dict[str, str] = {
     "rollback_succeeded": "rollback",
     "rollback_failed": "rollback",
     "promotion": "promotion",
+    "unverified": "promotion",
+    "cancelled": "rollback",
+    "retry": "rollback",
     "rule_firing": "notify",
     "rule_resolved": "notify",
 }

@@ -189,7 +189,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         ok=201,
         answer=DeploymentCreated,
         body="DeploymentBody",
-        errors=(400, 401, 403, 422, 503),
+        errors=(400, 401, 403, 409, 422, 503),
     ),
     ("GET", "/v1/deployments"): Operation(
         "Deployments, newest first", "viewer", answer=Deployments, errors=_VIEW
@@ -229,6 +229,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("POST", "/v1/rollbacks/{id}/approve"): Operation(
         "Execute a proposal now",
+        "operator",
+        answer=Rollback,
+        body="EmptyBody",
+        body_optional=True,
+        errors=_VOTE,
+    ),
+    ("POST", "/v1/rollbacks/{id}/retry"): Operation(
+        "Run a failed rollback again from its journal; finished steps are not repeated",
         "operator",
         answer=Rollback,
         body="EmptyBody",

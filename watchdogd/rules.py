@@ -265,6 +265,18 @@ def evaluate(
     return _run(rule, state, now, at, value, hit, missing_since, last_match, why_missing)
 
 
+def condition_now(rule: Rule, state: EvalState) -> bool | None:
+    """Whether the rule's condition holds on its latest value; None when there is nothing to judge by.
+
+    What a verify step asks after a rollback: not whether the rule still fires
+    (cumulative ``failures`` and ``keep_firing_for`` keep it firing by design)
+    but whether what made it fire is still true.
+    """
+    if state.value is None or state.threshold is None:
+        return None
+    return rule._compare(state.value, state.threshold)
+
+
 def _no_baseline(
     state: EvalState, now: float, at: float, value: float, last_match: float | None
 ) -> tuple[EvalState, tuple[Transition, ...]]:

@@ -21,6 +21,7 @@ from watchdogd.config.loader import load_config, parse_yaml, pydantic_problems
 from watchdogd.config.models import Config, Model, ServiceConfig
 from watchdogd.config.types import Duration, format_duration
 from watchdogd.errors import ConfigError, ConfigProblem, RuleError
+from watchdogd import decisions
 from watchdogd.model import Sample
 from watchdogd.replay import Replay, replay_rule
 from watchdogd.rules import Rule, compile_rule
@@ -287,16 +288,13 @@ def _check_proposal(
 
 
 def first_proposal(service: str, replays: dict[tuple[str, str], Replay]) -> tuple[float, str] | None:
-    """When a service's rollback is proposed: the first rollback rule to fire, and which it was.
-
-    One proposal per deployment: a later firing rule joins it as another reason.
-    """
-    fired = [
-        (replay.fired_at()[0], rule_name)
+    """When a service's rollback is proposed: the first rollback rule to fire, and which it was."""
+    fired = {
+        rule_name: replay.fired_at()
         for (svc, rule_name), replay in replays.items()
-        if svc == service and replay.rule.action == "rollback" and replay.fired_at()
-    ]
-    return min(fired) if fired else None
+        if svc == service and replay.rule.action == "rollback"
+    }
+    return decisions.first_proposal(fired)
 
 
 def _timeline(replay: Replay, around: float, interval: float | None) -> Iterator[str]:

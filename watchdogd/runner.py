@@ -32,28 +32,29 @@ STOP_DEADLINE = 30.0
 
 async def serve(config: Config, config_path: Path) -> int:
     tokens = Tokens.load(config.server.tokens_file) if config.server.tokens_file else Tokens.empty()
-    daemon = Daemon(config)
+    daemon = await Daemon.open(config)
     host, _, port = config.server.listen.rpartition(":")
     app = create_app(daemon, tokens, config.server.open_endpoints)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    ssl_context = None
-    if config.server.tls is not None:
-        import ssl
-
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(config.server.tls.cert, config.server.tls.key)
-    site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
-    await site.start()
-    log.info("listening", address=config.server.listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(_reload(daemon, config_path)))
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: daemon.supervisor.job("reload", _reload(daemon, config_path), critical=True)
+    )
     watchdog: asyncio.Task[None] | None = None
     try:
-        await daemon.start()
+        await runner.setup()
+        ssl_context = None
+        if config.server.tls is not None:
+            import ssl
+
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(config.server.tls.cert, config.server.tls.key)
+        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
+        await site.start()
+        log.info("listening", address=config.server.listen)
         sdnotify.ready(_status(daemon))
         interval = sdnotify.watchdog_interval()
         if interval is not None:
@@ -65,7 +66,7 @@ async def serve(config: Config, config_path: Path) -> int:
         if watchdog is not None:
             watchdog.cancel()
         await runner.cleanup()
-        await daemon.stop(STOP_DEADLINE)
+        await daemon.close(STOP_DEADLINE)
     return 0
 
 
@@ -85,7 +86,7 @@ async def _reload(daemon: Daemon, path: Path) -> None:
 
 def _status(daemon: Daemon) -> str:
     """The line ``systemctl status`` shows."""
-    services, open_deployments = len(daemon.config.services), len(daemon.live)
+    services, open_deployments = len(daemon.config.services), len(daemon.watched)
     return f"watching {services} services, {open_deployments} open deployments"
 
 

@@ -129,6 +129,8 @@ async def run_demo(keep: bool = False, out: TextIO = sys.stdout) -> int:
     from watchdogd.api import create_app
     from watchdogd.auth import Tokens
     from watchdogd.daemon import Daemon
+    from watchdogd.model import Migration, why
+    from watchdogd.watch.deployments import Registration
     from watchdogd.telemetry import configure_logging
 
     configure_logging(logging.WARNING, "console", stream=sys.stderr)
@@ -162,14 +164,13 @@ async def run_demo(keep: bool = False, out: TextIO = sys.stdout) -> int:
         config_path = workdir / "watchdogd.yaml"
         config_path.write_text(CONFIG.format(api_port=api_port, port=port, name=name, dsn=dsn))
         config = load_config(config_path)
-        daemon = Daemon(config, docker_client=client)
-        daemon.listeners.append(lambda kind, data: _narrate(timeline, kind, data))
+        daemon = await Daemon.open(config, docker=client)
+        daemon.report.listeners.append(lambda kind, data: _narrate(timeline, kind, data))
         from aiohttp import web
 
         runner = web.AppRunner(create_app(daemon, Tokens.empty()), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", api_port).start()
-        await daemon.start()
 
         timeline.reset()
         timeline.say("deploy: v2 replaces v1, with the product-import migration", "deploy")
@@ -179,9 +180,10 @@ async def run_demo(keep: bool = False, out: TextIO = sys.stdout) -> int:
         client.containers.run(
             APP_V2, detach=True, name=name, network_mode="host", environment=v2_env, labels=labels
         )
-        migration = {"id": MIGRATION_ID, "down_sql": SEED_ROLLBACK, "verify_sql": list(SEED_VERIFY)}
-        deployment, report = await daemon.register("api", APP_V2, APP_V1, [migration], None, True, "demo")
-        rehearsal = report.get("rehearsal", {})
+        migration = Migration(MIGRATION_ID, SEED_ROLLBACK, tuple(SEED_VERIFY))
+        registration = Registration("api", APP_V2, APP_V1, (migration,), rehearse=True)
+        deployment, registered = await daemon.deployments.register(registration, "demo")
+        rehearsal = registered.rehearsal or {}
         timeline.say(
             f"registered deployment {deployment.id}; rollback rehearsal: {rehearsal.get('detail', 'none')}"
         )
@@ -202,8 +204,7 @@ async def run_demo(keep: bool = False, out: TextIO = sys.stdout) -> int:
         print(f"  schema:    {'as before the migration' if schema_ok else 'DIFFERENT from before'}", file=out)
         print(f"  ledger:    {len(ledger)} row(s) in watchdogd.rollback_ledger", file=out)
         if record is not None and record.reasons:
-            why = "; ".join(f"{r.get('rule', 'operator')}: {r.get('reason', '')}" for r in record.reasons)
-            print(f"  why:       {why}", file=out)
+            print(f"  why:       {why(record.reasons)}", file=out)
         if keep:
             print(
                 f"\nleft running (--keep): API and /metrics at http://127.0.0.1:{api_port}, "
@@ -214,7 +215,7 @@ async def run_demo(keep: bool = False, out: TextIO = sys.stdout) -> int:
                 await asyncio.Event().wait()
     finally:
         if daemon is not None:
-            await daemon.stop(10)
+            await daemon.close(10)
         if runner is not None:
             await runner.cleanup()
         for container in client.containers.list(all=True, filters={"label": f"org.watchdogd.demo={suffix}"}):
@@ -239,7 +240,7 @@ def _narrate(timeline: Timeline, kind: str, data: dict[str, Any]) -> None:
             timeline.say(f"rule {rule} back to ok", "cleared")
         elif to == "ok":
             timeline.say(f"rule {rule} ok: {data.get('reason')}")
-    elif kind == "proposal":
+    elif kind == "proposal" and "reasons" in data:  # a new proposal, not a reason joining one
         timeline.say(f"rollback proposed ({data.get('rollback_id')}): veto window open", "proposal")
     elif kind == "rollback":
         state = data.get("state")
@@ -251,7 +252,7 @@ async def _wait_rollback(daemon: Any, deployment_id: str, timeline: Timeline, de
     end = time.monotonic() + deadline
     told: set[tuple[str, str]] = set()
     while time.monotonic() < end:
-        record = await daemon.store.for_deployment(deployment_id)
+        record = await daemon.store.latest_for(deployment_id)
         if record is not None:
             for step in record.steps:
                 if step.state != "pending" and (step.name, step.state) not in told:

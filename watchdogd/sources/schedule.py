@@ -71,10 +71,13 @@ class SourceJobs:
         self.jitter = jitter
         self.jobs: dict[str, _Job] = {}
 
-    def add(self, source: Source, interval: float, timeout: float, keep: float = 0.0) -> None:
+    def add(
+        self, source: Source, interval: float, timeout: float, keep: float = 0.0, scheduled: bool = True
+    ) -> None:
         """Poll ``source`` every ``interval``; ``keep`` seconds of samples stay for baselines.
 
         Adding a source already scheduled replaces its job (a new interval), keeping subscribers.
+        Unscheduled, it is polled only by ``poll_now`` (in-memory tests step it by hand).
         """
         name = source.name
         previous = self.jobs.get(name)
@@ -84,6 +87,8 @@ class SourceJobs:
             job.history = previous.history
             job.keep = max(keep, previous.keep)
         self.jobs[name] = job
+        if not scheduled:
+            return
         self.scheduler.add_job(
             self._run,
             "interval",

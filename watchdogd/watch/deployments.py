@@ -1,0 +1,426 @@
+"""Deployments: registered by a pipeline (API) or noticed from Docker events; their windows' ends.
+
+One registration at a time per daemon: a Docker event and a POST racing each
+other would otherwise supersede one another. A new deployment of a service
+supersedes the one being watched (state ``superseded``, its open proposals
+``cancelled``); a deployment noticed from Docker is completed, not
+superseded, by a POST for the same image, and the migrations it brings join
+the open proposal's plan until that plan starts executing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from watchdogd.clock import Clock
+from watchdogd.decisions import may_register, window_end
+from watchdogd.errors import Conflict
+from watchdogd.model import (
+    ContainerSnapshot,
+    Deployment,
+    DeploymentFacts,
+    DeploymentState,
+    Migration,
+    RollbackState,
+)
+from watchdogd.rollback.sql import SqlStep
+from watchdogd.store import Store
+from watchdogd.telemetry import Metrics
+from watchdogd.watch.execution import rollback_target
+from watchdogd.watch.live import Watched
+from watchdogd.watch.proposals import Proposer
+from watchdogd.watch.report import SYSTEM, Reporter
+from watchdogd.watch.world import World
+
+log = structlog.get_logger("watchdogd")
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What a pipeline registers (``POST /v1/deployments``)."""
+
+    service: str
+    image: str | None = None
+    previous_image: str | None = None
+    migrations: tuple[Migration, ...] = ()
+    window: float | None = None
+    rehearse: bool = False
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """The answer to a registration, beyond the deployment itself."""
+
+    sql_policy: str | None = None
+    destroys: tuple[str, ...] = ()
+    assessment_error: str | None = None
+    rehearsal: dict[str, str] | None = None
+    notes: tuple[str, ...] = field(default=())
+    """What the pipeline should know: a plan that could not take the migrations, a repeated key."""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.sql_policy is not None:
+            out["sql_policy"] = self.sql_policy
+            out["destroys"] = list(self.destroys)
+        if self.assessment_error is not None:
+            out["assessment_error"] = self.assessment_error
+        if self.rehearsal is not None:
+            out["rehearsal"] = self.rehearsal
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+class Containers:
+    """The containers seen for each service: what a deploy replaced, to roll back to."""
+
+    def __init__(self, docker: Callable[[], Any]) -> None:
+        self.docker = docker
+        self.known: dict[str, ContainerSnapshot] = {}
+        """The last container seen for each service."""
+        self.before: dict[str, ContainerSnapshot] = {}
+        """For each service, the last container seen with another image than the current one."""
+
+    async def capture(self, name: str) -> ContainerSnapshot | None:
+        from watchdogd.rollback.container import capture
+
+        try:
+            return await capture(self.docker(), name)
+        except Exception as exc:  # no engine, no container: the deployment is still watched
+            log.warning("capture_failed", container=name, error=str(exc))
+            return None
+
+    def previous_of(self, service: str, current: ContainerSnapshot | None) -> ContainerSnapshot | None:
+        """The container that ran before ``current``: the last one seen with another image."""
+        if current is None:
+            return None
+        known = self.known.get(service)
+        if known is not None and known.image_id != current.image_id:
+            self.before[service] = known
+        self.known[service] = current
+        before = self.before.get(service)
+        return before if before is not None and before.image_id != current.image_id else None
+
+
+class Deployments:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        report: Reporter,
+        world: Callable[[], World],
+        watched: Watched,
+        proposer: Proposer,
+        containers: Containers,
+        metrics: Metrics,
+        clock: Clock,
+        leading: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.report = report
+        self.world = world
+        self.watched = watched
+        self.proposer = proposer
+        self.containers = containers
+        self.metrics = metrics
+        self.clock = clock
+        self.leading = leading
+        self.lock = asyncio.Lock()
+
+    # --- registration ---------------------------------------------------------------------------
+
+    async def register(self, request: Registration, actor: str) -> tuple[Deployment, Registered]:
+        """A deployment from the API; it completes one noticed from Docker for the same image."""
+        async with self.lock:
+            return await self._register(request, actor)
+
+    async def _register(self, request: Registration, actor: str) -> tuple[Deployment, Registered]:
+        svc = self.world().service(request.service)
+        if request.idempotency_key is not None:
+            seen = await self.store.deployment_for_key(request.idempotency_key)
+            if seen is not None:
+                if seen.service != request.service:
+                    raise Conflict(
+                        f"Idempotency-Key already used for deployment {seen.id} of '{seen.service}'",
+                        "idempotency_key_reused",
+                    )
+                return seen, Registered(notes=("a deployment with this Idempotency-Key exists: answered it",))
+        live = await self.watched.refresh(request.service)
+        refusal = may_register(live.deployment.state if live else None)
+        if refusal is not None:
+            raise Conflict(refusal, "rolling_back")
+        running = await self.containers.capture(svc.container) if svc.container else None
+        if live is not None and self._completes(live.deployment, request, running):
+            return await self._complete(live.deployment, request, actor)
+        previous = self.containers.previous_of(request.service, running)
+        if previous is None and request.previous_image:
+            previous = ContainerSnapshot(svc.container or request.service, request.previous_image, "", {})
+        facts = DeploymentFacts("api", previous, running, request.migrations)
+        facts, registered = await self._assess(request.service, facts, request.rehearse)
+        deployment, superseded = await self.store.add_deployment(
+            request.service,
+            request.image or (running.image if running else None),
+            request.previous_image or (previous.image if previous else None),
+            self.clock(),
+            request.window or self.world().window(request.service),
+            facts,
+            request.idempotency_key,
+        )
+        await self._superseded(superseded, deployment)
+        await self.report(
+            "deployment",
+            service=deployment.service,
+            deployment_id=deployment.id,
+            actor=actor,
+            detail={
+                "image": deployment.image,
+                "previous_image": deployment.previous_image,
+                "migrations": [m.id for m in request.migrations],
+                "state": "watching",
+                **registered.to_json(),
+            },
+        )
+        await self.watched.refresh(request.service)
+        return deployment, registered
+
+    @staticmethod
+    def _completes(deployment: Deployment, request: Registration, running: ContainerSnapshot | None) -> bool:
+        """A POST for the image a deployment noticed from Docker runs: it completes that one."""
+        if deployment.state is not DeploymentState.WATCHING or deployment.facts.origin != "docker":
+            return False
+        noticed = deployment.facts.current
+        same_id = running is not None and noticed is not None and running.image_id == noticed.image_id
+        return (
+            request.image is None or deployment.image == request.image or bool(same_id and running.image_id)
+        )
+
+    async def _complete(
+        self, deployment: Deployment, request: Registration, actor: str
+    ) -> tuple[Deployment, Registered]:
+        facts = dataclasses.replace(deployment.facts, migrations=request.migrations, origin="docker+api")
+        facts, registered = await self._assess(deployment.service, facts, request.rehearse)
+        await self.store.update_facts(deployment.id, facts)
+        completed = await self.store.deployment(deployment.id) or deployment
+        notes: list[str] = []
+        if request.migrations:
+            latest = await self.store.latest_for(deployment.id)
+            if latest is not None and latest.proposed:
+                await self.proposer.replan(completed)
+                notes.append(f"the migrations joined the plan of rollback {latest.id} ({latest.state})")
+            elif latest is not None and latest.state is RollbackState.EXECUTING:
+                notes.append(
+                    f"rollback {latest.id} is already executing: these migrations are not in its plan"
+                )
+        await self.report(
+            "deployment_completed",
+            service=deployment.service,
+            deployment_id=deployment.id,
+            actor=actor,
+            detail={"migrations": [m.id for m in request.migrations], "notes": notes},
+        )
+        await self.watched.refresh(deployment.service)
+        return completed, dataclasses.replace(registered, notes=tuple(notes))
+
+    async def _assess(
+        self, service: str, facts: DeploymentFacts, rehearse: bool
+    ) -> tuple[DeploymentFacts, Registered]:
+        """The down SQL's assessment (what it would destroy) and, when asked, its rehearsal."""
+        svc = self.world().service(service)
+        if not facts.migrations or svc.database is None:
+            return facts, Registered()
+        draft = Deployment("", service, None, None, DeploymentState.WATCHING, 0.0, 0.0, None, facts)
+        target = rollback_target(draft, (), svc)
+        step = SqlStep()
+        try:
+            assessment = await step.assess(target)
+        except Exception as exc:  # the database's answer, whatever it is, must not lose the deployment
+            log.warning("assessment_failed", service=service, error=str(exc))
+            policy = "approve"
+            registered = Registered(
+                sql_policy=policy,
+                assessment_error=f"could not assess the down SQL ({type(exc).__name__}): an operator approves",
+            )
+        else:
+            policy = assessment.action
+            registered = Registered(sql_policy=policy, destroys=tuple(str(f) for f in assessment.findings))
+        if rehearse:
+            result = await step.rehearse(target)
+            registered = dataclasses.replace(
+                registered, rehearsal={"status": result.status, "detail": result.detail}
+            )
+        return dataclasses.replace(facts, sql_policy=policy), registered
+
+    async def _superseded(self, superseded: list[Deployment], by: Deployment) -> None:
+        for old in superseded:
+            why = f"superseded by deployment {by.id}"
+            await self.report(
+                "superseded",
+                service=old.service,
+                deployment_id=old.id,
+                detail={"by": by.id, "state": "superseded"},
+            )
+            cancelled = [
+                r for r in await self.store.for_deployment(old.id) if r.state is RollbackState.CANCELLED
+            ]
+            await self.proposer.cancel(cancelled, why)
+
+    # --- noticed from Docker ------------------------------------------------------------------------
+
+    async def watch_docker(self) -> None:
+        """Deployments noticed from Docker: a service's container started with another image."""
+        loop = asyncio.get_running_loop()
+        names = {svc.container: name for name, svc in self.world().config.services.items() if svc.container}
+        stop = threading.Event()
+
+        def follow() -> None:
+            while not stop.is_set():
+                try:
+                    client = self.containers.docker()
+                    for event in client.events(decode=True, filters={"type": "container", "event": "start"}):
+                        if stop.is_set():
+                            return
+                        name = (event.get("Actor") or {}).get("Attributes", {}).get("name")
+                        if name in names:
+                            asyncio.run_coroutine_threadsafe(self.started(names[name]), loop)
+                except Exception as exc:
+                    log.warning("docker_events_lost", error=str(exc))
+                    stop.wait(2.0)
+
+        thread = threading.Thread(target=follow, name="docker-events", daemon=True)
+        thread.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stop.set()
+
+    async def started(self, service: str) -> None:
+        async with self.lock:
+            await self._noticed(service)
+
+    async def _noticed(self, service: str) -> None:
+        svc = self.world().config.services.get(service)
+        if svc is None or svc.container is None:
+            return
+        snapshot = await self.containers.capture(svc.container)
+        if snapshot is None:
+            return
+        seen = self.containers.known.get(service)
+        changed = seen is not None and seen.image_id != snapshot.image_id
+        previous = self.containers.previous_of(service, snapshot)
+        live = self.watched.get(service)
+        if not changed or (live is not None and live.deployment.state is DeploymentState.ROLLING_BACK):
+            return  # the rollback's own container
+        current = live.deployment.facts.current if live is not None else None
+        if current is not None and current.image_id == snapshot.image_id:
+            return  # already registered through the API
+        if previous is None or not self.leading():
+            return
+        latest = await self.store.deployments(limit=1)
+        if (
+            latest
+            and latest[0].service == service
+            and latest[0].state
+            in (
+                DeploymentState.ROLLED_BACK,
+                DeploymentState.ROLLBACK_FAILED,
+            )
+        ):
+            prior = latest[0].facts.previous
+            if prior is not None and prior.image_id == snapshot.image_id:
+                return
+        facts = DeploymentFacts("docker", previous, snapshot, ())
+        deployment, superseded = await self.store.add_deployment(
+            service, snapshot.image, previous.image, self.clock(), self.world().window(service), facts
+        )
+        await self._superseded(superseded, deployment)
+        await self.report(
+            "deployment",
+            service=service,
+            deployment_id=deployment.id,
+            detail={
+                "image": snapshot.image,
+                "previous_image": previous.image,
+                "origin": "docker",
+                "state": "watching",
+            },
+        )
+        await self.watched.refresh(service)
+
+    async def remember_containers(self) -> None:
+        """The containers running now: what a deploy noticed later replaced."""
+        for name, svc in self.world().config.services.items():
+            if svc.container and name not in self.containers.known:
+                snapshot = await self.containers.capture(svc.container)
+                if snapshot is not None:
+                    self.containers.known[name] = snapshot
+
+    # --- windows ---------------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Window ends and the remaining-time gauge."""
+        now = self.clock()
+        world = self.world()
+        for live in self.watched:
+            deployment = live.deployment
+            remaining = max(0.0, deployment.window_ends_at - now)
+            self.metrics.window_remaining.labels(deployment.service).set(remaining)
+            if deployment.state is not DeploymentState.WATCHING or remaining > 0 or not self.leading():
+                continue
+            latest = await self.store.latest_for(deployment.id)
+            blind = self.watched.blind_rollback_rules(deployment, world)
+            verdict = window_end(
+                deployment.state, deployment.window_ends_at, now, latest.state if latest else None, blind
+            )
+            if verdict == "promote":
+                await self.finish(deployment, DeploymentState.PROMOTED, SYSTEM)
+            elif verdict == "unverified":
+                await self.finish(deployment, DeploymentState.UNVERIFIED, SYSTEM)
+
+    async def finish(self, deployment: Deployment, state: DeploymentState, actor: str) -> Deployment:
+        """End a watched deployment's window: promoted, or unverified (a rollback rule saw nothing)."""
+        if not await self.store.set_deployment_state(deployment.id, state, (DeploymentState.WATCHING,)):
+            current = await self.store.deployment(deployment.id) or deployment
+            raise Conflict(f"deployment {deployment.id} is {current.state}")
+        world = self.world()
+        unverified = self.watched.unverified(deployment, world)
+        blind = self.watched.blind_rollback_rules(deployment, world)
+        await self.watched.refresh(deployment.service)
+        detail = {"unverified_rules": unverified, "state": str(state)}
+        if state is DeploymentState.UNVERIFIED:
+            summary = (
+                f"{deployment.service}: the window ended unverified: no data from rollback rules "
+                + ", ".join(blind)
+            )
+            await self.report(
+                "unverified",
+                service=deployment.service,
+                deployment_id=deployment.id,
+                actor=actor,
+                detail={**detail, "blind_rules": blind},
+                summary=summary,
+            )
+        else:
+            await self.report(
+                "promoted",
+                service=deployment.service,
+                deployment_id=deployment.id,
+                actor=actor,
+                detail=detail,
+                summary=_promoted(deployment.service, unverified),
+            )
+        return await self.store.deployment(deployment.id) or deployment
+
+
+def _promoted(service: str, unverified: list[str]) -> str:
+    if not unverified:
+        return f"{service} promoted: the window ended with no rule firing"
+    return f"{service} promoted, but never verified by: {', '.join(unverified)} (no data)"

@@ -1,0 +1,124 @@
+"""Evaluation: a polled sample -> the rule engine -> the state saved -> its transitions acted on.
+
+Only the leader evaluates and saves states; a follower keeps the value gauge
+and reads the leader's states. A rule that keeps firing is offered to the
+proposer at every evaluation, not only when it enters firing: a rule whose
+mute ended while it still fires proposes again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+import structlog
+
+from watchdogd.errors import RuleError, StoreError
+from watchdogd.model import Deployment, RuleState, Sample, Transition, jsonable_number
+from watchdogd.rules import EvalState, baseline_mean, dump_state, evaluate, start
+from watchdogd.sources import Measure
+from watchdogd.store import Store
+from watchdogd.telemetry import Metrics
+from watchdogd.watch.live import Watched
+from watchdogd.watch.proposals import Proposer
+from watchdogd.watch.report import Reporter
+from watchdogd.watch.tasks import Health
+from watchdogd.watch.world import RuleRun
+
+log = structlog.get_logger("watchdogd")
+
+History = Callable[[str, Measure, float], list[Sample]]
+"""A source's kept samples of one measure since a time: what baselines are computed from."""
+
+
+class Evaluator:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        report: Reporter,
+        health: Health,
+        watched: Watched,
+        proposer: Proposer,
+        metrics: Metrics,
+        history: History,
+        leading: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.report = report
+        self.health = health
+        self.watched = watched
+        self.proposer = proposer
+        self.metrics = metrics
+        self.history = history
+        self.leading = leading
+
+    def callback(self, run: RuleRun) -> Callable[[str, Mapping[Measure, Sample]], Awaitable[None]]:
+        async def on_poll(_: str, samples: Mapping[Measure, Sample]) -> None:
+            await self.evaluate(run, samples[run.measure])
+
+        return on_poll
+
+    async def evaluate(self, run: RuleRun, sample: Sample) -> None:
+        labels = (run.service, run.rule.name)
+        if sample.value is not None:
+            self.metrics.rule_value.labels(*labels).set(sample.value)
+        if not self.leading():
+            return  # the leader evaluates and saves the states; a follower reads them
+        live = self.watched.get(run.service)
+        if live is None or not live.deployment.open or sample.time < live.deployment.started_at:
+            return
+        # No await between reading and replacing the state: evaluations of other rules
+        # interleave freely, and one rule's polls never overlap (one job per source).
+        state = live.states.get(run.rule.name) or self._start(run, live.deployment)
+        try:
+            state, transitions = evaluate(run.rule, state, sample, sample.time)
+        except RuleError as exc:
+            log.warning("rule_error", service=run.service, rule=run.rule.name, error=str(exc))
+            return
+        live.states[run.rule.name] = state
+        try:
+            await self.store.save_rule_state(live.deployment.id, run.rule.name, dump_state(state))
+        except StoreError as exc:
+            self.health.store_failed(exc)  # the state lives on in memory; the next evaluation saves it again
+        else:
+            self.health.store_recovered()
+        self.metrics.rule_state.labels(*labels).set(state.state.metric_value)
+        self.metrics.rule_evaluations.labels(*labels, state.state.value).inc()
+        deployment = live.deployment
+        for transition in transitions:
+            await self._transition(run, deployment, transition)
+        if state.state is RuleState.FIRING:
+            entered = next((t for t in transitions if t.fired), None)
+            await self.proposer.on_firing(run, deployment, state, entered)
+
+    def _start(self, run: RuleRun, deployment: Deployment) -> EvalState:
+        baseline = None
+        if run.rule.baseline_before is not None:
+            since = deployment.started_at - run.rule.baseline_before
+            samples = self.history(run.config.source, run.measure, since)
+            baseline = baseline_mean(samples, deployment.started_at, run.rule.baseline_before)
+        return start(run.rule, deployment.started_at, baseline)
+
+    async def _transition(self, run: RuleRun, deployment: Deployment, t: Transition) -> None:
+        detail = {
+            "rule": run.rule.name,
+            "from": t.from_state.value,
+            "to": t.to_state.value,
+            "value": jsonable_number(t.value),
+            "values": [jsonable_number(v) for v in t.values],
+            "threshold": jsonable_number(t.threshold),
+            "reason": t.reason,
+            "at": t.at,
+        }
+        await self.report("rule_state", service=run.service, deployment_id=deployment.id, detail=detail)
+        if t.from_state is RuleState.FIRING:
+            # a veto's mute "until the rule clears" ends here
+            await self.store.unmute(run.service, run.rule.name, until_clear_only=True)
+            if run.rule.action == "notify":
+                await self.report(
+                    "rule_resolved",
+                    service=run.service,
+                    deployment_id=deployment.id,
+                    detail=detail,
+                    summary=f"{run.rule.name} resolved",
+                )

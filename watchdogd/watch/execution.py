@@ -1,0 +1,273 @@
+"""Running a rollback: one claim, the plan through the journaled executor, the outcome.
+
+A rollback runs only once it is claimed: moved to ``executing`` by one
+conditional write, which a veto racing it cannot also win. Only a resume (after
+a restart, a failover or a store that refused writes) or an operator's retry
+starts from ``executing`` itself; anything else would run the plan twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+import structlog
+
+from watchdogd.config.models import HttpSource, ServiceConfig
+from watchdogd.model import (
+    PROPOSED_STATES,
+    Deployment,
+    DeploymentState,
+    Reason,
+    RollbackRecord,
+    RollbackState,
+    why,
+)
+from watchdogd.rollback.base import RollbackTarget, Step
+from watchdogd.rollback.plan import Executor, target_from_json, target_to_json
+from watchdogd.rollback.sql import SqlStep
+from watchdogd.rollback.steps import RedisPurgeStep, VerifyStep, WebhookStep
+from watchdogd.rules import condition_now
+from watchdogd.sources import Measure
+from watchdogd.sources.http import HttpProbe
+from watchdogd.store import Store
+from watchdogd.telemetry import Metrics
+from watchdogd.watch.live import Watched
+from watchdogd.watch.report import Reporter
+from watchdogd.watch.tasks import Health, Supervisor
+from watchdogd.watch.world import World
+
+log = structlog.get_logger("watchdogd")
+
+VERIFY_POLL = 0.5
+
+
+def rollback_target(
+    deployment: Deployment, reasons: Sequence[Reason], service: ServiceConfig
+) -> RollbackTarget:
+    """What a rollback of ``deployment`` returns to, and why."""
+    facts = deployment.facts
+    return RollbackTarget(
+        service=deployment.service,
+        deployment_id=deployment.id,
+        config=service,
+        previous=facts.previous,
+        current=facts.current,
+        migrations=facts.migrations,
+        fired_rules=tuple(r.rule for r in reasons if r.rule is not None),
+        reason=why(reasons),
+    )
+
+
+def target_of(
+    deployment: Deployment, reasons: Sequence[Reason], service: ServiceConfig, dry_run: bool = False
+) -> dict[str, Any]:
+    """The plan's target as the journal keeps it."""
+    return {**target_to_json(rollback_target(deployment, reasons, service)), "dry_run": dry_run}
+
+
+class Plans:
+    """The steps a service's plan runs, built from its config when a plan starts."""
+
+    def __init__(
+        self,
+        world: Callable[[], World],
+        watched: Watched,
+        docker: Callable[[], Any],
+        session: aiohttp.ClientSession,
+        clock: Callable[[], float],
+    ) -> None:
+        self.world = world
+        self.watched = watched
+        self.docker = docker
+        self.session = session
+        self.clock = clock
+
+    def steps(self, service: str, since: float) -> dict[str, Step]:
+        """``since``: when the plan started; verify judges only evaluations made after it."""
+        svc = self.world().service(service)
+        steps: dict[str, Step] = {"sql": SqlStep()}
+        probe = self.health_probe(svc)
+        if svc.container:
+            from watchdogd.rollback.container import ContainerStep
+
+            steps["container"] = ContainerStep(self.docker(), probe=probe)
+        if svc.rollback.redis_purge is not None:
+            steps["redis_purge"] = RedisPurgeStep(svc.rollback.redis_purge)
+        if svc.rollback.webhook is not None:
+            steps["webhook"] = WebhookStep(svc.rollback.webhook)
+
+        async def health(_: RollbackTarget) -> tuple[bool, str]:
+            assert probe is not None  # only handed to the step when there is one
+            ok = await probe()
+            return ok, "health probe passes" if ok else "health probe fails"
+
+        async def rules(target: RollbackTarget) -> tuple[bool, str]:
+            return self.judge(service, target.fired_rules, since)
+
+        steps["verify"] = VerifyStep(svc.rollback.verify, health if probe else None, rules, poll=VERIFY_POLL)
+        return steps
+
+    def judge(self, service: str, fired: Sequence[str], since: float) -> tuple[bool, str]:
+        """Are the fired rules' conditions false again, on values seen after ``since``?
+
+        A rule that cannot be judged (no value since the plan started, no
+        threshold, gone from the config) does not hold the verify up: it is named.
+        """
+        live = self.watched.get(service)
+        states = live.states if live is not None else {}
+        world = self.world()
+        still, unjudged = [], []
+        for name in fired:
+            run, state = world.run(service, name), states.get(name)
+            if run is None or state is None or state.last_eval is None or state.last_eval < since:
+                unjudged.append(name)
+                continue
+            holds = condition_now(run.rule, state)
+            if holds is None:
+                unjudged.append(name)
+            elif holds:
+                still.append(name)
+        if still:
+            return False, "condition still true: " + ", ".join(still)
+        text = "fired rules' conditions are false again" if fired else "no rule fired"
+        if unjudged:
+            text += "; could not judge " + ", ".join(unjudged) + " (no value since the rollback started)"
+        return True, text
+
+    def health_probe(self, svc: ServiceConfig) -> Callable[[], Awaitable[bool]] | None:
+        source = self.world().config.sources.get(svc.health or "")
+        if not isinstance(source, HttpSource):
+            return None
+        probe = HttpProbe(svc.health or "health", source, self.session)
+        up = Measure("field", "up")
+
+        async def healthy() -> bool:
+            answer = await probe.fetch([up], self.clock())
+            return answer[up].value == 1.0
+
+        return healthy
+
+
+class Executions:
+    """Claims and runs plans; at most one run of a rollback in this process."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        report: Reporter,
+        supervisor: Supervisor,
+        health: Health,
+        world: Callable[[], World],
+        watched: Watched,
+        plans: Plans,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        leading: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.report = report
+        self.supervisor = supervisor
+        self.health = health
+        self.world = world
+        self.watched = watched
+        self.plans = plans
+        self.metrics = metrics
+        self.clock = clock
+        self.leading = leading
+        self._running: set[str] = set()
+
+    def running(self, rollback_id: str) -> bool:
+        return rollback_id in self._running
+
+    def start(self, rollback_id: str, claimed_from: Sequence[RollbackState] = PROPOSED_STATES) -> None:
+        """Run the plan once it is claimed from one of ``claimed_from`` (only the leader runs plans)."""
+        if self.leading():
+            self.supervisor.job(f"execute:{rollback_id}", self._execute(rollback_id, tuple(claimed_from)))
+
+    async def _execute(self, rollback_id: str, claimed_from: tuple[RollbackState, ...]) -> None:
+        # Nothing runs unjournaled: after a refused write it resumes from the journal, claimed or not.
+        await self.health.until_stored(
+            lambda retry: self._claim(
+                rollback_id, (*claimed_from, RollbackState.EXECUTING) if retry else claimed_from
+            )
+        )
+
+    async def _claim(self, rollback_id: str, claimed_from: tuple[RollbackState, ...]) -> None:
+        record = await self.store.get(rollback_id)
+        if record is None or (record.final and record.state not in claimed_from):
+            return
+        deployment = await self.store.deployment(record.deployment_id)
+        if deployment is None or not await self.store.transition(
+            rollback_id, RollbackState.EXECUTING, claimed_from
+        ):
+            return
+        if rollback_id in self._running:
+            return  # claimed twice in this process (an approval and a resume): it runs once
+        self._running.add(rollback_id)
+        try:
+            await self._run(record, deployment)
+        finally:
+            self._running.discard(rollback_id)
+
+    async def _run(self, record: RollbackRecord, deployment: Deployment) -> None:
+        store, service = self.store, deployment.service
+        await store.set_deployment_state(
+            deployment.id,
+            DeploymentState.ROLLING_BACK,
+            (DeploymentState.WATCHING, DeploymentState.ROLLING_BACK, DeploymentState.ROLLBACK_FAILED),
+        )
+        await self.watched.refresh(service)
+        fired = [r.at for r in record.reasons if r.rule is not None]
+        if fired and record.started_at is None:
+            self.metrics.detection_latency.observe(max(0.0, self.clock() - min(fired)))
+        ids = {"service": service, "deployment_id": deployment.id, "rollback_id": record.id}
+        await self.report(
+            "rollback_started",
+            **ids,
+            detail={"reasons": [r.to_json() for r in record.reasons], "state": "executing"},
+            summary=f"rolling back {service}: {why(record.reasons)}",
+        )
+        svc = self.world().config.services.get(service)
+        if svc is None:
+            error = f"service '{service}' is no longer in the config: the plan cannot run"
+            await store.transition(record.id, RollbackState.FAILED, (RollbackState.EXECUTING,), error)
+            done = await store.get(record.id) or record
+        else:
+            current = await store.get(record.id) or record
+            executor = Executor(store, self.plans.steps(service, self.clock()), self.metrics)
+            done = await executor.execute(current, target_from_json(current.target, svc))
+        ok = done.state is RollbackState.SUCCEEDED
+        await store.set_deployment_state(
+            deployment.id,
+            DeploymentState.ROLLED_BACK if ok else DeploymentState.ROLLBACK_FAILED,
+            (DeploymentState.ROLLING_BACK,),
+        )
+        await self.watched.refresh(service)
+        steps = [{"name": s.name, "state": s.state, "error": s.error} for s in done.steps]
+        await self.report(
+            "rollback_succeeded" if ok else "rollback_failed",
+            **ids,
+            detail={"steps": steps, "error": done.error, "state": done.state},
+            summary=f"rollback of {service} " + ("succeeded" if ok else f"failed: {done.error}"),
+        )
+
+    async def dry_run(self, record: RollbackRecord) -> bool:
+        """Record what the plan would have run, touching nothing; False when the proposal was no longer open."""
+        if not await self.store.transition(record.id, RollbackState.DRY_RUN, PROPOSED_STATES):
+            return False
+        svc = self.world().service(record.service)
+        target = target_from_json(record.target, svc)
+        steps = self.plans.steps(record.service, self.clock())
+        plan = await Executor(self.store, steps).describe(target, tuple(s.name for s in record.steps))
+        await self.report(
+            "dry_run",
+            service=record.service,
+            deployment_id=record.deployment_id,
+            rollback_id=record.id,
+            detail={"would_run": plan, "state": "dry_run"},
+            summary=f"dry run: rollback of {record.service} would have run now; nothing touched",
+        )
+        return True

@@ -1,0 +1,71 @@
+"""The config as it runs: every rule compiled, every service's settings resolved.
+
+A reload builds a new ``World`` first (a rule that cannot compile refuses the
+reload, the old world keeps running) and only then swaps it in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from watchdogd.config.models import Config, RuleConfig, ServiceConfig
+from watchdogd.decisions import Policy, policy_for
+from watchdogd.errors import Invalid
+from watchdogd.rules import Rule, compile_rule
+from watchdogd.sources import Measure
+
+
+@dataclass(frozen=True, slots=True)
+class RuleRun:
+    """One rule of one service, compiled, with what it asks of its source."""
+
+    service: str
+    config: RuleConfig
+    rule: Rule
+    measure: Measure
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    config: Config
+    runs: dict[str, tuple[RuleRun, ...]]
+    """Each service's rules, in config order."""
+
+    @classmethod
+    def build(cls, config: Config) -> World:
+        """RuleError when a rule cannot be evaluated."""
+        runs = {
+            name: tuple(RuleRun(name, rc, compile_rule(rc), Measure.of(rc)) for rc in service.rules)
+            for name, service in config.services.items()
+        }
+        return cls(config, runs)
+
+    def service(self, name: str) -> ServiceConfig:
+        """The service's config; Invalid (422) when the config has no such service."""
+        found = self.config.services.get(name)
+        if found is None:
+            names = ", ".join(self.config.services) or "none"
+            raise Invalid(f"no service '{name}' in the config (services: {names})")
+        return found
+
+    def policy(self, service: str, sql_policy: str | None = None) -> Policy:
+        return policy_for(self.config, service, sql_policy)
+
+    def window(self, service: str) -> float:
+        return self.service(service).window or self.config.defaults.window
+
+    def interval(self, service: str) -> float:
+        return self.service(service).interval or self.config.defaults.interval
+
+    def run(self, service: str, rule: str) -> RuleRun | None:
+        return next((r for r in self.runs.get(service, ()) if r.rule.name == rule), None)
+
+
+class Current:
+    """The world in force, called for it by the parts that read the config; a reload swaps it."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def __call__(self) -> World:
+        return self.world
