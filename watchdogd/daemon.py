@@ -9,7 +9,7 @@ before swapping it in; a config that cannot be built keeps the old one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -24,6 +24,7 @@ from watchdogd.config.models import Config
 from watchdogd.errors import WatchdogError
 from watchdogd.leader import POLL, Election, election_for
 from watchdogd.notify import Notifier
+from watchdogd.rollback.base import Step
 from watchdogd.sources import build_source
 from watchdogd.sources.alertmanager import AlertmanagerAlerts, WebhookPayload
 from watchdogd.sources.base import Source
@@ -95,6 +96,7 @@ class Daemon:
         health: Health,
         report: Reporter,
         watched: Watched,
+        proposer: Proposer,
         evaluator: Evaluator,
         deployments: Deployments,
         operators: Operators,
@@ -118,6 +120,7 @@ class Daemon:
         self.health = health
         self.report = report
         self.watched = watched
+        self.proposer = proposer
         self.evaluator = evaluator
         self.deployments = deployments
         self.operators = operators
@@ -152,8 +155,13 @@ class Daemon:
         election: Election | None = None,
         make_source: SourceFactory = build_source,
         polling: bool = True,
+        steps: Mapping[str, Step] | None = None,
     ) -> Daemon:
-        """Build and start the daemon; ``polling=False`` leaves sources to ``poll`` (in-memory tests)."""
+        """Build and start the daemon.
+
+        For in-memory tests: ``polling=False`` leaves sources to ``poll``, ``make_source``
+        makes fakes, ``steps`` replace the rollback steps the config would build.
+        """
         world = Current(World.build(config))
         registry = registry or CollectorRegistry()
         metrics = Metrics(registry, __version__)
@@ -186,7 +194,7 @@ class Daemon:
         common = {"store": store, "report": report}
         executions = Executions(
             **common, supervisor=supervisor, health=health, world=world, watched=watched,
-            plans=Plans(world, watched, client, session, clock), metrics=metrics, clock=clock,
+            plans=Plans(world, watched, client, session, clock, steps), metrics=metrics, clock=clock,
             leading=leading,
         )  # fmt: skip
         proposer = Proposer(
@@ -200,7 +208,7 @@ class Daemon:
         daemon = cls(
             world=world, clock=clock, store=store, registry=registry, metrics=metrics, election=election,
             session=session, scheduler=scheduler, jobs=jobs, polled=polled, notifier=notifier,
-            supervisor=supervisor, health=health, report=report, watched=watched,
+            supervisor=supervisor, health=health, report=report, watched=watched, proposer=proposer,
             evaluator=Evaluator(
                 **common, health=health, watched=watched, proposer=proposer, metrics=metrics,
                 history=jobs.history, leading=leading,

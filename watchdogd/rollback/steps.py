@@ -21,8 +21,8 @@ from watchdogd.config.models import RedisPurgeConfig, VerifyStepConfig, WebhookS
 from watchdogd.httppost import post_json
 from watchdogd.rollback.base import RollbackTarget, StepResult
 
-Check = Callable[[RollbackTarget], Awaitable[tuple[bool, str]]]
-"""An async check: (passed, what it saw)."""
+Check = Callable[[RollbackTarget], Awaitable[tuple[bool | None, str]]]
+"""An async check: (passed, what it saw); None: nothing to judge by yet (it does not fail the step)."""
 
 
 class RedisPurgeStep:
@@ -113,22 +113,21 @@ class VerifyStep:
         deadline = time.monotonic() + self.config.timeout
         seen: dict[str, str] = {}
         while True:
-            passed = True
+            verdicts: list[bool | None] = []
             for what, check in checks:
                 try:
                     ok, saw = await check(target)
                 except Exception as exc:  # a check that breaks is a check that did not pass
                     ok, saw = False, f"{type(exc).__name__}: {exc}"
                 seen[what] = saw
-                passed = passed and ok
-            if passed:
-                return StepResult("done", "; ".join(f"{k}: {v}" for k, v in seen.items()))
+                verdicts.append(ok)
+            said = "; ".join(f"{k}: {v}" for k, v in seen.items())
+            if all(v is True for v in verdicts):
+                return StepResult("done", said)
             if time.monotonic() >= deadline:
-                return StepResult(
-                    "failed",
-                    f"not verified within {self.config.timeout:g}s: "
-                    + "; ".join(f"{k}: {v}" for k, v in seen.items()),
-                )
+                if False not in verdicts:  # nothing failed; what could not be judged is named
+                    return StepResult("done", said)
+                return StepResult("failed", f"not verified within {self.config.timeout:g}s: {said}")
             await asyncio.sleep(min(self.poll, max(0.0, deadline - time.monotonic())))
 
     async def describe(self, target: RollbackTarget) -> list[str]:

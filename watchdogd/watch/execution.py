@@ -8,7 +8,7 @@ starts from ``executing`` itself; anything else would run the plan twice.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -77,7 +77,10 @@ class Plans:
         docker: Callable[[], Any],
         session: aiohttp.ClientSession,
         clock: Callable[[], float],
+        overrides: Mapping[str, Step] | None = None,
     ) -> None:
+        self.overrides = dict(overrides or {})
+        """Steps that replace the ones the config would build (in-memory tests record them)."""
         self.world = world
         self.watched = watched
         self.docker = docker
@@ -89,7 +92,7 @@ class Plans:
         svc = self.world().service(service)
         steps: dict[str, Step] = {"sql": SqlStep()}
         probe = self.health_probe(svc)
-        if svc.container:
+        if svc.container and "container" not in self.overrides:
             from watchdogd.rollback.container import ContainerStep
 
             steps["container"] = ContainerStep(self.docker(), probe=probe)
@@ -98,22 +101,23 @@ class Plans:
         if svc.rollback.webhook is not None:
             steps["webhook"] = WebhookStep(svc.rollback.webhook)
 
-        async def health(_: RollbackTarget) -> tuple[bool, str]:
+        async def health(_: RollbackTarget) -> tuple[bool | None, str]:
             assert probe is not None  # only handed to the step when there is one
             ok = await probe()
             return ok, "health probe passes" if ok else "health probe fails"
 
-        async def rules(target: RollbackTarget) -> tuple[bool, str]:
+        async def rules(target: RollbackTarget) -> tuple[bool | None, str]:
             return self.judge(service, target.fired_rules, since)
 
         steps["verify"] = VerifyStep(svc.rollback.verify, health if probe else None, rules, poll=VERIFY_POLL)
-        return steps
+        return {**steps, **self.overrides}
 
-    def judge(self, service: str, fired: Sequence[str], since: float) -> tuple[bool, str]:
-        """Are the fired rules' conditions false again, on values seen after ``since``?
+    def judge(self, service: str, fired: Sequence[str], since: float) -> tuple[bool | None, str]:
+        """Are the fired rules' conditions false again, on values evaluated after ``since``?
 
-        A rule that cannot be judged (no value since the plan started, no
-        threshold, gone from the config) does not hold the verify up: it is named.
+        True when each is; False when one still holds; None while some could
+        not be judged yet (no value since the plan started, no threshold): the
+        verify step waits for them, and at its timeout passes naming them.
         """
         live = self.watched.get(service)
         states = live.states if live is not None else {}
@@ -121,7 +125,7 @@ class Plans:
         still, unjudged = [], []
         for name in fired:
             run, state = world.run(service, name), states.get(name)
-            if run is None or state is None or state.last_eval is None or state.last_eval < since:
+            if run is None or state is None or state.last_eval is None or state.last_eval <= since:
                 unjudged.append(name)
                 continue
             holds = condition_now(run.rule, state)
@@ -131,10 +135,9 @@ class Plans:
                 still.append(name)
         if still:
             return False, "condition still true: " + ", ".join(still)
-        text = "fired rules' conditions are false again" if fired else "no rule fired"
         if unjudged:
-            text += "; could not judge " + ", ".join(unjudged) + " (no value since the rollback started)"
-        return True, text
+            return None, "could not judge " + ", ".join(unjudged) + " (no value since the rollback started)"
+        return True, "fired rules' conditions are false again" if fired else "no rule fired"
 
     def health_probe(self, svc: ServiceConfig) -> Callable[[], Awaitable[bool]] | None:
         source = self.world().config.sources.get(svc.health or "")

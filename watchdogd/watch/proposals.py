@@ -175,10 +175,10 @@ class Proposer:
         self.supervisor.cancel(name)
         if record.execute_at is None or not record.proposed or not self.leading():
             return
-        delay = max(0.0, record.execute_at - self.clock())
+        execute_at = record.execute_at
 
         async def wait() -> None:
-            await self.clock.sleep(delay)
+            await self.clock.sleep(max(0.0, execute_at - self.clock()))
             # meanwhile it stays journaled pending; a store refusing writes is retried
             await self.health.until_stored(lambda _: self.due(record.id))
 

@@ -46,6 +46,20 @@ class Spec:
     audit: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One reported event, as observers see it."""
+
+    kind: str
+    service: str
+    deployment_id: str | None
+    rollback_id: str | None
+    actor: str
+    detail: Mapping[str, Any]
+    summary: str
+    spec: Spec
+
+
 SPECS: dict[str, Spec] = {
     "rule_state": Spec(stream="rule_state"),
     "rule_firing": Spec(notify="rule_firing", audit=False),
@@ -94,6 +108,8 @@ class Reporter:
         self.clock = clock
         self.on_store_error = on_store_error
         self.listeners: list[Listener] = []
+        self.observers: list[Callable[[str, Report], None]] = []
+        """Called with every report, whatever it goes to (``watchdogd.testing.RecordingReporter``)."""
 
     async def __call__(
         self,
@@ -109,6 +125,8 @@ class Reporter:
         spec = SPECS[kind]
         detail = dict(detail or {})
         ids = {"service": service, "deployment_id": deployment_id, "rollback_id": rollback_id}
+        for observer in list(self.observers):
+            observer(kind, Report(kind, service, deployment_id, rollback_id, actor, detail, summary, spec))
         getattr(log, spec.level)(spec.log_as or kind, actor=actor, **ids, **detail)
         if spec.outcome is not None:
             self.metrics.rollback_proposals.labels(service, spec.outcome).inc()
