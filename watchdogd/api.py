@@ -263,7 +263,9 @@ class _Api:
 
     async def manual_rollback(self, request: web.Request) -> web.Response:
         body = await _body(request, ReasonBody)
-        record = await self.daemon.operators.manual_rollback(request.match_info["id"], _actor(request), body.reason)
+        record = await self.daemon.operators.manual_rollback(
+            request.match_info["id"], _actor(request), body.reason
+        )
         return web.json_response(_rollback(record), status=202)
 
     # --- rollbacks -----------------------------------------------------------------------
@@ -286,7 +288,9 @@ class _Api:
     async def veto(self, request: web.Request) -> web.Response:
         body = await _body(request, VetoBody)
         mute = parse_duration(body.mute_for) if body.mute_for else None
-        record = await self.daemon.operators.veto(request.match_info["id"], _actor(request), body.reason, mute)
+        record = await self.daemon.operators.veto(
+            request.match_info["id"], _actor(request), body.reason, mute
+        )
         return web.json_response(_rollback(record))
 
     async def approve(self, request: web.Request) -> web.Response:

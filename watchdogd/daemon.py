@@ -191,18 +191,17 @@ class Daemon:
             return docker
 
         watched = Watched(store, on_new=polled.arm_commands)
-        common = {"store": store, "report": report}
         executions = Executions(
-            **common, supervisor=supervisor, health=health, world=world, watched=watched,
+            store=store, report=report, supervisor=supervisor, health=health, world=world, watched=watched,
             plans=Plans(world, watched, client, session, clock, steps), metrics=metrics, clock=clock,
             leading=leading,
         )  # fmt: skip
         proposer = Proposer(
-            **common, supervisor=supervisor, health=health, world=world, executions=executions,
+            store=store, report=report, supervisor=supervisor, health=health, world=world, executions=executions,
             clock=clock, leading=leading, output=polled.output,
         )  # fmt: skip
         deployments = Deployments(
-            **common, world=world, watched=watched, proposer=proposer, containers=Containers(client),
+            store=store, report=report, world=world, watched=watched, proposer=proposer, containers=Containers(client),
             metrics=metrics, clock=clock, leading=leading,
         )  # fmt: skip
         daemon = cls(
@@ -210,12 +209,12 @@ class Daemon:
             session=session, scheduler=scheduler, jobs=jobs, polled=polled, notifier=notifier,
             supervisor=supervisor, health=health, report=report, watched=watched, proposer=proposer,
             evaluator=Evaluator(
-                **common, health=health, watched=watched, proposer=proposer, metrics=metrics,
+                store=store, report=report, health=health, watched=watched, proposer=proposer, metrics=metrics,
                 history=jobs.history, leading=leading,
             ),
             deployments=deployments,
             operators=Operators(
-                **common, world=world, proposer=proposer, executions=executions, deployments=deployments,
+                store=store, report=report, world=world, proposer=proposer, executions=executions, deployments=deployments,
                 clock=clock,
             ),
             leadership=Leadership(

@@ -139,6 +139,7 @@ def first_proposal(fired: Mapping[str, Sequence[float]]) -> tuple[float, str] | 
 
 def due(policy: Policy, state: RollbackState, execute_at: float | None, now: float) -> Due:
     """At ``now``, is a proposal to wait, to execute, or to expire unanswered?"""
+    state = RollbackState(state)
     if state is RollbackState.PENDING:
         return "execute" if execute_at is not None and now >= execute_at else "wait"
     if state is RollbackState.AWAITING_APPROVAL:

@@ -17,11 +17,11 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from watchdogd import decisions
 from watchdogd.config.loader import load_config, parse_yaml, pydantic_problems
 from watchdogd.config.models import Config, Model, ServiceConfig
 from watchdogd.config.types import Duration, format_duration
 from watchdogd.errors import ConfigError, ConfigProblem, RuleError
-from watchdogd import decisions
 from watchdogd.model import Sample
 from watchdogd.replay import Replay, replay_rule
 from watchdogd.rules import Rule, compile_rule

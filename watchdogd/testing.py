@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import textwrap
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,12 +163,10 @@ class RecordingReporter:
         return [r for r in self.reports if r.spec.notify is not None]
 
 
-async def wait_until(
-    predicate: Callable[[], Any], timeout: float = 5.0, what: str = "the condition"
-) -> Any:
-    """Wait (in real time, at most ``timeout``) until ``predicate`` returns something true; return it."""
+async def wait_until(predicate: Callable[[], Any], within: float = 5.0, what: str = "the condition") -> Any:
+    """Wait (real time, at most ``within`` s) until ``predicate`` returns something true; return it."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         value = predicate()
         if inspect.isawaitable(value):
@@ -176,23 +174,10 @@ async def wait_until(
         if value:
             return value
         if loop.time() >= deadline:
-            raise AssertionError(f"{what} did not happen within {timeout:g}s")
+            raise AssertionError(f"{what} did not happen within {within:g}s")
         await asyncio.sleep(0.01)
 
 
 def config_of(text: str) -> Config:
     """A config from YAML text (indentation of a triple-quoted string removed)."""
     return load_config_text(textwrap.dedent(text), "test.yaml")
-
-
-async def eventually(work: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> Any:
-    """``work()`` until it stops raising AssertionError, at most ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            return await work()
-        except AssertionError:
-            if loop.time() >= deadline:
-                raise
-            await asyncio.sleep(0.01)

@@ -275,7 +275,8 @@ async def test_a_failed_rollback_is_retried_from_its_journal(world: World) -> No
 
 
 VERIFY = CONFIG.replace(
-    "rollback: {steps: [sql, container]}", "rollback: {steps: [sql, container, verify], verify: {timeout: 1s}}"
+    "rollback: {steps: [sql, container]}",
+    "rollback: {steps: [sql, container, verify], verify: {timeout: 1s}}",
 )
 CUMULATIVE = VERIFY.replace(
     '{name: errors, source: a, field: up, condition: "> 0.5", action: rollback}',
@@ -312,7 +313,7 @@ async def test_verify_names_the_rules_it_could_not_judge() -> None:
         await world.feed("a", 1.0)
         proposal = await world.only(deployment)
         await world.daemon.operators.approve(proposal.id, "alice")
-        await wait_until(lambda: world.recorded.of("rollback_succeeded"), timeout=6)
+        await wait_until(lambda: world.recorded.of("rollback_succeeded"), within=6)
         done = await world.store.get(proposal.id)
         assert done is not None
         verify = next(s for s in done.steps if s.name == "verify")
@@ -331,7 +332,7 @@ async def test_verify_fails_while_the_fired_condition_still_holds() -> None:
         await wait_until(lambda: world.steps["container"].runs)
         await world.clock.advance(1)
         await world.feed("a", 1.0)  # still bad after the rollback
-        await wait_until(lambda: world.recorded.of("rollback_failed"), timeout=6)
+        await wait_until(lambda: world.recorded.of("rollback_failed"), within=6)
         assert "condition still true: errors" in str(world.recorded.of("rollback_failed")[0].detail["error"])
     finally:
         await world.daemon.close(2)

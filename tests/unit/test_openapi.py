@@ -12,6 +12,7 @@ from watchdogd.auth import Tokens
 from watchdogd.config.loader import load_config_text
 from watchdogd.daemon import Daemon
 from watchdogd.openapi import OPERATIONS, document
+from watchdogd.testing import FakeClock, NoDocker, memory_store
 
 CONFIG = """
 state: {url: 'sqlite:///:memory:'}
@@ -20,9 +21,14 @@ services:
 """
 
 
-def app(open_endpoints: tuple[str, ...] = ("healthz", "readyz", "metrics")) -> web.Application:
+async def app(open_endpoints: tuple[str, ...] = ("healthz", "readyz", "metrics")) -> web.Application:
     config = load_config_text(CONFIG, "watchdogd.yaml")
-    return create_app(Daemon(config), Tokens.empty(), open_endpoints)  # type: ignore[arg-type]
+    clock = FakeClock()
+    daemon = await Daemon.open(
+        config, store=await memory_store(clock), clock=clock, polling=False, docker=NoDocker()
+    )
+    await daemon.close(1)  # the routes are what is looked at
+    return create_app(daemon, Tokens.empty(), open_endpoints)
 
 
 def served(application: web.Application) -> set[tuple[str, str]]:
@@ -47,15 +53,15 @@ def the_document(application: web.Application) -> dict[str, Any]:
     raise AssertionError("no /v1/openapi.json route")
 
 
-def test_every_served_route_is_documented_and_every_documented_one_served() -> None:
-    application = app()
+async def test_every_served_route_is_documented_and_every_documented_one_served() -> None:
+    application = await app()
     doc = the_document(application)
     assert served(application) == documented(doc)
     assert set(OPERATIONS) == documented(doc)
 
 
-def test_roles_and_security_match_the_route_table() -> None:
-    application = app()
+async def test_roles_and_security_match_the_route_table() -> None:
+    application = await app()
     doc = the_document(application)
     roles = application.router.routes()
     api: Any = next(r.handler for r in roles if getattr(r.handler, "__name__", "") == "openapi").__self__
@@ -74,7 +80,7 @@ def test_roles_and_security_match_the_route_table() -> None:
             assert "403" in op["responses"], path
 
 
-def test_a_closed_metrics_endpoint_is_documented_as_needing_a_token() -> None:
+async def test_a_closed_metrics_endpoint_is_documented_as_needing_a_token() -> None:
     doc = document(BODIES, ("healthz", "readyz"))
     metrics = doc["paths"]["/metrics"]["get"]
     assert metrics["security"] == [{"bearer": []}]
@@ -82,7 +88,7 @@ def test_a_closed_metrics_endpoint_is_documented_as_needing_a_token() -> None:
     assert doc["paths"]["/v1/openapi.json"]["get"]["security"] == []
 
 
-def test_bodies_come_from_the_models_and_refuse_unknown_fields() -> None:
+async def test_bodies_come_from_the_models_and_refuse_unknown_fields() -> None:
     doc = document(BODIES, ())
     schemas = doc["components"]["schemas"]
     veto = doc["paths"]["/v1/rollbacks/{id}/veto"]["post"]["requestBody"]
@@ -95,7 +101,7 @@ def test_bodies_come_from_the_models_and_refuse_unknown_fields() -> None:
 
 
 @pytest.mark.parametrize("code", ["400", "401", "403", "404", "409", "422"])
-def test_errors_share_one_schema(code: str) -> None:
+async def test_errors_share_one_schema(code: str) -> None:
     doc = document(BODIES, ())
     veto = doc["paths"]["/v1/rollbacks/{id}/veto"]["post"]["responses"][code]
     assert veto["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
@@ -103,7 +109,7 @@ def test_errors_share_one_schema(code: str) -> None:
     assert error["required"] == ["error"]
 
 
-def test_every_reference_resolves() -> None:
+async def test_every_reference_resolves() -> None:
     doc = document(BODIES, ())
     names = set(doc["components"]["schemas"])
 

@@ -130,8 +130,8 @@ async def run_demo(keep: bool = False, out: TextIO = sys.stdout) -> int:
     from watchdogd.auth import Tokens
     from watchdogd.daemon import Daemon
     from watchdogd.model import Migration, why
-    from watchdogd.watch.deployments import Registration
     from watchdogd.telemetry import configure_logging
+    from watchdogd.watch.deployments import Registration
 
     configure_logging(logging.WARNING, "console", stream=sys.stderr)
     client = await preflight(out)

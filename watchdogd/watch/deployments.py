@@ -197,11 +197,10 @@ class Deployments:
         """A POST for the image a deployment noticed from Docker runs: it completes that one."""
         if deployment.state is not DeploymentState.WATCHING or deployment.facts.origin != "docker":
             return False
-        noticed = deployment.facts.current
-        same_id = running is not None and noticed is not None and running.image_id == noticed.image_id
-        return (
-            request.image is None or deployment.image == request.image or bool(same_id and running.image_id)
-        )
+        if request.image is None or deployment.image == request.image:
+            return True
+        noticed = deployment.facts.current  # the same image under another tag
+        return running is not None and noticed is not None and running.image_id == noticed.image_id != ""
 
     async def _complete(
         self, deployment: Deployment, request: Registration, actor: str
@@ -247,7 +246,9 @@ class Deployments:
             policy = "approve"
             registered = Registered(
                 sql_policy=policy,
-                assessment_error=f"could not assess the down SQL ({type(exc).__name__}): an operator approves",
+                assessment_error=(
+                    f"could not assess the down SQL ({type(exc).__name__}): an operator approves"
+                ),
             )
         else:
             policy = assessment.action

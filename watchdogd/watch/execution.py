@@ -258,7 +258,7 @@ class Executions:
         )
 
     async def dry_run(self, record: RollbackRecord) -> bool:
-        """Record what the plan would have run, touching nothing; False when the proposal was no longer open."""
+        """Record what the plan would have run, touching nothing; False when no longer proposed."""
         if not await self.store.transition(record.id, RollbackState.DRY_RUN, PROPOSED_STATES):
             return False
         svc = self.world().service(record.service)
