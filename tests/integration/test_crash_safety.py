@@ -31,10 +31,11 @@ from watchdogd.demo.seed000 import (
     UP_MIGRATION,
     snapshot,
 )
+from watchdogd.model import Reason, RollbackState, StepState
 from watchdogd.rollback.base import Migration, RollbackTarget
 from watchdogd.rollback.container import capture, failed_name
-from watchdogd.rollback.journal import Journal
 from watchdogd.rollback.plan import FAULT_EXIT, target_to_json
+from watchdogd.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -109,11 +110,17 @@ async def test_killed_at_a_boundary_then_resumed_rolls_back_exactly_once(
             fired_rules=("error-rate",),
         )
         state = tmp_path / "state.db"
-        journal = Journal(state)
-        record = await journal.create(
-            DEPLOY, "api", config.rollback.steps, [{"rule": "error-rate"}], target_to_json(target)
+        journal = await open_store(f"sqlite:///{state}")
+        record, _ = await journal.propose(
+            DEPLOY,
+            "api",
+            config.rollback.steps,
+            Reason(0.0, "error rate high", rule="error-rate"),
+            target_to_json(target),
+            RollbackState.PENDING,
+            None,
         )
-        journal.close()
+        await journal.aclose()
         service_file = tmp_path / "service.json"
         service_file.write_text(json.dumps(service))
         health = f"http://127.0.0.1:{port}/cgi-bin/health"
@@ -125,11 +132,11 @@ async def test_killed_at_a_boundary_then_resumed_rolls_back_exactly_once(
         assert json.loads(resumed.stdout.strip().splitlines()[-1])["state"] == "succeeded", resumed.stdout
 
         # the journal: one plan, every step done, the interrupted one ran again
-        journal = Journal(state)
+        journal = await open_store(f"sqlite:///{state}")
         final = await journal.get(record.id)
-        journal.close()
-        assert final is not None and final.state == "succeeded"
-        assert [s.state for s in final.steps] == ["done", "done", "done"]
+        await journal.aclose()
+        assert final is not None and final.state is RollbackState.SUCCEEDED
+        assert [s.state for s in final.steps] == [StepState.DONE] * 3
         interrupted = next(s for s in final.steps if s.name == fault.split(":")[1])
         assert interrupted.attempts == 2
 

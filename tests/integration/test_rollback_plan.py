@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,10 +20,11 @@ from watchdogd.config.models import (
     WebhookStepConfig,
 )
 from watchdogd.config.types import SecretUrl
+from watchdogd.model import Reason, RollbackRecord, RollbackState, StepState
 from watchdogd.rollback.base import RollbackTarget, StepResult
-from watchdogd.rollback.journal import Journal
 from watchdogd.rollback.plan import Executor, target_from_json, target_to_json
 from watchdogd.rollback.steps import RedisPurgeStep, VerifyStep, WebhookStep
+from watchdogd.store import Store, open_store
 from watchdogd.telemetry import Metrics
 
 pytestmark = pytest.mark.integration
@@ -54,20 +56,32 @@ class Recorder:
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Journal:
-    return Journal(tmp_path / "state.db")
+async def journal(tmp_path: Path) -> AsyncIterator[Store]:
+    store = await open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    yield store
+    await store.aclose()
 
 
-async def test_plan_runs_in_order_and_is_journaled(journal: Journal) -> None:
+async def plan(
+    journal: Store, steps: Sequence[str], target: dict[str, Any] | None = None, deployment: str = "d1"
+) -> RollbackRecord:
+    reason = Reason(0.0, "error rate high", rule="error-rate")
+    record, _ = await journal.propose(
+        deployment, "api", steps, reason, target or {}, RollbackState.PENDING, None
+    )
+    return record
+
+
+async def test_plan_runs_in_order_and_is_journaled(journal: Store) -> None:
     ran: list[str] = []
     steps = {n: Recorder(n, ran) for n in ("container", "sql", "verify")}
     metrics = Metrics(CollectorRegistry())
-    record = await journal.create("d1", "api", ["container", "sql", "verify"], [{"rule": "error-rate"}], {})
-    assert record.state == "pending"
+    record = await plan(journal, ["container", "sql", "verify"])
+    assert record.state is RollbackState.PENDING
     done = await Executor(journal, steps, metrics).execute(record, target())
     assert ran == ["container", "sql", "verify"]
-    assert done.state == "succeeded"
-    assert [s.state for s in done.steps] == ["done", "done", "done"]
+    assert done.state is RollbackState.SUCCEEDED
+    assert [s.state for s in done.steps] == [StepState.DONE] * 3
     assert all(s.started_at and s.finished_at for s in done.steps)
     assert done.started_at is not None and done.finished_at is not None
     assert (
@@ -78,31 +92,32 @@ async def test_plan_runs_in_order_and_is_journaled(journal: Journal) -> None:
     )
 
 
-async def test_failed_step_stops_the_plan_and_says_why(journal: Journal) -> None:
+async def test_failed_step_stops_the_plan_and_says_why(journal: Store) -> None:
     ran: list[str] = []
     steps = {
         "container": Recorder("container", ran),
         "sql": Recorder("sql", ran, StepResult("failed", "lock timeout (55P03) on products")),
         "verify": Recorder("verify", ran),
     }
-    record = await journal.create("d1", "api", ["container", "sql", "verify"], [], {})
+    record = await plan(journal, ["container", "sql", "verify"])
     done = await Executor(journal, steps).execute(record, target())
     assert ran == ["container", "sql"]
-    assert done.state == "failed"
+    assert done.state is RollbackState.FAILED
     assert done.error == "step sql failed: lock timeout (55P03) on products"
-    assert [s.state for s in done.steps] == ["done", "failed", "pending"]
+    assert [s.state for s in done.steps] == [StepState.DONE, StepState.FAILED, StepState.PENDING]
 
 
 async def test_resume_skips_done_steps_and_reruns_the_interrupted_one(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "state.db")
-    record = await journal.create("d1", "api", ["container", "sql", "verify"], [], target_to_json(target()))
-    await journal.transition(record.id, "executing", ("pending",))
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    journal = await open_store(url)
+    record = await plan(journal, ["container", "sql", "verify"], target_to_json(target()))
+    await journal.transition(record.id, RollbackState.EXECUTING, (RollbackState.PENDING,))
     await journal.step_started(record.id, 0)
-    await journal.step_finished(record.id, 0, "done", "container ok")
+    await journal.step_finished(record.id, 0, StepState.DONE, "container ok")
     await journal.step_started(record.id, 1)  # the process died here
     journal.close()
 
-    reopened = Journal(tmp_path / "state.db")
+    reopened = await open_store(url)
     [unfinished] = await reopened.unfinished()
     assert unfinished.id == record.id
     ran: list[str] = []
@@ -111,39 +126,23 @@ async def test_resume_skips_done_steps_and_reruns_the_interrupted_one(tmp_path: 
     assert resumed == target()
     done = await Executor(reopened, steps).execute(unfinished, resumed)
     assert ran == ["sql", "verify"]
-    assert done.state == "succeeded"
+    assert done.state is RollbackState.SUCCEEDED
     assert done.steps[1].attempts == 2
+    await reopened.aclose()
 
 
-async def test_one_rollback_per_deployment(journal: Journal) -> None:
-    first = await journal.create("d1", "api", ["container"], [{"rule": "error-rate"}], {})
-    second = await journal.create("d1", "api", ["container"], [{"rule": "p99"}], {})
-    assert second.id == first.id
-    await journal.add_reason(first.id, {"rule": "p99"})
-    record = await journal.get(first.id)
-    assert record is not None
-    assert [r["rule"] for r in record.reasons] == ["error-rate", "p99"]
-
-
-async def test_veto_and_execution_race_has_one_winner(journal: Journal) -> None:
-    record = await journal.create("d1", "api", ["container"], [], {})
+async def test_veto_and_execution_race_has_one_winner(journal: Store) -> None:
+    record = await plan(journal, ["container"])
     results = await asyncio.gather(
-        journal.transition(record.id, "vetoed", ("pending",)),
-        journal.transition(record.id, "executing", ("pending",)),
+        journal.transition(record.id, RollbackState.VETOED, (RollbackState.PENDING,)),
+        journal.transition(record.id, RollbackState.EXECUTING, (RollbackState.PENDING,)),
     )
     assert sorted(results) == [False, True]
     ran: list[str] = []
     final = await journal.get(record.id)
     assert final is not None
     done = await Executor(journal, {"container": Recorder("container", ran)}).execute(final, target())
-    assert (ran == []) == (done.state == "vetoed")
-
-
-async def test_unwritable_state_store_is_a_clear_error(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    with pytest.raises(Exception, match="state store"):
-        Journal(blocker / "state.db")
+    assert (ran == []) == (done.state is RollbackState.VETOED)
 
 
 # --- redis_purge ---------------------------------------------------------------------------
@@ -251,7 +250,7 @@ async def test_verify_fails_at_its_timeout_with_what_it_saw() -> None:
     assert result.detail == "not verified within 0.3s: rules: error-rate still firing (0.2 > 0.05)"
 
 
-async def test_describe_lists_every_step(journal: Journal) -> None:
+async def test_describe_lists_every_step(journal: Store) -> None:
     steps = {"container": Recorder("container", []), "verify": VerifyStep(VerifyStepConfig(), None, None)}
     lines = await Executor(journal, steps).describe(target(), ("container", "sql", "verify"))
     assert lines[0] == "1. container:"

@@ -17,16 +17,17 @@ import aiohttp
 import docker
 
 from watchdogd.config.models import ServiceConfig
+from watchdogd.model import RollbackState
 from watchdogd.rollback.base import RollbackTarget
 from watchdogd.rollback.container import ContainerStep
-from watchdogd.rollback.journal import Journal
 from watchdogd.rollback.plan import Executor, target_from_json
 from watchdogd.rollback.sql import SqlStep
 from watchdogd.rollback.steps import VerifyStep
+from watchdogd.store import open_store
 
 
 async def main(state: str, config: ServiceConfig, health_url: str) -> int:
-    journal = Journal(state)
+    journal = await open_store(f"sqlite:///{state}")
     client = docker.from_env(timeout=60)
 
     async def healthy() -> bool:
@@ -48,12 +49,12 @@ async def main(state: str, config: ServiceConfig, health_url: str) -> int:
     executor = Executor(journal, steps)
     records = await journal.unfinished()
     if not records:
-        records = await journal.in_states(("pending",))
+        records = await journal.in_states((RollbackState.PENDING,))
     for record in records:
         done = await executor.execute(record, target_from_json(record.target, config))
         print(json.dumps({"id": done.id, "state": done.state, "error": done.error}))
     client.close()
-    journal.close()
+    await journal.aclose()
     return 0
 
 

@@ -22,9 +22,9 @@ from typing import Any
 import structlog
 
 from watchdogd.config.models import ServiceConfig
+from watchdogd.model import PROPOSED_STATES, RollbackRecord, RollbackState, StepState
 from watchdogd.rollback.base import ContainerSnapshot, Migration, RollbackTarget, Step, StepResult
-from watchdogd.rollback.journal import RollbackRecord, StepState
-from watchdogd.store import RollbackJournal
+from watchdogd.store.protocol import RollbackJournal
 from watchdogd.telemetry import Metrics
 
 log = structlog.get_logger("watchdogd.rollback")
@@ -76,19 +76,19 @@ class Executor:
 
     async def execute(self, record: RollbackRecord, target: RollbackTarget) -> RollbackRecord:
         """Run (or resume) ``record``'s plan; returns the record as it ended."""
-        if record.state not in ("executing",):
-            moved = await self.journal.transition(record.id, "executing", ("pending", "awaiting_approval"))
+        if record.state is not RollbackState.EXECUTING:
+            moved = await self.journal.transition(record.id, RollbackState.EXECUTING, PROPOSED_STATES)
             if not moved:
                 current = await self.journal.get(record.id)
                 assert current is not None
-                if current.state != "executing":
+                if current.state is not RollbackState.EXECUTING:
                     return current  # vetoed, or finished by another
         started = time.monotonic()
         log.info(
             "rollback_executing", rollback=record.id, service=target.service, deployment=target.deployment_id
         )
         for step_record in record.steps:
-            if step_record.state in ("done", "skipped"):
+            if step_record.state in (StepState.DONE, StepState.SKIPPED):
                 continue
             step = self.steps.get(step_record.name)
             if step is None:
@@ -98,8 +98,12 @@ class Executor:
                 fault_point(f"before:{step_record.name}")
                 result = await self._run(step, target)
                 fault_point(f"after:{step_record.name}")
-            state: StepState = (
-                "failed" if not result.ok else "skipped" if result.status == "skipped" else "done"
+            state = (
+                StepState.FAILED
+                if not result.ok
+                else StepState.SKIPPED
+                if result.status == "skipped"
+                else StepState.DONE
             )
             await self.journal.step_finished(
                 record.id,
@@ -117,11 +121,13 @@ class Executor:
             )
             if not result.ok:
                 error = f"step {step_record.name} failed: {result.detail}"
-                await self.journal.transition(record.id, "failed", ("executing",), error=error)
+                await self.journal.transition(
+                    record.id, RollbackState.FAILED, (RollbackState.EXECUTING,), error=error
+                )
                 self._count(target.service, "failed")
                 log.error("rollback_failed", rollback=record.id, error=error)
                 return await self._reload(record.id)
-        await self.journal.transition(record.id, "succeeded", ("executing",))
+        await self.journal.transition(record.id, RollbackState.SUCCEEDED, (RollbackState.EXECUTING,))
         self._count(target.service, "succeeded")
         log.info("rollback_succeeded", rollback=record.id, seconds=round(time.monotonic() - started, 3))
         return await self._reload(record.id)

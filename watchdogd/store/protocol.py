@@ -134,7 +134,7 @@ class Store(RollbackJournal, Protocol):
     async def set_deployment_state(
         self, deployment_id: str, state: DeploymentState, allowed_from: Sequence[DeploymentState]
     ) -> bool:
-        """Conditional, as ``transition``: a final state stamps ``finished_at``, ``rolling_back`` clears it."""
+        """Conditional as ``transition``: a final state stamps ``finished_at``, rolling_back clears it."""
         ...
 
     async def deployment(self, deployment_id: str) -> Deployment | None: ...

@@ -1,7 +1,8 @@
-"""Rows to records and records to columns: the same for both databases.
+"""Rows to records and records to rows: the same for both databases.
 
-Columns are read by position, in the order of the ``*_COLUMNS`` lists. JSON
-is kept as text, so NaN, key order and floats come back as they were written.
+Columns are listed once (``*_COLUMNS``), in the order of the records' fields,
+and read by position. JSON is kept as text, so NaN, key order and floats come
+back as they were written.
 """
 
 from __future__ import annotations
@@ -10,17 +11,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from watchdogd.model import (
-    AuditEntry,
-    Deployment,
-    DeploymentFacts,
-    DeploymentState,
-    Reason,
-    RollbackRecord,
-    RollbackState,
-    StepRecord,
-    StepState,
-)
+from watchdogd import model
 
 Row = Sequence[Any]
 
@@ -39,78 +30,93 @@ def dumps(value: Any) -> str:
     return json.dumps(value)
 
 
+def loads(text: str) -> Any:
+    return json.loads(text)
+
+
 def audit_detail(detail: dict[str, Any]) -> str:
     """Audit details may hold anything (sets, times, paths): what JSON lacks is written as text."""
     return json.dumps(detail, default=str)
 
 
-def reasons_json(reasons: Iterable[Reason]) -> str:
+def reasons_json(reasons: Iterable[model.Reason]) -> str:
     return json.dumps([reason.to_json() for reason in reasons])
 
 
-def facts_json(facts: DeploymentFacts) -> str:
+def facts_json(facts: model.DeploymentFacts) -> str:
     return json.dumps(facts.to_json())
 
 
-def step(row: Row) -> StepRecord:
-    """A ``STEP_COLUMNS`` row (its first column, the rollback, is the caller's)."""
-    return StepRecord(
-        position=row[1],
-        name=row[2],
-        state=StepState(row[3]),
-        attempts=row[4],
-        started_at=row[5],
-        finished_at=row[6],
-        error=row[7],
-        detail=row[8],
+def rollback_row(record: model.RollbackRecord) -> tuple[Any, ...]:
+    """The ``ROLLBACK_COLUMNS`` of ``record`` (its steps go to ``step_row``)."""
+    return (
+        record.id,
+        record.deployment_id,
+        record.service,
+        str(record.state),
+        reasons_json(record.reasons),
+        dumps(record.target),
+        record.proposed_at,
+        record.execute_at,
+        record.started_at,
+        record.finished_at,
+        record.error,
     )
 
 
-def rollbacks(rows: Iterable[Row], step_rows: Iterable[Row]) -> list[RollbackRecord]:
-    """``ROLLBACK_COLUMNS`` rows, each with its steps taken from ``STEP_COLUMNS`` rows in position order."""
-    steps: dict[str, list[StepRecord]] = {}
-    for row in step_rows:
-        steps.setdefault(row[0], []).append(step(row))
+def step_row(rollback_id: str, step: model.StepRecord) -> tuple[Any, ...]:
+    """The ``STEP_COLUMNS`` of one step of rollback ``rollback_id``."""
+    return (
+        rollback_id,
+        step.position,
+        step.name,
+        str(step.state),
+        step.attempts,
+        step.started_at,
+        step.finished_at,
+        step.error,
+        step.detail,
+    )
+
+
+def deployment_row(deployment: model.Deployment) -> tuple[Any, ...]:
+    """The ``DEPLOYMENT_COLUMNS`` of ``deployment``."""
+    return (
+        deployment.id,
+        deployment.service,
+        deployment.image,
+        deployment.previous_image,
+        str(deployment.state),
+        deployment.started_at,
+        deployment.window_ends_at,
+        deployment.finished_at,
+        facts_json(deployment.facts),
+    )
+
+
+def rollbacks(found: Iterable[Row], step_rows: Iterable[Row]) -> list[model.RollbackRecord]:
+    """``ROLLBACK_COLUMNS`` rows, each given its ``STEP_COLUMNS`` rows (in position order)."""
+    steps: dict[str, list[model.StepRecord]] = {}
+    for r in step_rows:
+        step = model.StepRecord(r[1], r[2], model.StepState(r[3]), r[4], r[5], r[6], r[7], r[8])
+        steps.setdefault(r[0], []).append(step)
     return [
-        RollbackRecord(
-            id=row[0],
-            deployment_id=row[1],
-            service=row[2],
-            state=RollbackState(row[3]),
-            reasons=tuple(Reason.from_json(reason) for reason in json.loads(row[4])),
-            target=json.loads(row[5]),
-            proposed_at=row[6],
-            execute_at=row[7],
-            started_at=row[8],
-            finished_at=row[9],
-            error=row[10],
-            steps=tuple(steps.get(row[0], ())),
+        model.RollbackRecord(
+            *(r[0], r[1], r[2], model.RollbackState(r[3])),
+            tuple(model.Reason.from_json(reason) for reason in json.loads(r[4])),
+            json.loads(r[5]),
+            *(r[6], r[7], r[8], r[9], r[10]),
+            tuple(steps.get(r[0], ())),
         )
-        for row in rows
+        for r in found
     ]
 
 
-def deployment(row: Row) -> Deployment:
-    return Deployment(
-        id=row[0],
-        service=row[1],
-        image=row[2],
-        previous_image=row[3],
-        state=DeploymentState(row[4]),
-        started_at=row[5],
-        window_ends_at=row[6],
-        finished_at=row[7],
-        facts=DeploymentFacts.from_json(json.loads(row[8])),
-    )
+def deployment(r: Row) -> model.Deployment:
+    """A ``DEPLOYMENT_COLUMNS`` row; ``data`` holds the facts (rows of version 1 too)."""
+    facts = model.DeploymentFacts.from_json(json.loads(r[8]))
+    return model.Deployment(r[0], r[1], r[2], r[3], model.DeploymentState(r[4]), r[5], r[6], r[7], facts)
 
 
-def audit_entry(row: Row) -> AuditEntry:
-    return AuditEntry(
-        seq=row[0],
-        at=row[1],
-        actor=row[2],
-        action=row[3],
-        deployment_id=row[4],
-        rollback_id=row[5],
-        detail=json.loads(row[6]),
-    )
+def audit_entry(r: Row) -> model.AuditEntry:
+    return model.AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]))

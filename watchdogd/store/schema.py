@@ -9,12 +9,9 @@ from __future__ import annotations
 
 SCHEMA_VERSION = 2
 
-SQLITE_MIGRATIONS: dict[int, str] = {
-    # IF NOT EXISTS: files written before the rollback tables were versioned already have them.
-    1: """
-CREATE TABLE IF NOT EXISTS rollbacks (
+_SQLITE_ROLLBACKS = """(
     id TEXT PRIMARY KEY,
-    deployment_id TEXT NOT NULL UNIQUE,
+    deployment_id TEXT NOT NULL{unique},
     service TEXT NOT NULL,
     state TEXT NOT NULL,
     reasons TEXT NOT NULL,
@@ -24,7 +21,12 @@ CREATE TABLE IF NOT EXISTS rollbacks (
     started_at REAL,
     finished_at REAL,
     error TEXT
-);
+)"""
+
+SQLITE_MIGRATIONS: dict[int, str] = {
+    # IF NOT EXISTS: files written before the rollback tables were versioned already have them.
+    1: f"""
+CREATE TABLE IF NOT EXISTS rollbacks {_SQLITE_ROLLBACKS.format(unique=" UNIQUE")};
 CREATE TABLE IF NOT EXISTS rollback_steps (
     rollback_id TEXT NOT NULL REFERENCES rollbacks(id),
     position INTEGER NOT NULL,
@@ -73,20 +75,8 @@ CREATE TABLE IF NOT EXISTS audit (
 """,
     # SQLite cannot drop a UNIQUE constraint: the table is made again without it
     # (rollback_steps keeps its rows; its reference follows the name).
-    2: """
-CREATE TABLE rollbacks_v2 (
-    id TEXT PRIMARY KEY,
-    deployment_id TEXT NOT NULL,
-    service TEXT NOT NULL,
-    state TEXT NOT NULL,
-    reasons TEXT NOT NULL,
-    target TEXT NOT NULL,
-    proposed_at REAL NOT NULL,
-    execute_at REAL,
-    started_at REAL,
-    finished_at REAL,
-    error TEXT
-);
+    2: f"""
+CREATE TABLE rollbacks_v2 {_SQLITE_ROLLBACKS.format(unique="")};
 INSERT INTO rollbacks_v2 SELECT id, deployment_id, service, state, reasons, target, proposed_at, execute_at,
     started_at, finished_at, error FROM rollbacks;
 DROP TABLE rollbacks;
