@@ -48,11 +48,12 @@ services:
     assert proposal["state"] == "pending" and proposal["reasons"][0]["rule"] == "up"
     assert time.monotonic() - started >= 2.5  # not before on_missing.after
 
-    wd.wait_for("holds promoted", lambda: deployment(wd, holds["id"])["state"] == "promoted", timeout=20)
+    # blind for the whole window: never promoted, ended unverified
+    wd.wait_for("holds unverified", lambda: deployment(wd, holds["id"])["state"] == "unverified", timeout=20)
     assert rollbacks(wd, "holds") == []
     assert rule(wd, holds["id"], "up")["state"] == "no_data"
-    promoted = next(e for e in audit(wd, holds["id"]) if e["action"] == "promoted")
-    assert promoted["detail"]["unverified_rules"] == ["up"]
+    ended = next(e for e in audit(wd, holds["id"]) if e["action"] == "unverified")
+    assert ended["detail"]["blind_rules"] == ["up"]
     assert deployment(wd, strict["id"])["state"] == "watching"  # its proposal waits out the grace
     assert wd.stop() == 0
 

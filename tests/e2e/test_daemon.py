@@ -378,8 +378,9 @@ services:
     assert rollbacks(wd) == []
     assert "v2" in story.running_image()
     _, audit = wd.get(f"/v1/audit?deployment={deployment['id']}")
-    promoted = [e for e in audit["items"] if e["action"] == "promoted"]
-    assert promoted and promoted[0]["detail"]["unverified_rules"] == ["error-rate"]
+    ended = [e for e in audit["items"] if e["action"] == "unverified"]
+    assert ended and ended[0]["detail"]["blind_rules"] == ["error-rate"]
+    assert wd.get(f"/v1/deployments/{deployment['id']}")[1]["state"] == "unverified"  # never promoted blind
     assert wd.stop() == 0
 
 
