@@ -52,3 +52,21 @@ class SteadyClock:
 
 now = SteadyClock()
 """The process's clock; every part of watchdogd that stamps or measures time uses it."""
+
+
+class DriftWatch:
+    """Notices when the wall clock jumps away from a ``SteadyClock`` (NTP, ``date -s``)."""
+
+    def __init__(self, clock: object) -> None:
+        self.clock = clock if isinstance(clock, SteadyClock) else None
+        self.drift = 0.0
+
+    def jumped(self) -> float | None:
+        """By how much the wall clock jumped since last asked (None: it did not, or no wall clock)."""
+        if self.clock is None:
+            return None
+        drift = self.clock.drift()
+        if abs(drift - self.drift) < JUMP:
+            return None
+        by, self.drift = drift - self.drift, drift
+        return by

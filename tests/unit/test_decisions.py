@@ -138,5 +138,6 @@ def test_the_window_end_waits_for_an_open_proposal_and_never_promotes_a_blind_de
 
 
 def test_the_first_proposal_is_the_earliest_firing() -> None:
-    assert first_proposal({"p99": [130.0], "error-rate": [100.0, 200.0], "quiet": []}) == (100.0, "error-rate")
+    fired = {"p99": [130.0], "error-rate": [100.0, 200.0], "quiet": []}
+    assert first_proposal(fired) == (100.0, "error-rate")
     assert first_proposal({"quiet": []}) is None

@@ -146,6 +146,11 @@ class SourceJobs:
         kept = job.history.get(measure) if job is not None else None
         return [s for s in kept if s.time >= since] if kept else []
 
+    def source(self, name: str) -> Source | None:
+        """The source ``name`` as it is polled; None for one no rule reads."""
+        job = self.jobs.get(name)
+        return job.poller.source if job is not None else None
+
     def polls(self, source: str) -> int:
         job = self.jobs.get(source)
         return job.polls if job is not None else 0

@@ -265,11 +265,9 @@ class Executions:
         target = target_from_json(record.target, svc)
         steps = self.plans.steps(record.service, self.clock())
         plan = await Executor(self.store, steps).describe(target, tuple(s.name for s in record.steps))
-        await self.report(
+        await self.report.about(
             "dry_run",
-            service=record.service,
-            deployment_id=record.deployment_id,
-            rollback_id=record.id,
+            record,
             detail={"would_run": plan, "state": "dry_run"},
             summary=f"dry run: rollback of {record.service} would have run now; nothing touched",
         )

@@ -77,6 +77,16 @@ class Watched:
         self.on_new(service)
         return live
 
+    def keep_states(self, old: World, new: World) -> None:
+        """After a reload: a rule keeps its state only while its config is the same."""
+        for live in self:
+            service = live.deployment.service
+            before = {r.rule.name: r.config for r in old.runs.get(service, ())}
+            after = {r.rule.name: r.config for r in new.runs.get(service, ())}
+            for name in list(live.states):
+                if before.get(name) != after.get(name):
+                    del live.states[name]
+
     async def refresh_all(self) -> None:
         services = {d.service for d in await self.store.deployments(open_only=True)}
         for service in services | set(self._live):

@@ -88,11 +88,9 @@ class Operators:
         mutes = veto_mutes(sorted(record.rules), mute_for, self.clock())
         for rule, until in mutes.items():
             await self.store.mute(record.service, rule, until)
-        await self.report(
+        await self.report.about(
             "veto",
-            service=record.service,
-            deployment_id=record.deployment_id,
-            rollback_id=record.id,
+            record,
             actor=actor,
             detail={
                 "reason": reason,
@@ -124,11 +122,9 @@ class Operators:
                 return current
             raise Conflict(f"rollback {rollback_id} is {current.state}: it cannot be approved")
         self.proposer.disarm(record.id)
-        await self.report(
+        await self.report.about(
             "approve",
-            service=record.service,
-            deployment_id=record.deployment_id,
-            rollback_id=record.id,
+            record,
             actor=actor,
             detail={"state": "dry_run" if record.dry_run else "executing"},
             summary=f"rollback approved by {actor}",
@@ -140,11 +136,9 @@ class Operators:
     async def ack(self, rollback_id: str, actor: str) -> RollbackRecord:
         record = await self.rollback(rollback_id)
         if guard("ack", record.state).outcome == "apply":
-            await self.report(
+            await self.report.about(
                 "ack",
-                service=record.service,
-                deployment_id=record.deployment_id,
-                rollback_id=record.id,
+                record,
                 actor=actor,
                 detail={"state": str(record.state)},
             )
@@ -162,11 +156,9 @@ class Operators:
         if not await self.store.transition(record.id, RollbackState.EXECUTING, (RollbackState.FAILED,)):
             raise await self._refused(record, "it cannot be retried")
         failed = [s.name for s in record.steps if s.state == "failed"]
-        await self.report(
+        await self.report.about(
             "retry",
-            service=record.service,
-            deployment_id=record.deployment_id,
-            rollback_id=record.id,
+            record,
             actor=actor,
             detail={"from_step": failed[0] if failed else None, "state": "executing"},
             summary=f"rollback of {record.service} retried by {actor}",

@@ -216,11 +216,9 @@ class Proposer:
             if await self.store.transition(
                 record.id, RollbackState.CANCELLED, (RollbackState.AWAITING_APPROVAL,), why_
             ):
-                await self.report(
+                await self.report.about(
                     "expired",
-                    service=record.service,
-                    deployment_id=record.deployment_id,
-                    rollback_id=record.id,
+                    record,
                     detail={"reason": why_, "state": "cancelled"},
                     summary=f"rollback of {record.service} cancelled: {why_}",
                 )
@@ -235,11 +233,9 @@ class Proposer:
                 record.id, RollbackState.CANCELLED, PROPOSED_STATES, reason
             ):
                 continue
-            await self.report(
+            await self.report.about(
                 "cancelled",
-                service=record.service,
-                deployment_id=record.deployment_id,
-                rollback_id=record.id,
+                record,
                 detail={"reason": reason, "state": "cancelled"},
                 summary=f"rollback of {record.service} cancelled: {reason}",
             )

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import structlog
 
 from watchdogd.errors import StoreError
+from watchdogd.model import RollbackRecord
 from watchdogd.notify import Event, EventKind
 from watchdogd.store import Store
 from watchdogd.telemetry import Metrics
@@ -153,3 +154,23 @@ class Reporter:
                 await self.store.audit(actor, kind, detail, deployment_id, rollback_id)
             except StoreError as exc:
                 self.on_store_error(exc)  # a missing audit line must not stop the decision
+
+    async def about(
+        self,
+        kind: str,
+        record: RollbackRecord,
+        *,
+        actor: str = SYSTEM,
+        detail: Mapping[str, Any] | None = None,
+        summary: str = "",
+    ) -> None:
+        """Report an event about a rollback: its service, deployment and id come from ``record``."""
+        await self(
+            kind,
+            service=record.service,
+            deployment_id=record.deployment_id,
+            rollback_id=record.id,
+            actor=actor,
+            detail=detail,
+            summary=summary,
+        )

@@ -57,6 +57,13 @@ class World:
     def interval(self, service: str) -> float:
         return self.service(service).interval or self.config.defaults.interval
 
+    def reading(self, source: str) -> list[RuleRun]:
+        """The rules that read ``source``, in every service."""
+        return [run for runs in self.runs.values() for run in runs if run.config.source == source]
+
+    def sources_of(self, service: str) -> set[str]:
+        return {run.config.source for run in self.runs.get(service, ())}
+
     def run(self, service: str, rule: str) -> RuleRun | None:
         return next((r for r in self.runs.get(service, ()) if r.rule.name == rule), None)
 
