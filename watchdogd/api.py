@@ -40,14 +40,6 @@ MAX_DURATION = 366 * 86400.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 class Body(BaseModel):
     # strict: a number is not a string, "true" is not a boolean
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -163,8 +155,6 @@ class _Api:
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
-        except ApiError as exc:
-            return _error(exc.status, exc.code, exc.message)
         except RequestError as exc:
             return _error(exc.status, exc.code, str(exc))
         except web.HTTPRequestEntityTooLarge:
@@ -193,15 +183,23 @@ class _Api:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "unauthorized", "a bearer token is required (Authorization: Bearer TOKEN)")
+            raise RequestError(
+                status=401,
+                code="unauthorized",
+                message="a bearer token is required (Authorization: Bearer TOKEN)",
+            )
         principal = self.tokens.check(token.strip())
         if principal is None:
             failures = self.throttle.fail(peer, time.monotonic())
             log.warning("bad_token", peer=peer, path=request.path, recent_failures=failures)
-            raise ApiError(401, "unauthorized", "unknown token")
+            raise RequestError(status=401, code="unauthorized", message="unknown token")
         self.throttle.succeed(peer)
         if not principal.may(role or "admin"):
-            raise ApiError(403, "forbidden", f"{principal.name} is {principal.role}; this needs {role}")
+            raise RequestError(
+                status=403,
+                code="forbidden",
+                message=f"{principal.name} is {principal.role}; this needs {role}",
+            )
         request["principal"] = principal
         return await handler(request)
 
@@ -327,7 +325,9 @@ class _Api:
             try:
                 since = datetime.fromisoformat(query["since"].replace("Z", "+00:00")).timestamp()
             except ValueError:
-                raise ApiError(400, "bad_request", "since: write an RFC 3339 time") from None
+                raise RequestError(
+                    status=400, code="bad_request", message="since: write an RFC 3339 time"
+                ) from None
         entries = await self.daemon.store.audit_entries(query.get("deployment"), query.get("actor"), since)
         items = [
             {
@@ -405,24 +405,30 @@ async def _body(request: web.Request, model: type[BaseModel], optional: bool = F
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ApiError(400, "too_large", f"request body over {MAX_BODY} bytes") from None
+        raise RequestError(
+            status=400, code="too_large", message=f"request body over {MAX_BODY} bytes"
+        ) from None
     if optional and not raw.strip():
         return model()
     if request.content_type != "application/json":
-        raise ApiError(400, "bad_request", "send JSON (Content-Type: application/json)")
+        raise RequestError(
+            status=400, code="bad_request", message="send JSON (Content-Type: application/json)"
+        )
     try:
         return model.model_validate_json(raw or b"null")
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         if first["type"] == "json_invalid":
-            raise ApiError(400, "bad_request", f"the body is not valid JSON: {first['msg']}") from None
+            raise RequestError(
+                status=400, code="bad_request", message=f"the body is not valid JSON: {first['msg']}"
+            ) from None
         if first["type"] in ("model_type", "model_attributes_type") and not first["loc"]:
-            raise ApiError(422, "invalid", "the body must be a JSON object") from None
+            raise RequestError(status=422, code="invalid", message="the body must be a JSON object") from None
         where = ".".join(str(p) for p in first["loc"]) or "body"
         message = str(first["msg"]).removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             message = "unknown field"
-        raise ApiError(422, "invalid", f"{where}: {message}") from None
+        raise RequestError(status=422, code="invalid", message=f"{where}: {message}") from None
 
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
@@ -434,7 +440,9 @@ def _idempotency_key(request: web.Request) -> str | None:
     if key is None:
         return None
     if not IDEMPOTENCY_KEY.fullmatch(key):
-        raise ApiError(400, "bad_request", "Idempotency-Key: use 1 to 200 visible ASCII characters")
+        raise RequestError(
+            status=400, code="bad_request", message="Idempotency-Key: use 1 to 200 visible ASCII characters"
+        )
     return key
 
 

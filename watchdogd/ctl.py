@@ -23,6 +23,7 @@ from http.client import HTTPException
 from typing import Any, TextIO
 
 from watchdogd.config.types import format_duration, parse_duration
+from watchdogd.errors import CtlError
 
 DEFAULT_URL = "http://127.0.0.1:9464"
 EXIT_OK = 0
@@ -34,14 +35,6 @@ STREAM_TIMEOUT = 60.0
 RECENT = 5
 """Finished deployments ``status`` shows besides the open ones."""
 OPEN_ROLLBACKS = ("pending", "awaiting_approval", "executing")
-
-
-class CtlError(Exception):
-    """Ends the command with ``exit_code`` after printing the message."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class Refused(CtlError):
@@ -375,8 +368,12 @@ def _vote(verb: str, done: str) -> Callable[[Client, argparse.Namespace, TextIO]
             _dump(rollback, out)
             return EXIT_OK
         line = rollback_line(done, rollback, time.time())
-        if verb == "veto" and args.mute_for:
-            line += f"; its rules are muted for {args.mute_for}"
+        if verb == "veto":
+            line += (
+                f"; its rules are muted for {args.mute_for}"
+                if args.mute_for
+                else "; its rules are muted until they clear"
+            )
         print(line, file=out)
         return EXIT_OK
 
@@ -545,6 +542,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     veto.add_argument("--mute-for", type=_duration, metavar="DURATION", help="mute the fired rules, e.g. 30m")
     approve = add("approve", _vote("approve", "approved"), "execute a proposal now")
     approve.add_argument("id", metavar="ID")
+    retry = add("retry", _vote("retry", "retried"), "run a failed rollback again from its journal")
+    retry.add_argument("id", metavar="ID")
 
     rollback = add("rollback", _rollback, "propose rolling a deployment back")
     rollback.add_argument("deployment", metavar="DEPLOYMENT")

@@ -1,6 +1,6 @@
 """The exceptions watchdogd raises.
 
-One root, a few branches::
+One root, a few branches; the modules named define their own leaves::
 
     WatchdogError
     ├── ConfigError          a config file that cannot be used (carries every problem found)
@@ -8,10 +8,13 @@ One root, a few branches::
     ├── RuleError            a rule was asked to do something impossible (time going backwards)
     ├── StoreError           the state store failed
     ├── RollbackError        a rollback step failed
-    └── RequestError         an operator's or a pipeline's request refused (the API's 4xx)
-        ├── NotFound         no such deployment or rollback (404)
-        ├── Conflict         the current state refuses it (409); ``code`` says which refusal
-        └── Invalid          it names something the config does not have (422)
+    │   └── ScriptError      rollback SQL that cannot be read or must not run (rollback.sqlsplit)
+    ├── SeriesError          a series notation or file that cannot be read (series, replay)
+    ├── RequestError         an operator's or a pipeline's request refused (the API's 4xx)
+    │   ├── NotFound         no such deployment or rollback (404)
+    │   ├── Conflict         the current state refuses it (409); ``code`` says which refusal
+    │   └── Invalid          it names something the config does not have (422)
+    └── CtlError             ``watchdogd ctl`` ends with an exit code (ctl: Refused, Unreachable, Usage)
 """
 
 from __future__ import annotations
@@ -61,11 +64,22 @@ class RollbackError(WatchdogError):
     """A rollback step failed."""
 
 
+class SeriesError(WatchdogError, ValueError):
+    """A series (promtool notation, a recorded file) that cannot be read; the message says where."""
+
+
 class RequestError(WatchdogError):
     """A request refused; the API answers with ``status`` and ``code``."""
 
     status = 400
     code = "bad_request"
+
+    def __init__(self, message: str, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
 
 
 class NotFound(RequestError):
@@ -75,12 +89,17 @@ class NotFound(RequestError):
 
 class Conflict(RequestError):
     status = 409
-
-    def __init__(self, message: str, code: str = "conflict") -> None:
-        super().__init__(message)
-        self.code = code
+    code = "conflict"
 
 
 class Invalid(RequestError):
     status = 422
     code = "invalid"
+
+
+class CtlError(WatchdogError):
+    """Ends a ``watchdogd ctl`` command with ``exit_code`` after printing the message."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

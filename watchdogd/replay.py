@@ -23,7 +23,7 @@ from typing import Any
 
 from watchdogd.config.models import Config, RuleConfig, ServiceConfig
 from watchdogd.config.types import format_duration
-from watchdogd.errors import WatchdogError
+from watchdogd.errors import SeriesError, WatchdogError
 from watchdogd.model import RuleState, Sample, Transition
 from watchdogd.rules import EvalState, Rule, baseline_mean, evaluate, start
 
@@ -31,7 +31,7 @@ MAX_RANGE_POINTS = 11_000
 """Prometheus refuses more points per series than this in one range query."""
 
 
-class SeriesFileError(WatchdogError):
+class SeriesFileError(SeriesError):
     """A recorded series that cannot be read; the message names the file and the line."""
 
 

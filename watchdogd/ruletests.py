@@ -21,11 +21,11 @@ from watchdogd import decisions
 from watchdogd.config.loader import load_config, parse_yaml, pydantic_problems
 from watchdogd.config.models import Config, Model, ServiceConfig
 from watchdogd.config.types import Duration, format_duration
-from watchdogd.errors import ConfigError, ConfigProblem, RuleError
+from watchdogd.errors import ConfigError, ConfigProblem, RuleError, SeriesError
 from watchdogd.model import Sample
 from watchdogd.replay import Replay, replay_rule
 from watchdogd.rules import Rule, compile_rule
-from watchdogd.series import SeriesError, format_series, parse_series
+from watchdogd.series import format_series, parse_series
 
 CONTEXT_STEPS = 4
 """Evaluations shown on each side of a failed expectation."""

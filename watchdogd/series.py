@@ -10,16 +10,14 @@ from __future__ import annotations
 import math
 import re
 
+from watchdogd.errors import SeriesError
+
 _NUMBER = r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[Ii]nf|NaN)"
 _TOKEN = re.compile(rf"^(?P<start>{_NUMBER})(?:(?P<sign>[-+])(?P<step>{_NUMBER}))?(?:x(?P<times>\d+))?$")
 _MISSING = re.compile(r"^_(?:x(?P<times>\d+))?$")
 
 MAX_VALUES = 1_000_000
 """Longer series are refused: a typo like ``0x100000000`` must not eat the memory."""
-
-
-class SeriesError(ValueError):
-    """The notation cannot be read; the message names the token."""
 
 
 def parse_series(text: str) -> list[float | None]:

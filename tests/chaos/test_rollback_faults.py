@@ -65,7 +65,9 @@ services:
         raw = await db.fetchval("SELECT target FROM watchdogd_state.rollbacks WHERE id = $1", proposal["id"])
         target = json.loads(raw)
         assert target["previous"]["config"] is not None, target["previous"]
-        target["previous"]["config"].setdefault("HostConfig", {})["Memory"] = 1024  # below Docker's 6MB
+        host_config = target["previous"]["config"].setdefault("HostConfig", {})
+        memory = host_config.get("Memory")
+        host_config["Memory"] = 1024  # below Docker's 6MB
         await db.execute(
             "UPDATE watchdogd_state.rollbacks SET target = $1 WHERE id = $2",
             json.dumps(target),
@@ -93,6 +95,29 @@ services:
         return any("memory" in json.dumps(b).lower() and "failed" in json.dumps(b) for b in receiver.bodies)
 
     wd.wait_for("the failure notified, with its reason", failure_notified, timeout=10)
+
+    # The cause removed, an operator retries: the plan resumes from its journal and succeeds.
+    host_config["Memory"] = memory
+    db = await asyncpg.connect(pg_dsn)
+    try:
+        await db.execute(
+            "UPDATE watchdogd_state.rollbacks SET target = $1 WHERE id = $2", json.dumps(target), done["id"]
+        )
+    finally:
+        await db.close()
+    status, retried = wd.post(f"/v1/rollbacks/{done['id']}/retry", {})
+    assert status == 200 and retried["state"] in ("executing", "succeeded"), retried
+
+    def succeeded() -> bool:
+        return any(r["id"] == done["id"] and r["state"] == "succeeded" for r in rollbacks(wd))
+
+    wd.wait_for("the retried rollback succeeding", succeeded, timeout=60)
+    assert deployment(wd, deployed["id"])["state"] == "rolled_back"
+    assert any("v1" in tag for tag in docker_client.containers.get(name).image.tags)
+    _, audit = wd.get(f"/v1/audit?deployment={deployed['id']}")
+    assert [e["actor"] for e in audit["items"] if e["action"] == "retry"] == ["alice"]
+    status, again = wd.post(f"/v1/rollbacks/{done['id']}/retry", {})
+    assert status == 409 and again["error"]["code"] == "conflict"
     assert wd.stop() == 0
 
 

@@ -275,3 +275,35 @@ def test_tls_when_configured(watchdogd: Any, tmp_path: Path) -> None:
     assert daemon.get("/v1/deployments")[0] == 200
     with pytest.raises(OSError):  # plain HTTP is not spoken
         urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/healthz", timeout=5)
+
+
+def keyed_post(wd: Watchdogd, key: str, image: str) -> tuple[int, Any]:
+    body = json.dumps({"service": "api", "image": image, "previous_image": "app:v1"}).encode()
+    request = urllib.request.Request(wd.url + "/v1/deployments", data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {TOKEN}")
+    request.add_header("Idempotency-Key", key)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_retried_registration_answers_the_same_deployment(wd: Watchdogd) -> None:
+    status, first = keyed_post(wd, "pipeline-1234-attempt", "app:v2")
+    assert status == 201, first
+    status, again = keyed_post(wd, "pipeline-1234-attempt", "app:v2")
+    assert status == 201 and again["id"] == first["id"], again
+    assert [d["id"] for d in wd.get("/v1/deployments")[1]["items"]] == [first["id"]]
+    assert_error(keyed_post(wd, "bad key with spaces", "app:v2"), 400, "bad_request")
+
+
+def test_a_newer_deployment_supersedes_and_cancels_the_open_proposal(wd: Watchdogd) -> None:
+    rollback = propose(wd)
+    newer = deploy(wd)
+    old = wd.get(f"/v1/deployments/{rollback['deployment_id']}")[1]
+    assert old["state"] == "superseded", old
+    cancelled = wd.get(f"/v1/rollbacks/{rollback['id']}")[1]
+    assert cancelled["state"] == "cancelled" and newer["id"] in cancelled["error"], cancelled
+    assert_error(wd.post(f"/v1/rollbacks/{rollback['id']}/approve", {}), 409, "conflict")

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from watchdogd.cli import main
-from watchdogd.series import SeriesError, format_series, parse_series
+from watchdogd.errors import SeriesError
+from watchdogd.series import format_series, parse_series
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_TESTS = sorted((ROOT / "config" / "examples" / "tests").glob("*.test.yaml"))
