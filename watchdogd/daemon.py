@@ -142,7 +142,7 @@ class Daemon:
         def arm(service: str) -> None:
             _arm_commands(jobs, supervisor, world().sources_of(service))
 
-        watched = Watched(store, on_new=arm)
+        watched = Watched(store, world, clock, on_new=arm)
         plans = Plans(world, watched, client, session, clock, steps)
         executions = Executions(
             store=store, report=report, supervisor=supervisor, health=health, world=world,

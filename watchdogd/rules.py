@@ -21,6 +21,8 @@ See docs/rules.md for every semantic with a timeline.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping
@@ -249,6 +251,10 @@ def evaluate(
             last_match = at
         value = now - (state.started_at if last_match is None else last_match)
     missing_since: float | None = None
+    if state.threshold is None:
+        # a baseline rule without a baseline has nothing to compare with: no verdict,
+        # whatever on_missing says (a missing sample must not fire it)
+        return _no_baseline(state, now, at, value, last_match)
     if value is None:
         missing_since = state.missing_since if state.missing_since is not None else now
         result = rule.missing_result
@@ -256,10 +262,7 @@ def evaluate(
             return _hold(rule, state, now, at, missing_since, last_match, why_missing)
         hit = result == "fail"
     else:
-        threshold = state.threshold
-        if threshold is None:
-            return _no_baseline(state, now, at, value, last_match)
-        hit = rule._compare(value, threshold)
+        hit = rule._compare(value, state.threshold)
     if rule.failures:
         return _count(rule, state, now, at, value, hit, missing_since, last_match, why_missing)
     return _run(rule, state, now, at, value, hit, missing_since, last_match, why_missing)
@@ -278,7 +281,7 @@ def condition_now(rule: Rule, state: EvalState) -> bool | None:
 
 
 def _no_baseline(
-    state: EvalState, now: float, at: float, value: float, last_match: float | None
+    state: EvalState, now: float, at: float, value: float | None, last_match: float | None
 ) -> tuple[EvalState, tuple[Transition, ...]]:
     """No baseline to compare with: the rule stays ``no_data`` and keeps saying why."""
     return state._replace(last_eval=now, last_sample=at, value=value, last_match=last_match), ()
@@ -293,9 +296,13 @@ def _hold(
     last_match: float | None,
     why_missing: str | None,
 ) -> tuple[EvalState, tuple[Transition, ...]]:
-    """Missing data that decides nothing: pending and firing hold, ok becomes no_data."""
+    """Missing data that decides nothing: pending and firing hold, ok becomes no_data at once.
+
+    ``on_missing.after`` says when ``result`` starts to apply, not how long a
+    rule without data may still say ``ok``: ok is a verdict on data.
+    """
     current = state.state
-    if current is OK and now - missing_since >= rule.missing_after - _EPS:
+    if current is OK:
         reason = _missing_reason(rule, why_missing, missing_since, now)
         new = state._replace(
             state=NO_DATA,
@@ -595,6 +602,50 @@ def _failures_text(rule: Rule, count: int, values: tuple[float | None, ...]) -> 
 
 
 _NEGATED = {">": "<=", ">=": "<", "<": ">=", "<=": ">", "==": "!=", "!=": "=="}
+
+
+def resume(state: EvalState, now: float) -> EvalState:
+    """``state`` as it was last evaluated, carried over to ``now`` across time nobody watched.
+
+    The time between its last evaluation and ``now`` (watchdogd stopped, or
+    another replica took over) is a gap, never evidence: every timer is moved
+    on by it, so a ``for``, ``keep_firing_for``, ``on_missing.after`` or
+    ``absent_for`` needs the rest of its time observed. A stored time ahead of
+    ``now`` (a clock that ran ahead) is moved back the same way, so evaluation
+    goes on instead of refusing every sample as older than the last.
+    """
+    last = state.last_eval
+    if last is None or last == now:
+        return state
+
+    def moved(at: float | None) -> float | None:
+        return None if at is None else at + (now - last)
+
+    return state._replace(
+        since=min(state.since, now),
+        started_at=moved(state.started_at) or state.started_at,
+        last_eval=now,
+        last_sample=moved(state.last_sample),
+        active_since=moved(state.active_since),
+        clearing_since=moved(state.clearing_since),
+        missing_since=moved(state.missing_since),
+        last_match=moved(state.last_match),
+    )
+
+
+_MEANING_FREE = frozenset({"name", "description", "severity", "action"})
+"""Rule fields whose change does not change what its stored state means."""
+
+
+def fingerprint(config: RuleConfig) -> str:
+    """What a rule means, as a short digest: a stored state is reused only under the same one.
+
+    Its source, signal, condition, timers, failures, baseline and missing-data
+    policy count; its name, description, severity and action do not.
+    """
+    meaning = config.model_dump(mode="json", by_alias=True, exclude=set(_MEANING_FREE))
+    text = json.dumps(meaning, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def dump_state(state: EvalState) -> dict[str, Any]:

@@ -543,3 +543,65 @@ async def test_a_dead_service_task_makes_the_daemon_not_ready(world: World) -> N
     await settle()
     assert not world.daemon.health.ready
     assert "docker-events" in world.daemon.health.problem
+
+
+# --- rule states across restarts and reloads ------------------------------------------------------------
+
+SLOW = CONFIG.replace(
+    '{name: errors, source: a, field: up, condition: "> 0.5", action: rollback}',
+    '{name: errors, source: a, field: up, condition: "> 0.5", for: 5m, action: rollback}',
+)
+
+
+async def restart(world: World, url: str, text: str, down_for: float) -> World:
+    await world.daemon.close(2)
+    await world.clock.advance(down_for)
+    return await make(text, store=await open_store(url, clock=world.clock), clock=world.clock)
+
+
+async def test_time_watchdogd_was_down_does_not_count_toward_for(tmp_path: Path) -> None:
+    clock = FakeClock()
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    world = await make(SLOW, store=await open_store(url, clock=clock), clock=clock)
+    deployment = await world.deploy()
+    await world.feed("a", 1.0)
+    await clock.advance(30)
+    await world.feed("a", 1.0)  # pending, 30s observed
+    world = await restart(world, url, SLOW, down_for=600)
+    try:
+        await world.feed("a", 1.0)
+        live = world.daemon.watched.get("api")
+        assert live is not None and live.states["errors"].state == "pending"
+        assert await world.rollbacks(deployment) == []
+        await clock.advance(269)
+        await world.feed("a", 1.0)
+        assert await world.rollbacks(deployment) == []
+        await clock.advance(1)
+        await world.feed("a", 1.0)  # 5m observed: 30s before the restart, 4m30s after
+        assert len(await world.rollbacks(deployment)) == 1
+    finally:
+        await world.daemon.close(2)
+
+
+async def test_a_changed_rule_starts_again_and_a_reworded_one_keeps_its_state(tmp_path: Path) -> None:
+    clock = FakeClock()
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    world = await make(SLOW, store=await open_store(url, clock=clock), clock=clock)
+    await world.deploy()
+    world.sources["a"].set(0.7)
+    await world.daemon.poll("a")
+    reworded = SLOW.replace("for: 5m, action: rollback}", "for: 5m, action: rollback, description: 'errors'}")
+    world = await restart(world, url, reworded, down_for=10)
+    live = world.daemon.watched.get("api")
+    assert live is not None and live.states["errors"].state == "pending"  # kept
+    raised = reworded.replace('condition: "> 0.5", for: 5m', 'condition: "> 0.9", for: 5m')
+    assert await world.daemon.reload(config_of(raised))
+    assert "errors" not in live.states  # a new threshold: from no_data again
+    await world.feed("a", 0.7)
+    assert live.states["errors"].state == "ok"  # 0.7 is not > 0.9
+    world = await restart(world, url, reworded, down_for=10)  # the stored state is the 0.9 rule's
+    try:
+        live = world.daemon.watched.get("api")
+        assert live is not None and "errors" not in live.states
+    finally:
+        await world.daemon.close(2)

@@ -20,7 +20,9 @@ from watchdogd.rules import (
     compile_rule,
     dump_state,
     evaluate,
+    fingerprint,
     load_state,
+    resume,
     start,
 )
 
@@ -405,12 +407,13 @@ def test_hold_turns_ok_into_no_data_and_back() -> None:
     assert gone.reason == "no data (timeout)"
 
 
-def test_hold_with_after_stays_ok_until_the_gap_is_long_enough() -> None:
+def test_ok_only_on_data_even_inside_the_after_grace() -> None:
+    # on_missing.after says when `result` applies; an ok rule without data is no_data at once
     run = Runner(make_rule(condition="> 0.05", on_missing={"after": "1m"}))
-    states = run.feed([0.01, None, None, None, None, None])
-    assert states == [OK, OK, OK, OK, OK, NO_DATA]  # missing since 15s, no data at 1m15s
-    assert run.transitions[-1].at == 75.0
-    assert "for 1m" in run.transitions[-1].reason
+    states = run.feed([0.01, None, None, None, None, None, 0.01])
+    assert states == [OK, NO_DATA, NO_DATA, NO_DATA, NO_DATA, NO_DATA, OK]
+    assert [t.at for t in run.transitions][-2:] == [15.0, 90.0]
+    assert run.transitions[-2].to_state is NO_DATA and "no data" in run.transitions[-2].reason
 
 
 def test_hold_keeps_pending_through_a_gap_and_the_gap_does_not_count() -> None:
@@ -431,8 +434,8 @@ def test_on_missing_fail_counts_a_long_gap_as_failing() -> None:
         make_rule(condition="> 0.05", on_missing={"after": "1m", "result": "fail"}, **{"for": "30s"})
     )
     states = run.feed([0.01, None, None, None, None, None, None, None])
-    # Missing from 15s; counts as failing from 1m15s; true for 30s at 1m45s.
-    assert states == [OK, OK, OK, OK, OK, PENDING, PENDING, FIRING]
+    # Missing from 15s (no data at once); counts as failing from 1m15s; true for 30s at 1m45s.
+    assert states == [OK, NO_DATA, NO_DATA, NO_DATA, NO_DATA, PENDING, PENDING, FIRING]
     fired = run.transitions[-1]
     assert fired.at == 105.0
     assert fired.value is None
@@ -736,3 +739,68 @@ def test_seed_rules_from_a_whole_config_fire_at_their_times() -> None:
         "prisma-errors": ([120.0], "rollback"),
         "systemgate-silent": ([3600.0], "notify"),
     }
+
+
+# --- what a restart, a reload and a clock do to a stored state ---------------------------------------
+
+
+def test_a_baseline_rule_without_a_baseline_never_fires_whatever_on_missing_says() -> None:
+    rule = make_rule(
+        condition=">",
+        baseline={"before": "30m", "tolerance": "10%"},
+        on_missing={"after": "0s", "result": "fail"},
+        immediate=True,
+    )
+    run = Runner(rule, baseline=None)
+    states = run.feed([None, None, 5.0, None, None])
+    assert states == [NO_DATA] * 5
+    assert run.transitions == []
+    assert "no baseline" in run.state.reason
+
+
+def test_time_nobody_evaluated_is_a_gap_not_evidence() -> None:
+    rule = make_rule(condition="> 0.05", **{"for": "5m"})
+    run = Runner(rule)
+    run.feed([0.2, 0.2, 0.2], every=15.0)  # pending for 30s
+    assert run.state.state is PENDING
+    # watchdogd down for 10 minutes: the stored state is carried over to the restart
+    run.state = resume(run.state, 630.0)
+    run.step(630.0, 0.2)
+    assert run.state.state is PENDING  # 30s observed, not 10m30s
+    run.step(899.0, 0.2)
+    assert run.state.state is PENDING
+    run.step(900.0, 0.2)
+    assert run.state.state is FIRING  # 5m of observed failing time
+
+
+def test_a_stored_state_ahead_of_the_clock_is_evaluated_on_not_refused() -> None:
+    rule = make_rule(condition="> 0.05", **{"for": "1m"})
+    run = Runner(rule, started_at=1_000.0)
+    run.feed([0.2, 0.2], every=15.0, first=1_000.0)  # pending, observed 15s
+    # the process that saved it had a clock 1h ahead of this one
+    run.state = resume(run.state, 1_015.0 - 3600.0)
+    run.step(1_015.0 - 3600.0 + 15.0, 0.2)
+    assert run.state.state is PENDING
+    run.step(1_015.0 - 3600.0 + 45.0, 0.2)
+    assert run.state.state is FIRING  # 15s + 45s observed
+
+
+def test_absence_does_not_count_the_downtime() -> None:
+    rule = make_rule(pattern="SystemGate", absent_for="10m")
+    run = Runner(rule)
+    run.feed([1.0, 0.0], every=60.0)  # a match at 0s, silent at 1m
+    run.state = resume(run.state, 3600.0)  # down for almost an hour
+    run.step(3600.0, 0.0)
+    assert run.state.state is OK  # 1m of observed silence, not 1h
+
+
+def test_a_rule_fingerprint_follows_its_meaning_not_its_words() -> None:
+    base = {"name": "r", "source": "s", "condition": "> 0.05", "for": "5m", "action": "rollback"}
+
+    def of(**changes: Any) -> str:
+        return fingerprint(RuleConfig.model_validate({**base, **changes}))
+
+    assert of() == of(description="the error rate", severity="warning") == of(action="notify")
+    assert of() != of(condition="> 0.5")
+    assert of() != of(**{"for": "10m"})
+    assert of(failures={"count": 4, "of": 5}, **{"for": "0s"}) != of(failures={"count": 5}, **{"for": "0s"})

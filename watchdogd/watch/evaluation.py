@@ -77,7 +77,8 @@ class Evaluator:
             return
         live.states[run.rule.name] = state
         try:
-            await self.store.save_rule_state(live.deployment.id, run.rule.name, dump_state(state))
+            saved = {**dump_state(state), "fingerprint": run.fingerprint}
+            await self.store.save_rule_state(live.deployment.id, run.rule.name, saved)
         except StoreError as exc:
             self.health.store_failed(exc)  # the state lives on in memory; the next evaluation saves it again
         else:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import structlog
 
 from watchdogd.errors import RuleError
 from watchdogd.model import Deployment, RuleState
-from watchdogd.rules import EvalState, load_state
+from watchdogd.rules import EvalState, load_state, resume
 from watchdogd.store import Store
 from watchdogd.watch.world import World
 
@@ -38,8 +39,16 @@ class RuleView:
 class Watched:
     """Open deployments by service."""
 
-    def __init__(self, store: Store, on_new: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        world: Callable[[], World],
+        clock: Callable[[], float],
+        on_new: Callable[[str], None] = lambda _: None,
+    ) -> None:
         self.store = store
+        self.world = world
+        self.clock = clock
         self.on_new = on_new
         """Called with the service when a deployment starts being watched (exec sources arm here)."""
         self._live: dict[str, Live] = {}
@@ -73,16 +82,17 @@ class Watched:
         if live is not None and live.deployment.id == newest.id:
             live.deployment = newest
             return live
-        live = self._live[service] = Live(newest, await self.stored_states(newest.id))
+        live = self._live[service] = Live(newest, await self.stored_states(newest))
         self.on_new(service)
         return live
 
     def keep_states(self, old: World, new: World) -> None:
-        """After a reload: a rule keeps its state only while its config is the same."""
+        """After a reload: a rule keeps its state only while it means the same (a new description
+        or severity keeps it; a new threshold or window starts it again from no_data)."""
         for live in self:
             service = live.deployment.service
-            before = {r.rule.name: r.config for r in old.runs.get(service, ())}
-            after = {r.rule.name: r.config for r in new.runs.get(service, ())}
+            before = {r.rule.name: r.fingerprint for r in old.runs.get(service, ())}
+            after = {r.rule.name: r.fingerprint for r in new.runs.get(service, ())}
             for name in list(live.states):
                 if before.get(name) != after.get(name):
                     del live.states[name]
@@ -95,15 +105,51 @@ class Watched:
     async def reload_states(self) -> None:
         """A follower's view: the states the leader saved."""
         for live in self:
-            live.states = await self.stored_states(live.deployment.id)
+            live.states = await self.stored_states(live.deployment, carry=False)
 
-    async def stored_states(self, deployment_id: str) -> dict[str, EvalState]:
+    async def stored_states(self, deployment: Deployment, carry: bool = True) -> dict[str, EvalState]:
+        """The states saved for ``deployment``; with ``carry``, carried over to now to evaluate on.
+
+        A state is reused only for a rule that still means the same (its
+        fingerprint); the time since it was last evaluated is a gap, not
+        evidence (``watchdogd.rules.resume``). A follower only shows the
+        leader's states (``carry=False``): it neither moves nor logs them.
+        """
+        runs = {r.rule.name: r for r in self.world().runs.get(deployment.service, ())}
+        now = self.clock()
         states = {}
-        for rule, raw in (await self.store.rule_states(deployment_id)).items():
+        for rule, raw in (await self.store.rule_states(deployment.id)).items():
+            run = runs.get(rule)
+            if run is None:
+                continue
+            if raw.get("fingerprint") != run.fingerprint:
+                if not carry:
+                    continue
+                log.warning(
+                    "rule_state_discarded",
+                    deployment=deployment.id,
+                    rule=rule,
+                    why="the rule changed since its state was saved: it starts again from no_data",
+                )
+                continue
             try:
-                states[rule] = load_state(raw)
+                state = load_state(raw)
             except RuleError as exc:
-                log.warning("rule_state_unreadable", deployment=deployment_id, rule=rule, error=str(exc))
+                log.warning("rule_state_unreadable", deployment=deployment.id, rule=rule, error=str(exc))
+                continue
+            if not carry:
+                states[rule] = state
+                continue
+            if state.last_eval is not None and state.last_eval > now:
+                log.warning(
+                    "rule_state_ahead_of_clock",
+                    deployment=deployment.id,
+                    rule=rule,
+                    saved_at=_rfc3339(state.last_eval),
+                    now=_rfc3339(now),
+                    kept="the observed time of its timers; evaluation goes on from now",
+                )
+            states[rule] = resume(state, now)
         return states
 
     def rule_views(self, deployment: Deployment, world: World) -> list[RuleView]:
@@ -130,3 +176,7 @@ class Watched:
     def unverified(self, deployment: Deployment, world: World) -> list[str]:
         """Every rule with no data (what the promotion's audit lists)."""
         return [v.name for v in self.rule_views(deployment, world) if v.state is RuleState.NO_DATA]
+
+
+def _rfc3339(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from watchdogd.config.models import Config, RuleConfig, ServiceConfig
 from watchdogd.decisions import Policy, policy_for
 from watchdogd.errors import Invalid
-from watchdogd.rules import Rule, compile_rule
+from watchdogd.rules import Rule, compile_rule, fingerprint
 from watchdogd.sources import Measure
 
 
@@ -23,6 +23,8 @@ class RuleRun:
     config: RuleConfig
     rule: Rule
     measure: Measure
+    fingerprint: str
+    """What the rule means: a stored state is reused only under the same one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +37,9 @@ class World:
     def build(cls, config: Config) -> World:
         """RuleError when a rule cannot be evaluated."""
         runs = {
-            name: tuple(RuleRun(name, rc, compile_rule(rc), Measure.of(rc)) for rc in service.rules)
+            name: tuple(
+                RuleRun(name, rc, compile_rule(rc), Measure.of(rc), fingerprint(rc)) for rc in service.rules
+            )
             for name, service in config.services.items()
         }
         return cls(config, runs)
