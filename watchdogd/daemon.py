@@ -202,18 +202,23 @@ class Daemon:
         await self.store.aclose()
         log.info("stopped")
 
-    def _schedule(self, world: World) -> None:
-        """Poll every source a rule reads, at the shortest interval of the services reading it."""
+    def _schedule(self, world: World, kept: Mapping[str, Source] | None = None) -> None:
+        """Poll every source a rule reads, at the shortest interval of the services reading it.
+
+        A source in ``kept`` (its config unchanged by a reload) goes on as it was,
+        its history (scrape series, pre-deploy baselines) with it.
+        """
         for name, source_config in world.config.sources.items():
             users = world.reading(name)
             if not users:
                 continue
             interval = source_config.interval or min(world.interval(r.service) for r in users)
             keep = max((r.rule.baseline_before or 0.0) for r in users)
-            source = self.make_source(name, source_config, self.session)
+            source = (kept or {}).get(name) or self.make_source(name, source_config, self.session)
             if isinstance(source, ExecCommand):
                 source.gate = lambda: self.election.leading  # a smoke test runs on the leader only
             self.jobs.add(source, interval, source_config.timeout, keep, scheduled=self.polling)
+            self.jobs.unsubscribe_all(name)
             for run in users:
                 callback = self.evaluator.callback(run)
                 self.jobs.subscribe(name, (run.service, run.rule.name), [run.measure], callback)
@@ -242,8 +247,9 @@ class Daemon:
     async def reload(self, config: Config) -> bool:
         """Apply a new (already checked) config; False, the old one running, when it cannot be built.
 
-        Rules whose config is unchanged keep their state; proposals of a
-        service the new config no longer has are cancelled with the reason.
+        Rules that mean the same keep their state, sources whose config is
+        unchanged their history; proposals of a service the new config no
+        longer has are cancelled with the reason.
         """
         try:
             world = World.build(config)
@@ -251,7 +257,13 @@ class Daemon:
             self.refuse_reload([str(exc)])
             return False
         old = self.world
-        await self.jobs.close()
+        kept: dict[str, Source] = {}
+        for name in list(self.jobs.jobs):
+            source = self.jobs.source(name)
+            if source is not None and old.config.sources.get(name) == config.sources.get(name):
+                kept[name] = source
+            else:
+                await self.jobs.remove(name)
         self.current.world = world
         for live in self.watched:
             service = live.deployment.service
@@ -264,7 +276,9 @@ class Daemon:
             await self.notifier.close(timeout=2.0)
             self.notifier = self.report.notifier = Notifier(config.notify, self.metrics)
             self.notifier.start()
-        self._schedule(world)
+        self._schedule(world, kept)
+        for name in set(kept) - {n for n in config.sources if world.reading(n)}:
+            await self.jobs.remove(name)  # no rule reads it any more
         for service in self.watched.services():
             _arm_commands(self.jobs, self.supervisor, world.sources_of(service))
         self.reloads.labels("applied").inc()

@@ -104,8 +104,11 @@ class FakeSources:
 
     def __init__(self) -> None:
         self.made: dict[str, FakeSource] = {}
+        self.calls: list[str] = []
+        """Every source made, by name, in order: a reload that keeps a source makes none."""
 
     def __call__(self, name: str, config: Any, session: Any) -> FakeSource:
+        self.calls.append(name)
         source = self.made.get(name)
         if source is None:
             source = self.made[name] = FakeSource(name)

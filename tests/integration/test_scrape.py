@@ -21,7 +21,6 @@ from tests.testbed.images import AppBehaviour
 from watchdogd.config.models import ScrapeSource
 from watchdogd.model import Sample
 from watchdogd.sources.base import Measure, Poller
-from watchdogd.sources.promrate import NOT_ENOUGH_HISTORY
 from watchdogd.sources.scrape import MAX_BODY, MetricsScrape
 from watchdogd.telemetry import Metrics
 
@@ -97,7 +96,7 @@ async def test_rate_ratio_and_p99_agree_with_prometheus(
     poller = Poller(scrape_source(app.metrics_url, session), 5.0, metrics)
     measures = [RATE, RATIO, P99, VERSION]
     first = await poller.poll(measures, time.time())
-    assert first[RATE] == Sample(first[RATE].time, None, NOT_ENOUGH_HISTORY)
+    assert first[RATE] == Sample(first[RATE].time, None, "warming up: 0s of 10s seen")
     assert first[VERSION].value == 1.0
     samples: dict[Measure, Sample] = first
     for _ in range(int(WINDOW) + 2):
@@ -153,7 +152,9 @@ async def test_samples_recorded_at_the_poll_time(
     rate = Measure("rate", 'c_total{code=~"5.."}', over=4.0)
     results = [(await poller.poll([rate], 1000.0 + i))[rate] for i in range(5)]
     assert [s.time for s in results] == [1000.0, 1001.0, 1002.0, 1003.0, 1004.0]
-    assert results[0].reason == NOT_ENOUGH_HISTORY
+    # a window not covered yet has no value (it would read low), it says how far it got
+    assert [r.reason for r in results[:4]] == [f"warming up: {i}s of 4s seen" for i in (0, 1, 2, 3)]
+    assert [r.value for r in results[:4]] == [None] * 4
     # (1000, 1004] holds 10, 20, 10, 20: +10, a restart (+10 since), +10, extrapolated to 4s
     assert results[-1].value == pytest.approx(10.0)
     assert seen == ["s3cret"] * 5

@@ -310,6 +310,15 @@ INVALID = [
         "config/api.yaml:10: services.api.rollback.steps[1]: step 'container' is listed twice",
         id="step-listed-twice",
     ),
+    pytest.param(
+        edit(
+            "        source: prom\n        query: up\n",
+            "        source: app\n        ratio: {numerator: 'e_total', denominator: r_total, over: 10s}\n",
+        ),
+        "config/api.yaml:14: services.api.rules[0].ratio.over: a 10s window never holds two polls"
+        " of 'app' (every 15s): the rule could never see; make it at least 30s, or poll more often",
+        id="blind-window",
+    ),
 ]
 
 

@@ -605,3 +605,29 @@ async def test_a_changed_rule_starts_again_and_a_reworded_one_keeps_its_state(tm
         assert live is not None and "errors" not in live.states
     finally:
         await world.daemon.close(2)
+
+
+BASELINE = CONFIG.replace(
+    '{name: latency, source: b, field: up, condition: "> 0.5", action: rollback}',
+    '{name: latency, source: b, field: up, condition: ">", baseline: {before: 10m}, action: rollback}',
+)
+
+
+async def test_a_reload_keeps_unchanged_sources_and_their_history() -> None:
+    world = await make(BASELINE)
+    try:
+        for _ in range(3):  # pre-deploy history for the baseline
+            await world.feed("b", 0.2)
+            await world.clock.advance(60)
+        made = list(world.sources.calls)
+        changed = BASELINE.replace('url: "http://127.0.0.1:1/a"', 'url: "http://127.0.0.1:2/a"')
+        assert await world.daemon.reload(config_of(changed.replace("window: 1h", "window: 2h")))
+        assert world.sources.calls == [*made, "a"]  # only the changed source was made again
+        measure = world.daemon.world.runs["api"][1].measure
+        assert len(world.daemon.jobs.history("b", measure, 0.0)) == 3
+        await world.deploy()
+        await world.feed("b", 0.2)
+        live = world.daemon.watched.get("api")
+        assert live is not None and live.states["latency"].baseline == pytest.approx(0.2)
+    finally:
+        await world.daemon.close(2)

@@ -17,6 +17,7 @@ from watchdogd.config.models import (
     ServiceConfig,
     SourceConfig,
 )
+from watchdogd.config.types import format_duration
 from watchdogd.selector import parse_matchers, parse_selector
 
 Loc = tuple[str | int, ...]
@@ -110,7 +111,43 @@ def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Pr
             problems.append(((*loc, "name"), f"rule '{rule.name}' is defined twice in this service"))
         names.add(rule.name)
         problems += check_rule(config, rule, loc)
+        problems += _check_window(config, rule, loc)
     return problems
+
+
+def poll_interval(config: Config, source: str) -> float:
+    """How often ``source`` is polled: its own interval, or the shortest of the services reading it."""
+    own = config.sources[source].interval
+    if own is not None:
+        return own
+    readers = [
+        svc.interval or config.defaults.interval
+        for svc in config.services.values()
+        if any(r.source == source for r in svc.rules)
+    ]
+    return min(readers, default=config.defaults.interval)
+
+
+def _check_window(config: Config, rule: RuleConfig, loc: Loc) -> list[Problem]:
+    """A window that can never hold two polls of its source gives no value, ever: a blind rule."""
+    source = config.sources.get(rule.source)
+    if source is None or source.type != "scrape":
+        return []
+    for kind in ("rate", "ratio", "quantile"):
+        spec = getattr(rule, kind)
+        if spec is None:
+            continue
+        interval = poll_interval(config, rule.source)
+        if spec.over < 2 * interval:
+            return [
+                (
+                    (*loc, kind, "over"),
+                    f"a {format_duration(spec.over)} window never holds two polls of '{rule.source}'"
+                    f" (every {format_duration(interval)}): the rule could never see; make it at least"
+                    f" {format_duration(2 * interval)}, or poll more often",
+                )
+            ]
+    return []
 
 
 def check_rule(config: Config, rule: RuleConfig, loc: Loc) -> list[Problem]:

@@ -135,6 +135,11 @@ class SourceJobs:
             raise KeyError(f"source '{source}' is not scheduled")
         job.subscribers[key] = _Subscriber(tuple(dict.fromkeys(measures)), callback)
 
+    def unsubscribe_all(self, source: str) -> None:
+        job = self.jobs.get(source)
+        if job is not None:
+            job.subscribers.clear()
+
     def unsubscribe(self, source: str, key: Hashable) -> None:
         job = self.jobs.get(source)
         if job is not None:

@@ -14,6 +14,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from watchdogd.config.models import ScrapeSource
+from watchdogd.config.types import format_duration
 from watchdogd.errors import SourceError
 from watchdogd.model import Sample
 from watchdogd.selector import Selector, parse_selector
@@ -55,6 +56,8 @@ class MetricsScrape:
         self.store = SeriesStore(max_series)
         self.headers = {"Accept": _ACCEPT, **{k: v.get_secret_value() for k, v in config.headers.items()}}
         self._selectors: dict[str, Selector | str] = {}
+        self.first_at: float | None = None
+        """The first scrape this process made: a window reaching before it is not covered yet."""
 
     async def fetch(self, measures: Sequence[Measure], at: float) -> Mapping[Measure, Sample]:
         answers: dict[Measure, Sample] = {}
@@ -72,6 +75,8 @@ class MetricsScrape:
             self.store.ingest(at, scrape, self._horizon(plans))
         except ValueError as exc:
             raise SourceError(str(exc)) from exc
+        if self.first_at is None:
+            self.first_at = at
         for measure, selectors in plans.items():
             answer = self._answer(measure, selectors, at)
             answers[measure] = Sample(at, answer.value, answer.reason)
@@ -137,6 +142,10 @@ class MetricsScrape:
 
     def _answer(self, measure: Measure, selectors: tuple[Selector, ...], at: float) -> Answer:
         store, over = self.store, measure.over
+        seen = at - (self.first_at if self.first_at is not None else at)
+        if measure.kind != "metric" and seen < over - 1e-9:
+            # a window not covered yet would read low (a steady 100/s as 7.5/s): no value until it is
+            return Answer(None, f"warming up: {format_duration(seen)} of {format_duration(over)} seen")
         if measure.kind == "rate":
             return promrate.rate(store, selectors[0], at, over)
         if measure.kind == "ratio":
