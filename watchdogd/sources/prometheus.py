@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -23,8 +24,15 @@ class PrometheusQuery:
 
     kind = "prometheus"
 
-    def __init__(self, name: str, config: PrometheusSource, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: PrometheusSource,
+        session: aiohttp.ClientSession,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self.name = name
+        self.wall = wall
         self.config = config
         self.session = session
         self.endpoint = config.url.secret().rstrip("/") + "/api/v1/query"
@@ -46,7 +54,8 @@ class PrometheusQuery:
         try:
             async with self.session.post(
                 self.endpoint,
-                data={"query": promql, "time": f"{at:.3f}"},
+                # the server's time is the wall clock's, not watchdogd's steady one (which may have drifted)
+                data={"query": promql, "time": f"{self.wall():.3f}"},
                 headers=self.headers,
                 auth=self.auth,
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),

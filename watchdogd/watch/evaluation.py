@@ -51,6 +51,7 @@ class Evaluator:
         self.metrics = metrics
         self.history = history
         self.leading = leading
+        self._before_deploy: set[tuple[str, str]] = set()
 
     def callback(self, run: RuleRun) -> Callable[[str, Mapping[Measure, Sample]], Awaitable[None]]:
         async def on_poll(_: str, samples: Mapping[Measure, Sample]) -> None:
@@ -65,7 +66,21 @@ class Evaluator:
         if not self.leading():
             return  # the leader evaluates and saves the states; a follower reads them
         live = self.watched.get(run.service)
-        if live is None or not live.deployment.open or sample.time < live.deployment.started_at:
+        if live is None or not live.deployment.open:
+            return
+        if sample.time < live.deployment.started_at:
+            key = (live.deployment.id, run.rule.name)
+            if key not in self._before_deploy:  # said once per rule and deployment
+                self._before_deploy.add(key)
+                log.info(
+                    "sample_before_deploy",
+                    service=run.service,
+                    rule=run.rule.name,
+                    deployment=live.deployment.id,
+                    sample_at=round(sample.time, 3),
+                    deploy_at=round(live.deployment.started_at, 3),
+                    kept="not evaluated: it says nothing about the new version",
+                )
             return
         # No await between reading and replacing the state: evaluations of other rules
         # interleave freely, and one rule's polls never overlap (one job per source).
