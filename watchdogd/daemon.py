@@ -24,6 +24,7 @@ from watchdogd.clock import now as steady
 from watchdogd.config.models import Config
 from watchdogd.errors import WatchdogError
 from watchdogd.leader import POLL, Election, election_for
+from watchdogd.model import Sample
 from watchdogd.notify import Notifier
 from watchdogd.rollback.base import Step
 from watchdogd.sources import build_source
@@ -31,6 +32,7 @@ from watchdogd.sources.alertmanager import AlertmanagerAlerts, WebhookPayload
 from watchdogd.sources.base import Source
 from watchdogd.sources.exec import ExecCommand
 from watchdogd.sources.schedule import SourceJobs
+from watchdogd.sources.scrape import MetricsScrape
 from watchdogd.store import Store, open_store
 from watchdogd.telemetry import Metrics
 from watchdogd.watch.deployments import Containers, Deployments
@@ -42,7 +44,7 @@ from watchdogd.watch.operators import Operators
 from watchdogd.watch.proposals import Proposer
 from watchdogd.watch.report import Reporter
 from watchdogd.watch.tasks import Health, Supervisor, every
-from watchdogd.watch.world import Current, World
+from watchdogd.watch.world import Current, RuleRun, World
 
 log = structlog.get_logger("watchdogd")
 
@@ -160,6 +162,7 @@ class Daemon:
         evaluator = Evaluator(
             store=store, report=report, health=health, watched=watched, proposer=proposer,
             metrics=metrics, history=jobs.history, leading=leading,
+            clip=lambda run, sample, start: _clipped(jobs.source(run.config.source), run, sample, start),
         )  # fmt: skip
         operators = Operators(
             store=store, report=report, world=world, proposer=proposer, executions=executions,
@@ -301,6 +304,11 @@ class Daemon:
             )
             self.jobs.reschedule()  # the scheduler plans in wall time: poll again from now
         await self.deployments.tick()
+
+
+def _clipped(source: Source | None, run: RuleRun, sample: Sample, start: float) -> Sample:
+    """A scrape rule's window clipped at the deploy: values after it come from after it."""
+    return source.since(run.measure, sample, start) if isinstance(source, MetricsScrape) else sample
 
 
 def _output(source: Source | None) -> str | None:

@@ -323,3 +323,36 @@ async def test_history_holds_only_wanted_series_for_the_longest_window(
         await poller.poll([Measure("rate", "c_total", over=60.0)], float(t))
     assert len(source.store) == 1
     assert source.store.points == 61
+
+
+async def test_a_window_after_a_deploy_holds_only_the_new_version(
+    fake_server: Any, session: aiohttp.ClientSession, metrics: Metrics
+) -> None:
+    """8% errors until a deploy at 1010.5, none after: read at 1012, a 10s window is mostly the old
+    version's; clipped at the deploy it is the new one's, and it has no value before two polls."""
+    errors_, total = 0, 0
+    bodies = []
+    for second in range(13):
+        bodies.append(
+            "# TYPE r_total counter\n"
+            f'r_total{{code="500"}} {errors_}\nr_total{{code="200"}} {total - errors_}\n'
+        )
+        total += 100
+        errors_ += 8 if second < 10 else 0
+    served = iter(bodies)
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text=next(served))
+
+    source = scrape_source(await fake_server(answer), session)
+    poller = Poller(source, 2.0, metrics)
+    ratio = Measure("ratio", 'r_total{code="500"}', "r_total", over=10.0)
+    samples = [(await poller.poll([ratio], 1000.0 + i))[ratio] for i in range(13)]
+    deploy = 1010.5
+    whole = samples[-1]
+    assert whole.value is not None and whole.value > 0.05  # the old version's errors, mostly
+    assert source.since(ratio, whole, deploy).value == pytest.approx(0.0)
+    one_poll = source.since(ratio, samples[11], deploy)  # only 1011 after the deploy
+    assert one_poll.value is None and one_poll.reason is not None and "since the deploy" in one_poll.reason
+    late = source.since(ratio, whole, 1001.5)  # the window no longer reaches before the deploy
+    assert late == whole

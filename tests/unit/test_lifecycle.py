@@ -631,3 +631,19 @@ async def test_a_reload_keeps_unchanged_sources_and_their_history() -> None:
         assert live is not None and live.states["latency"].baseline == pytest.approx(0.2)
     finally:
         await world.daemon.close(2)
+
+
+async def test_an_initial_delay_holds_evaluation_until_the_window_has_passed_the_deploy() -> None:
+    delayed = CONFIG.replace("    container: api\n", "    container: api\n    initial_delay: 1m\n", 1)
+    world = await make(delayed)
+    try:
+        deployment = await world.deploy()
+        await world.feed("a", 1.0)  # the query's window still holds the old version
+        await world.clock.advance(59)
+        await world.feed("a", 1.0)
+        assert await world.rollbacks(deployment) == []
+        await world.clock.advance(1)
+        await world.feed("a", 1.0)
+        assert len(await world.rollbacks(deployment)) == 1
+    finally:
+        await world.daemon.close(2)

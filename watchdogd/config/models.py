@@ -346,6 +346,12 @@ class RuleConfig(Model):
     baseline: BaselineSpec | None = None
     on_missing: OnMissingSpec = Field(default_factory=OnMissingSpec)
     keep_firing_for: Duration = Field(0.0, ge=0)
+    initial_delay: Duration | None = Field(
+        None,
+        ge=0,
+        description="No evaluation until this long after the deploy (default: the service's): a query"
+        " over a window reads the old version's data until the window has passed the deploy.",
+    )
     # what to do
     severity: Severity = "critical"
     action: Action = Field(
@@ -457,6 +463,9 @@ class ServiceConfig(Model):
     database: DatabaseConfig | None = None
     interval: Duration | None = Field(None, gt=0)
     window: Duration | None = Field(None, gt=0)
+    initial_delay: Duration = Field(
+        0.0, ge=0, description="Default of its rules' initial_delay (prometheus queries over windows)."
+    )
     grace: Duration | None = Field(None, ge=0)
     mode: Mode | None = None
     approval_timeout: Duration | None = Field(None, gt=0)

@@ -140,12 +140,35 @@ class MetricsScrape:
             return self.config.retention
         return max((m.over for m in plans if m.kind != "metric"), default=0.0)
 
+    def since(self, measure: Measure, sample: Sample, start: float) -> Sample:
+        """``sample`` again, from the polls after ``start`` only, when its window reaches before it.
+
+        Just after a deploy a 5m window is mostly the old version: a new version
+        with no errors would read the old one's error ratio. The window is
+        clipped at the deploy; until two polls after it, there is no value.
+        """
+        if measure.kind not in ("rate", "ratio", "quantile") or sample.time - measure.over >= start:
+            return sample
+        plan = self._plan(measure)
+        if isinstance(plan, str):
+            return sample
+        if self.first_at is not None and self.first_at > start:
+            return sample  # polling began after the deploy: every sample kept is the new version's
+        answer = self._compute(measure, plan, sample.time, sample.time - start)
+        if answer.value is None:
+            return Sample(sample.time, None, f"since the deploy: {answer.reason}")
+        return Sample(sample.time, answer.value)
+
     def _answer(self, measure: Measure, selectors: tuple[Selector, ...], at: float) -> Answer:
-        store, over = self.store, measure.over
+        over = measure.over
         seen = at - (self.first_at if self.first_at is not None else at)
         if measure.kind != "metric" and seen < over - 1e-9:
             # a window not covered yet would read low (a steady 100/s as 7.5/s): no value until it is
             return Answer(None, f"warming up: {format_duration(seen)} of {format_duration(over)} seen")
+        return self._compute(measure, selectors, at, over)
+
+    def _compute(self, measure: Measure, selectors: tuple[Selector, ...], at: float, over: float) -> Answer:
+        store = self.store
         if measure.kind == "rate":
             return promrate.rate(store, selectors[0], at, over)
         if measure.kind == "ratio":

@@ -28,6 +28,8 @@ log = structlog.get_logger("watchdogd")
 
 History = Callable[[str, Measure, float], list[Sample]]
 """A source's kept samples of one measure since a time: what baselines are computed from."""
+Clip = Callable[[RuleRun, Sample, float], Sample]
+"""A sample again from the data after a time only (a scrape window clipped at the deploy)."""
 
 
 class Evaluator:
@@ -42,6 +44,7 @@ class Evaluator:
         metrics: Metrics,
         history: History,
         leading: Callable[[], bool],
+        clip: Clip = lambda _, sample, __: sample,
     ) -> None:
         self.store = store
         self.report = report
@@ -51,6 +54,7 @@ class Evaluator:
         self.metrics = metrics
         self.history = history
         self.leading = leading
+        self.clip = clip
         self._before_deploy: set[tuple[str, str]] = set()
 
     def callback(self, run: RuleRun) -> Callable[[str, Mapping[Measure, Sample]], Awaitable[None]]:
@@ -82,6 +86,10 @@ class Evaluator:
                     kept="not evaluated: it says nothing about the new version",
                 )
             return
+        deployment = live.deployment
+        if sample.time < deployment.started_at + self._initial_delay(run):
+            return  # a query over a window still reads mostly the old version
+        sample = self.clip(run, sample, deployment.started_at)
         # No await between reading and replacing the state: evaluations of other rules
         # interleave freely, and one rule's polls never overlap (one job per source).
         state = live.states.get(run.rule.name) or self._start(run, live.deployment)
@@ -100,12 +108,15 @@ class Evaluator:
             self.health.store_recovered()
         self.metrics.rule_state.labels(*labels).set(state.state.metric_value)
         self.metrics.rule_evaluations.labels(*labels, state.state.value).inc()
-        deployment = live.deployment
         for transition in transitions:
             await self._transition(run, deployment, transition)
         if state.state is RuleState.FIRING:
             entered = next((t for t in transitions if t.fired), None)
             await self.proposer.on_firing(run, deployment, state, entered)
+
+    def _initial_delay(self, run: RuleRun) -> float:
+        own = run.config.initial_delay
+        return own if own is not None else run.service_initial_delay
 
     def _start(self, run: RuleRun, deployment: Deployment) -> EvalState:
         baseline = None

@@ -25,6 +25,7 @@ class RuleRun:
     measure: Measure
     fingerprint: str
     """What the rule means: a stored state is reused only under the same one."""
+    service_initial_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,8 @@ class World:
         """RuleError when a rule cannot be evaluated."""
         runs = {
             name: tuple(
-                RuleRun(name, rc, compile_rule(rc), Measure.of(rc), fingerprint(rc)) for rc in service.rules
+                RuleRun(name, rc, compile_rule(rc), Measure.of(rc), fingerprint(rc), service.initial_delay)
+                for rc in service.rules
             )
             for name, service in config.services.items()
         }
