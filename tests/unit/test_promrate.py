@@ -296,3 +296,15 @@ def test_time_must_move_forward() -> None:
     store.ingest(10.0, scrape({"m": 1.0}), 60.0)
     with pytest.raises(ValueError, match="not after"):
         store.ingest(10.0, scrape({"m": 2.0}), 60.0)
+
+
+def test_a_series_appearing_mid_window_extrapolates_as_prometheus_2_52_does() -> None:
+    # 1, 2, 3 at 30s, 45s, 60s of a (0, 60] window: the series starts inside the range.
+    # The gap to the start (30s) is over 1.1 intervals: half an interval (7.5s), then the
+    # zero point (15s back) does not shorten it: 2 * 37.5 / 30 / 60. Before 2.52: 0.05.
+    points = [(30.0, 1.0), (45.0, 2.0), (60.0, 3.0)]
+    assert extrapolated_rate(points, 0.0, 60.0) == pytest.approx(2.5 / 60, abs=1e-12)
+    # a counter starting near zero is still not extrapolated below zero
+    assert extrapolated_rate([(30.0, 0.1), (45.0, 1.1), (60.0, 2.1)], 0.0, 60.0) == pytest.approx(
+        2.0 * (30.0 + 1.5 + 0.0) / 30.0 / 60.0, abs=1e-12
+    )

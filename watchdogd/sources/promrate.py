@@ -179,9 +179,9 @@ def extrapolated_rate(
     ``points`` are the samples in the range, oldest first, at least two. A
     counter that went down was reset: the value before the drop is added
     back. The increase seen between the first and last point is extrapolated
-    towards the range's edges, by at most half an average interval where the
-    gap to an edge is over 1.1 intervals, and a counter never further back
-    than the time it would have been zero.
+    towards the range's edges, by half an average interval where the gap to an
+    edge is over 1.1 intervals, and a counter never further back than the time
+    it would have been zero (in that order, as Prometheus 2.52 and later do).
     """
     if len(points) < 2:
         raise ValueError("a rate needs at least two points")
@@ -198,15 +198,20 @@ def extrapolated_rate(
     if sampled <= 0:
         raise ValueError("points of a rate must have increasing times")
     average = sampled / (len(points) - 1)
+    threshold = average * 1.1
+    # Prometheus 2.52 and later: first, a gap to an edge over 1.1 intervals means the
+    # series starts (or ends) inside the range, half an interval away; only then is a
+    # counter kept from going below zero. (Before 2.52 the zero point came first, so a
+    # series appearing mid-window read up to 20% high.)
     to_start = first_t - start
-    to_end = end - last_t
+    if to_start >= threshold:
+        to_start = average / 2
     if counter and increase > 0 and first_v >= 0:
         to_start = min(to_start, sampled * (first_v / increase))
-    threshold = average * 1.1
-    interval = sampled
-    interval += to_start if to_start < threshold else average / 2
-    interval += to_end if to_end < threshold else average / 2
-    result = increase * (interval / sampled)
+    to_end = end - last_t
+    if to_end >= threshold:
+        to_end = average / 2
+    result = increase * ((sampled + to_start + to_end) / sampled)
     return result / (end - start) if per_second else result
 
 
