@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
+import jsonschema
 import pytest
 import yaml
+from jsonschema_specifications import REGISTRY
 
 from watchdogd.cli import main
+from watchdogd.config import load_config_text
 from watchdogd.config.schema import render
+from watchdogd.errors import ConfigError
 
 ROOT = Path(__file__).parents[2]
 SCHEMA_FILE = ROOT / "config" / "watchdogd.schema.json"
@@ -65,6 +71,92 @@ def test_example_fits_the_schema_shape(path: Path) -> None:
         for rule in service.get("rules", []):
             assert set(rule) <= set(rule_schema["properties"]), rule["name"]
             assert set(rule_schema["required"]) <= set(rule), rule["name"]
+
+
+def _validator() -> jsonschema.protocols.Validator:
+    """A validator of the draft the committed schema names, after checking the schema against it."""
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    cls = jsonschema.validators.validator_for(schema, default=None)
+    assert cls is not None, f"no validator for $schema {schema.get('$schema')!r}"
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def test_schema_names_draft_2020_12_and_is_a_valid_schema_of_it() -> None:
+    assert type(_validator()) is jsonschema.Draft202012Validator
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_is_valid_against_the_schema(path: Path) -> None:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    errors = [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '(top)'}: {e.message}"
+        for e in _validator().iter_errors(data)
+    ]
+    assert errors == []
+
+
+def _keywords(meta: dict[str, Any]) -> set[str]:
+    """Every keyword a draft defines: its meta-schema's properties and those of its vocabularies."""
+    found = set(meta.get("properties", {}))
+    for part in meta.get("allOf", ()):
+        uri = urljoin(meta["$id"], part["$ref"])
+        found |= _keywords({"$id": uri, **REGISTRY.contents(uri)})
+    return found
+
+
+SUBSCHEMA = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames")
+SUBSCHEMA_LISTS = ("allOf", "anyOf", "oneOf", "prefixItems")
+NAMED_SUBSCHEMAS = ("properties", "patternProperties", "$defs", "dependentSchemas")
+
+
+def _schema_objects(node: Any, where: str = "#") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema object under ``node`` with its JSON pointer; values of const, enum, default skipped."""
+    if not isinstance(node, dict):
+        return
+    yield where, node
+    for key in SUBSCHEMA:
+        yield from _schema_objects(node.get(key), f"{where}/{key}")
+    for key in SUBSCHEMA_LISTS:
+        for index, sub in enumerate(node.get(key, ())):
+            yield from _schema_objects(sub, f"{where}/{key}/{index}")
+    for key in NAMED_SUBSCHEMAS:
+        for name, sub in node.get(key, {}).items():
+            yield from _schema_objects(sub, f"{where}/{key}/{name}")
+
+
+def test_schema_uses_only_keywords_of_its_draft() -> None:
+    validator = _validator()
+    keywords = _keywords(type(validator).META_SCHEMA)
+    assert {"$ref", "anyOf", "patternProperties", "unevaluatedProperties", "contentSchema"} <= keywords
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    objects = list(_schema_objects(schema))
+    assert len(objects) > 200
+    unknown = [f"{where}: {key}" for where, node in objects for key in node if key not in keywords]
+    assert unknown == []
+
+
+@pytest.mark.parametrize("interval", ["0", "0s", "0m0s", "0.0h"])
+def test_a_zero_interval_is_refused_by_the_schema_as_by_the_loader(interval: str) -> None:
+    text = f"""
+sources:
+  app: {{type: http, url: "http://127.0.0.1:1/health", interval: "{interval}"}}
+services: {{}}
+"""
+    with pytest.raises(ConfigError):
+        load_config_text(text, "zero.yaml")
+    assert list(_validator().iter_errors(yaml.safe_load(text))) != []
+
+
+def test_a_positive_interval_and_a_zero_grace_fit_the_schema() -> None:
+    text = """
+defaults: {grace: 0s}
+sources:
+  app: {type: http, url: "http://127.0.0.1:1/health", interval: 500ms}
+services: {}
+"""
+    load_config_text(text, "fine.yaml")
+    assert list(_validator().iter_errors(yaml.safe_load(text))) == []
 
 
 def test_config_reference_is_current() -> None:
