@@ -54,6 +54,21 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
 
+def _init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from watchdogd.init import InitRefused, new_tokens, summary, write_starter
+
+    try:
+        written = write_starter(Path(args.directory), new_tokens())
+    except InitRefused as exc:
+        print(f"watchdogd init: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for line in summary(written):
+        print(line)
+    return EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -198,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--quiet", "-q", action="store_true", help="only say whether each file is valid")
     check.set_defaults(handler=_check)
+
+    init = commands.add_parser(
+        "init", help="write a starter config and a tokens file (the tokens are printed once)"
+    )
+    init.add_argument(
+        "directory", nargs="?", default=".", metavar="DIR", help="where to write them (default: here)"
+    )
+    init.set_defaults(handler=_init)
 
     demo = commands.add_parser("demo", help="a bad deploy rolled back, container and SQL, on this machine")
     demo.add_argument("--keep", action="store_true", help="leave it all running to look around")

@@ -49,7 +49,11 @@ class ConfigError(WatchdogError):
 
 
 class SourceError(WatchdogError):
-    """A source could not produce a value."""
+    """A source could not produce a value; ``kind`` says why in a word (a metric label)."""
+
+    def __init__(self, message: str, kind: str = "bad_answer") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class RuleError(WatchdogError):

@@ -40,10 +40,13 @@ class Sample:
     time: float
     value: float | None
     reason: str | None = None
+    error: str | None = None
+    """Why the source's answer counts as an error, in a word (``bad_data``, ``empty``): the
+    ``reason`` label of ``watchdogd_source_errors_total``. None: a plain missing value."""
 
     @classmethod
-    def missing(cls, time: float, reason: str) -> Sample:
-        return cls(time, None, reason)
+    def missing(cls, time: float, reason: str, error: str | None = None) -> Sample:
+        return cls(time, None, reason, error)
 
     @property
     def has_value(self) -> bool:

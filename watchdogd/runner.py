@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from pathlib import Path
 
 import structlog
@@ -23,7 +24,7 @@ from watchdogd.auth import Tokens
 from watchdogd.config import load_config
 from watchdogd.config.models import Config
 from watchdogd.daemon import Daemon
-from watchdogd.errors import ConfigError
+from watchdogd.errors import ConfigError, ConfigProblem
 
 log = structlog.get_logger("watchdogd")
 
@@ -31,7 +32,13 @@ STOP_DEADLINE = 30.0
 
 
 async def serve(config: Config, config_path: Path) -> int:
+    """Run until SIGTERM or SIGINT; ConfigError for what stops it from starting.
+
+    The tokens and the TLS files are read before anything starts; a port that
+    cannot be bound is found after the daemon opened, which is then closed again.
+    """
     tokens = Tokens.load(config.server.tokens_file) if config.server.tokens_file else Tokens.empty()
+    ssl_context = _tls_context(config, config_path)
     daemon = await Daemon.open(config)
     host, _, port = config.server.listen.rpartition(":")
     app = create_app(daemon, tokens, config.server.open_endpoints)
@@ -46,14 +53,13 @@ async def serve(config: Config, config_path: Path) -> int:
     watchdog: asyncio.Task[None] | None = None
     try:
         await runner.setup()
-        ssl_context = None
-        if config.server.tls is not None:
-            import ssl
-
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(config.server.tls.cert, config.server.tls.key)
         site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            # a port in use, a privileged port, an address this host does not have
+            why = f"cannot listen on {config.server.listen}: {_reason(exc)}"
+            raise ConfigError([ConfigProblem(str(config_path), None, "server.listen", why)]) from exc
         log.info("listening", address=config.server.listen)
         sdnotify.ready(_status(daemon))
         interval = sdnotify.watchdog_interval()
@@ -68,6 +74,32 @@ async def serve(config: Config, config_path: Path) -> int:
         await runner.cleanup()
         await daemon.close(STOP_DEADLINE)
     return 0
+
+
+def _tls_context(config: Config, config_path: Path) -> ssl.SSLContext | None:
+    tls = config.server.tls
+    if tls is None:
+        return None
+    for name, path in (("cert", tls.cert), ("key", tls.key)):
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            why = f"cannot read {path}: {_reason(exc)}"
+            raise ConfigError([ConfigProblem(str(config_path), None, f"server.tls.{name}", why)]) from exc
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except OSError as exc:  # ssl.SSLError too: not PEM, or a key that is not the certificate's
+        why = f"cannot use {tls.cert} with {tls.key}: {_reason(exc)}"
+        raise ConfigError([ConfigProblem(str(config_path), None, "server.tls", why)]) from exc
+    return context
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or exc).lower().replace("_", " ")  # PEM_LIB, KEY_VALUES_MISMATCH
+    text = exc.strerror or str(exc) or type(exc).__name__
+    return text[:1].lower() + text[1:]
 
 
 async def _reload(daemon: Daemon, path: Path) -> None:

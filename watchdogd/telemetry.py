@@ -100,7 +100,28 @@ class Metrics:
             registry=registry,
         )
         self.source_errors = Counter(
-            "watchdogd_source_errors", "Failed polls of a source.", ["source"], registry=registry
+            "watchdogd_source_errors",
+            "Failed polls of a source, by reason (timeout, unreachable, http_status, bad_data, empty, ...).",
+            ["source", "reason"],
+            registry=registry,
+        )
+        self.source_up = Gauge(
+            "watchdogd_source_up",
+            "1 when the source's last poll gave an answer, 0 when it failed or answered with an error.",
+            ["source"],
+            registry=registry,
+        )
+        self.rule_blind = Gauge(
+            "watchdogd_rule_blind",
+            "1 while a rollback rule of a watched deployment has had no data for longer than blind_after.",
+            ["service", "rule"],
+            registry=registry,
+        )
+        self.unverified = Gauge(
+            "watchdogd_deployment_unverified",
+            "1 while the service's latest deployment is unverified (a rollback rule saw nothing).",
+            ["service"],
+            registry=registry,
         )
         self.source_duration = Histogram(
             "watchdogd_source_duration_seconds",
@@ -160,3 +181,14 @@ class Metrics:
             "watchdogd_build_info", "The running version; always 1.", ["version"], registry=registry
         )
         self.build_info.labels(version=version).set(1)
+
+
+def source_errors(registry: CollectorRegistry, source: str) -> float:
+    """Every failed poll of ``source``, whatever the reason."""
+    total = 0.0
+    for family in registry.collect():
+        if family.name == "watchdogd_source_errors":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.labels.get("source") == source:
+                    total += sample.value
+    return total

@@ -17,7 +17,7 @@ from watchdogd.config.models import DOCKER_FIELDS, DockerSource
 from watchdogd.model import Sample
 from watchdogd.sources.base import Measure, Poller
 from watchdogd.sources.docker import ContainerState, CpuReading, DockerContainer, cpu_percent, memory_percent
-from watchdogd.telemetry import Metrics
+from watchdogd.telemetry import Metrics, source_errors
 
 pytestmark = pytest.mark.integration
 
@@ -206,7 +206,7 @@ async def test_missing_container(
             sample = samples[FIELDS[field]]
             assert sample.value is None and sample.reason == f"no container named {name}"
     # a missing container is an answer, not a failing source
-    assert metrics.registry.get_sample_value("watchdogd_source_errors_total", {"source": "box"}) is None
+    assert source_errors(metrics.registry, "box") == 0
 
 
 async def test_engine_down_is_a_source_error(
@@ -221,7 +221,7 @@ async def test_engine_down_is_a_source_error(
     assert time.perf_counter() - started < 4
     sample = samples[FIELDS["running"]]
     assert sample.value is None and (sample.reason or "").startswith("cannot reach the Docker engine")
-    assert metrics.registry.get_sample_value("watchdogd_source_errors_total", {"source": "box"}) == 1
+    assert source_errors(metrics.registry, "box") == 1
 
 
 async def test_polls_do_not_block_the_event_loop(

@@ -22,7 +22,7 @@ from watchdogd.sources.base import Measure, Poller
 from watchdogd.sources.docker import DockerLogFollower, docker_logs_source
 from watchdogd.sources.logfile import file_source
 from watchdogd.sources.logs import LogSource
-from watchdogd.telemetry import Metrics
+from watchdogd.telemetry import Metrics, source_errors
 
 pytestmark = pytest.mark.integration
 
@@ -165,7 +165,7 @@ async def test_docker_logs_engine_down_is_a_source_error(sources: list[LogSource
     metrics = Metrics(CollectorRegistry())
     sample = (await Poller(source, 2.0, metrics).poll([WINDOW], time.time()))[WINDOW]
     assert sample.value is None and (sample.reason or "").startswith("cannot reach the Docker engine")
-    assert metrics.registry.get_sample_value("watchdogd_source_errors_total", {"source": "logs"}) == 1
+    assert source_errors(metrics.registry, "logs") == 1
 
 
 # --- file -------------------------------------------------------------------------------

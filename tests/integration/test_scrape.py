@@ -22,7 +22,7 @@ from watchdogd.config.models import ScrapeSource
 from watchdogd.model import Sample
 from watchdogd.sources.base import Measure, Poller
 from watchdogd.sources.scrape import MAX_BODY, MetricsScrape
-from watchdogd.telemetry import Metrics
+from watchdogd.telemetry import Metrics, source_errors
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +73,7 @@ def scrape_source(url: str, session: aiohttp.ClientSession, **config: Any) -> Me
 
 
 def errors(metrics: Metrics) -> float:
-    return metrics.registry.get_sample_value("watchdogd_source_errors_total", {"source": "app"}) or 0.0
+    return source_errors(metrics.registry, "app")
 
 
 def prom_value(result: list[dict[str, Any]]) -> float:

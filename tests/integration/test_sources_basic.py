@@ -27,7 +27,7 @@ from watchdogd.sources.http import HttpProbe
 from watchdogd.sources.postgres import PostgresProbe
 from watchdogd.sources.prometheus import PrometheusQuery
 from watchdogd.sources.redis import RedisQueue
-from watchdogd.telemetry import Metrics
+from watchdogd.telemetry import Metrics, source_errors
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def metrics() -> Metrics:
 
 
 def errors(metrics: Metrics, source: str) -> float:
-    value = metrics.registry.get_sample_value("watchdogd_source_errors_total", {"source": source})
+    value = source_errors(metrics.registry, source) or None
     return value or 0.0
 
 

@@ -101,7 +101,8 @@ async def test_failing_source_gives_no_data_and_keeps_being_polled(jobs: SourceJ
     await asyncio.sleep(0.55)
     assert len(seen) >= 3
     assert all(s.value is None and s.reason == "refused" for s in seen)
-    assert jobs.metrics.source_errors.labels("db")._value.get() == len(seen)
+    assert jobs.metrics.source_errors.labels("db", "bad_answer")._value.get() == len(seen)
+    assert jobs.metrics.source_up.labels("db")._value.get() == 0
 
 
 async def test_broken_subscriber_does_not_starve_the_others(jobs: SourceJobs) -> None:

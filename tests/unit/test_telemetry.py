@@ -110,7 +110,7 @@ CONTRACT_METRICS: dict[str, tuple[str, ...]] = {
     "watchdogd_rule_state": ("service", "rule"),
     "watchdogd_rule_value": ("service", "rule"),
     "watchdogd_rule_evaluations_total": ("service", "rule", "result"),
-    "watchdogd_source_errors_total": ("source",),
+    "watchdogd_source_errors_total": ("source", "reason"),  # reason added: why a source fails
     "watchdogd_source_duration_seconds": ("source",),
     "watchdogd_deployment_window_remaining_seconds": ("service",),
     "watchdogd_rollback_proposals_total": ("service", "outcome"),

@@ -94,38 +94,54 @@ class Poller:
             async with asyncio.timeout(self.timeout):
                 answers = await self.source.fetch(measures, at)
         except TimeoutError:
-            return self._failed(measures, at, f"timed out after {self.timeout:g}s", started)
+            return self._failed(measures, at, f"timed out after {self.timeout:g}s", "timeout", started)
         except SourceError as exc:
-            return self._failed(measures, at, str(exc), started)
+            return self._failed(measures, at, str(exc), exc.kind, started)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug in a source must not stop the daemon
             log.exception("source_crashed", source=name)
-            return self._failed(measures, at, f"internal error: {type(exc).__name__}: {exc}", started)
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            return self._failed(measures, at, reason, "internal", started)
         self.metrics.source_duration.labels(name).observe(time.perf_counter() - started)
-        if self.failing is not None:
-            log.info("source_recovered", source=name, was=self.failing)
-            self.failing = None
         result: dict[Measure, Sample] = {}
+        refused: list[Sample] = []
         for measure in measures:
             sample = answers.get(measure) or Sample(at, None, "no answer for this measure")
             if sample.value is not None and math.isnan(sample.value):
                 sample = Sample(at, None, "value is NaN")
+            if sample.error is not None:
+                refused.append(sample)  # the source answered, but not with a value: an error all the same
             result[measure] = sample
+        for sample in refused:
+            self.metrics.source_errors.labels(name, sample.error).inc()
+        if refused:
+            self._failing(refused[0].reason or "refused", refused[0].error or "bad_answer")
+        else:
+            self.metrics.source_up.labels(name).set(1)
+            if self.failing is not None:
+                log.info("source_recovered", source=name, was=self.failing)
+                self.failing = None
         return result
 
     def _failed(
-        self, measures: Sequence[Measure], at: float, reason: str, started: float
+        self, measures: Sequence[Measure], at: float, reason: str, kind: str, started: float
     ) -> dict[Measure, Sample]:
         name = self.source.name
         self.metrics.source_duration.labels(name).observe(time.perf_counter() - started)
-        self.metrics.source_errors.labels(name).inc()
+        self.metrics.source_errors.labels(name, kind).inc()
+        self._failing(reason, kind)
+        return {measure: Sample(at, None, reason, kind) for measure in measures}
+
+    def _failing(self, reason: str, kind: str) -> None:
+        """Said once when it starts failing, and again only when the reason changes."""
+        name = self.source.name
+        self.metrics.source_up.labels(name).set(0)
         if self.failing is None:
-            log.warning("source_failing", source=name, reason=reason)
+            log.warning("source_failing", source=name, reason=reason, kind=kind)
         elif self.failing != reason:
-            log.info("source_failing_differently", source=name, reason=reason)
+            log.info("source_failing_differently", source=name, reason=reason, kind=kind)
         self.failing = reason
-        return {measure: Sample(at, None, reason) for measure in measures}
 
 
 async def read_body(response: aiohttp.ClientResponse, limit: int, truncate: bool = False) -> bytes:

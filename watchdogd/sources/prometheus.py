@@ -63,9 +63,13 @@ class PrometheusQuery:
                 body = await read_body(response, MAX_BODY)
                 status = response.status
         except TimeoutError as exc:
-            raise SourceError(f"{self.config.url}: no answer within {self.config.timeout:g}s") from exc
+            raise SourceError(
+                f"{self.config.url}: no answer within {self.config.timeout:g}s", "timeout"
+            ) from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise SourceError(f"{self.config.url}: {type(exc).__name__}: {exc}", "unreachable") from exc
         except aiohttp.ClientError as exc:
-            raise SourceError(f"{self.config.url}: {type(exc).__name__}: {exc}") from exc
+            raise SourceError(f"{self.config.url}: {type(exc).__name__}: {exc}", "http") from exc
         return parse_query_answer(status, body, at, self.config.aggregation)
 
     async def close(self) -> None:
@@ -84,8 +88,9 @@ def parse_query_answer(status: int, body: bytes, at: float, aggregation: str) ->
         kind = doc.get("errorType", "error")
         error = str(doc.get("error", "no error given"))[:300]
         if 400 <= status < 500 or kind == "bad_data":
-            return Sample(at, None, f"query refused: {kind}: {error}")
-        raise SourceError(f"query failed (HTTP {status}): {kind}: {error}")
+            # a query the server refuses (a PromQL typo) is an error, never a quiet "no data"
+            return Sample.missing(at, f"query refused: {kind}: {error}", _label(kind))
+        raise SourceError(f"query failed (HTTP {status}): {kind}: {error}", "server_error")
     data = doc.get("data")
     if not isinstance(data, dict):
         raise SourceError("answer has no data")
@@ -97,12 +102,14 @@ def parse_query_answer(status: int, body: bytes, at: float, aggregation: str) ->
         if not isinstance(result, list):
             raise SourceError("vector answer is not a list")
         if not result:
-            return Sample(at, None, "empty result")
+            return Sample.missing(at, "empty result: no series matched the query", "empty")
         values = [_number(item.get("value") if isinstance(item, dict) else None) for item in result]
         if len(values) > 1 and aggregation == "single":
-            return Sample(at, None, f"{len(values)} series where one was expected")
+            return Sample.missing(at, f"{len(values)} series where one was expected", "not_single")
         return _sample(at, values, aggregation)
-    return Sample(at, None, f"unsupported result type {kind!r}: the query must give a scalar or a vector")
+    return Sample.missing(
+        at, f"unsupported result type {kind!r}: the query must give a scalar or a vector", "bad_answer"
+    )
 
 
 def _number(pair: Any) -> float:
@@ -136,3 +143,9 @@ def _total(values: list[float]) -> float:
         return math.fsum(values)
     except (OverflowError, ValueError):  # +Inf with -Inf, or finite values past the float range
         return sum(values)
+
+
+def _label(kind: object) -> str:
+    """Prometheus's ``errorType`` as a metric label: one of its few words, never free text."""
+    known = ("bad_data", "timeout", "canceled", "execution", "unavailable", "not_found", "internal")
+    return str(kind) if kind in known else "refused"

@@ -93,10 +93,12 @@ class MetricsScrape:
                 timeout=aiohttp.ClientTimeout(total=cfg.timeout),
             ) as response:
                 if response.status != 200:
-                    raise SourceError(f"{cfg.url} answered HTTP {response.status}")
+                    raise SourceError(f"{cfg.url} answered HTTP {response.status}", "http_status")
                 body = await read_body(response, self.max_body)
         except TimeoutError as exc:
-            raise SourceError(f"{cfg.url}: no answer within {cfg.timeout:g}s") from exc
+            raise SourceError(f"{cfg.url}: no answer within {cfg.timeout:g}s", "timeout") from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise SourceError(f"cannot scrape {cfg.url}: {type(exc).__name__}", "unreachable") from exc
         except aiohttp.ClientError as exc:
             raise SourceError(f"cannot scrape {cfg.url}: {type(exc).__name__}") from exc
         try:
