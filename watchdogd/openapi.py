@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from watchdogd import __version__
+from watchdogd.model import DeploymentState, RollbackState, RuleState, StepState
 
 Role = Literal["viewer", "operator", "admin"]
 REF = "#/components/schemas/{model}"
@@ -56,7 +57,7 @@ class NotReady(_Out):
 
 class RuleView(_Out):
     name: str
-    state: Literal["ok", "pending", "firing", "no_data"]
+    state: RuleState
     value: float | str | None
     """A number; non-finite values are sent as strings (``"inf"``, ``"nan"``)."""
     since: str | None
@@ -68,7 +69,7 @@ class Deployment(_Out):
     service: str
     image: str | None
     previous_image: str | None
-    state: Literal["watching", "promoted", "rolling_back", "rolled_back", "rollback_failed"]
+    state: DeploymentState
     started_at: str
     window_ends_at: str
     finished_at: str | None
@@ -91,7 +92,7 @@ class DeploymentCreated(Deployment):
 
 class Step(_Out):
     name: str
-    state: Literal["pending", "running", "done", "failed", "skipped"]
+    state: StepState
     started_at: str | None
     finished_at: str | None
     error: str | None
@@ -103,7 +104,7 @@ class Rollback(_Out):
     id: str
     deployment_id: str
     service: str
-    state: Literal["pending", "awaiting_approval", "executing", "succeeded", "failed", "vetoed", "dry_run"]
+    state: RollbackState
     reasons: list[dict[str, Any]]
     proposed_at: str
     execute_at: str | None

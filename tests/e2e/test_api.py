@@ -24,18 +24,27 @@ from tests.e2e.conftest import TOKEN, VIEWER_TOKEN, Watchdogd
 pytestmark = pytest.mark.integration
 
 
+SERVICES = ("api", "web", "worker")
+"""A deployment supersedes the one before it in its service: tests that need several open ones
+use several services."""
+
+
 def api_config(grace: str = "1h", mode: str = "auto") -> str:
     absent = f"watchdogd-absent-{uuid.uuid4().hex[:8]}"
-    return f"""
-defaults: {{interval: 1s, window: 10m, grace: {grace}, mode: {mode}}}
-services:
-  api:
-    container: {absent}
+    services = "".join(
+        f"""
+  {name}:
+    container: {absent}-{name}
     rollback:
       steps: [container]
       container: {{stop_timeout: 1s, healthy_timeout: 2s, settle: 100ms}}
     rules: []
 """
+        for name in SERVICES
+    )
+    return f"""
+defaults: {{interval: 1s, window: 10m, grace: {grace}, mode: {mode}}}
+services:{services}"""
 
 
 @pytest.fixture
@@ -45,16 +54,16 @@ def wd(watchdogd: Any) -> Watchdogd:
     return daemon
 
 
-def deploy(wd: Watchdogd) -> dict[str, Any]:
+def deploy(wd: Watchdogd, service: str = "api") -> dict[str, Any]:
     status, body = wd.post(
-        "/v1/deployments", {"service": "api", "image": "app:v2", "previous_image": "app:v1"}
+        "/v1/deployments", {"service": service, "image": "app:v2", "previous_image": "app:v1"}
     )
     assert status == 201, body
     return dict(body)
 
 
-def propose(wd: Watchdogd) -> dict[str, Any]:
-    deployment = deploy(wd)
+def propose(wd: Watchdogd, service: str = "api") -> dict[str, Any]:
+    deployment = deploy(wd, service)
     status, body = wd.post(f"/v1/deployments/{deployment['id']}/rollback", {"reason": "by hand"})
     assert status == 202, body
     return dict(body)
@@ -87,9 +96,9 @@ def assert_error(answer: tuple[int, Any], status: int, code: str | None = None) 
 
 def mutations(wd: Watchdogd) -> list[tuple[str, dict[str, Any]]]:
     """Every mutating endpoint with a valid body, against real ids."""
-    deployment = deploy(wd)
-    rollback = propose(wd)
-    other = propose(wd)
+    deployment = deploy(wd, "api")
+    rollback = propose(wd, "web")
+    other = propose(wd, "worker")
     return [
         ("/v1/deployments", {"service": "api"}),
         (f"/v1/deployments/{deployment['id']}/promote", {}),

@@ -164,6 +164,8 @@ async def test_events_filter_keeps_only_the_families_asked_for(fake_server: Serv
         "rollback_started",
         "rollback_succeeded",
         "rollback_failed",
+        "cancelled",
+        "retry",
     ]
 
 

@@ -120,7 +120,7 @@ def test_decided_proposals_are_left_alone() -> None:
         ("retry", "succeeded", "refuse"),
         ("retry", "pending", "refuse"),
         ("ack", "pending", "apply"),
-        ("ack", "succeeded", "noop"),
+        ("ack", "succeeded", "apply"),
     ],
 )
 def test_votes_are_guarded_by_the_rollback_state(vote: str, state: str, outcome: str) -> None:

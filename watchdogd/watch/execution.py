@@ -181,6 +181,7 @@ class Executions:
         self.clock = clock
         self.leading = leading
         self._running: set[str] = set()
+        self._starts = 0
 
     def running(self, rollback_id: str) -> bool:
         return rollback_id in self._running
@@ -188,7 +189,11 @@ class Executions:
     def start(self, rollback_id: str, claimed_from: Sequence[RollbackState] = PROPOSED_STATES) -> None:
         """Run the plan once it is claimed from one of ``claimed_from`` (only the leader runs plans)."""
         if self.leading():
-            self.supervisor.job(f"execute:{rollback_id}", self._execute(rollback_id, tuple(claimed_from)))
+            # Each start is its own task: of a timer and an approval starting together, the one
+            # whose claim fails ends at once; the other must not be dropped for sharing a name.
+            self._starts += 1
+            name = f"execute:{rollback_id}:{self._starts}"
+            self.supervisor.job(name, self._execute(rollback_id, tuple(claimed_from)))
 
     async def _execute(self, rollback_id: str, claimed_from: tuple[RollbackState, ...]) -> None:
         # Nothing runs unjournaled: after a refused write it resumes from the journal, claimed or not.

@@ -172,8 +172,8 @@ class Operators:
         """An operator's rollback: proposed as a rule's is, through the service's policy."""
         deployment = await self.deployment(deployment_id)
         latest = await self.store.latest_for(deployment_id)
-        if deployment.state is DeploymentState.ROLLING_BACK and latest is not None:
-            return latest
+        if latest is not None and (latest.proposed or latest.state is RollbackState.EXECUTING):
+            return latest  # one is on its way already: asking again changes nothing
         if deployment.state is not DeploymentState.WATCHING:
             raise Conflict(f"deployment {deployment_id} is {deployment.state}")
         if deployment.service not in self.world().config.services:
