@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "watchdogd"
 SIDECAR = CHART / "values-sidecar.yaml"
 STANDALONE = CHART / "values-standalone.yaml"
+ALERTS = ROOT / "config" / "alerts" / "watchdogd-alerts.yaml"
 
 
 def manifests(*values: Path) -> dict[str, dict[str, Any]]:
@@ -249,3 +250,43 @@ def test_sidecar_values_put_watchdogd_beside_the_app() -> None:
     ports = {p["name"]: p for p in objects["Service"]["spec"]["ports"]}
     assert ports["app"]["port"] == 8080
     assert ports["http"]["port"] == config.server.port
+
+
+def _rules_by_alert(groups: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {rule["alert"]: rule for group in groups for rule in group["rules"]}
+
+
+def test_prometheus_rule_ships_the_rules_file(tmp_path: Path) -> None:
+    extra = values_file(
+        tmp_path,
+        {"prometheusRule": {"enabled": True, "job": "watchdogd", "labels": {"release": "kube-prometheus"}}},
+    )
+    objects = manifests(extra)
+    rule = objects["PrometheusRule"]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert rule["metadata"]["labels"]["app.kubernetes.io/instance"] == "release"
+    assert set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == yaml.safe_load(ALERTS.read_text())["groups"]
+
+
+def test_prometheus_rule_watches_the_job_the_service_monitor_scrapes(tmp_path: Path) -> None:
+    extra = values_file(tmp_path, {"prometheusRule": {"enabled": True}, "serviceMonitor": {"enabled": True}})
+    objects = manifests(extra)
+    rendered = _rules_by_alert(objects["PrometheusRule"]["spec"]["groups"])
+    shipped = _rules_by_alert(yaml.safe_load(ALERTS.read_text())["groups"])
+    # the Prometheus Operator names a ServiceMonitor's job after the Service it selects
+    job = objects["Service"]["metadata"]["name"]
+    assert rendered["WatchdogdDown"]["expr"] == f'up{{job="{job}"}} == 0'
+    assert shipped["WatchdogdDown"]["expr"] == 'up{job="watchdogd"} == 0'
+    rendered["WatchdogdDown"]["expr"] = shipped["WatchdogdDown"]["expr"]
+    assert rendered == shipped
+    # Prometheus's templates reach it intact, not rendered (or refused) by Helm
+    assert "{{ $labels.instance }}" in rendered["WatchdogdDown"]["annotations"]["summary"]
+    assert '{{ $value | printf "%.0f" }}' in rendered["WatchdogdSourceErrors"]["annotations"]["description"]
+
+
+def test_prometheus_rule_is_off_by_default() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["prometheusRule"]["enabled"] is False
+    assert "PrometheusRule" not in manifests()
