@@ -169,20 +169,20 @@ def guard(vote: Vote, state: RollbackState, dry_run: bool = False) -> Guard:
             return Guard("apply")
         if state is RollbackState.VETOED:
             return Guard("noop")
-        return Guard("refuse", f"it is {state}: too late to veto")
+        return Guard("refuse", f"is {state}: too late to veto")
     if vote == "approve":
         if state.proposed:
             return Guard("apply")
         if state in (RollbackState.EXECUTING, RollbackState.SUCCEEDED):
             return Guard("noop")  # approving what already runs changes nothing
         if state is RollbackState.FAILED:
-            return Guard("refuse", "it failed: retry it instead")
-        return Guard("refuse", f"it is {state}: it cannot be approved")
+            return Guard("refuse", "has failed: retry it instead")
+        return Guard("refuse", f"is {state}: it cannot be approved")
     if state is RollbackState.FAILED and not dry_run:
         return Guard("apply")
     if state is RollbackState.EXECUTING:
         return Guard("noop")
-    return Guard("refuse", f"it is {state}: only a failed rollback can be retried")
+    return Guard("refuse", f"is {state}: only a failed rollback can be retried")
 
 
 def veto_mutes(rules: Iterable[str], mute_for: float | None, now: float) -> dict[str, float]:

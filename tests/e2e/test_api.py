@@ -24,7 +24,7 @@ from tests.e2e.conftest import TOKEN, VIEWER_TOKEN, Watchdogd
 pytestmark = pytest.mark.integration
 
 
-SERVICES = ("api", "web", "worker")
+SERVICES = ("api", "web", "worker", "spare")
 """A deployment supersedes the one before it in its service: tests that need several open ones
 use several services."""
 
@@ -100,7 +100,7 @@ def mutations(wd: Watchdogd) -> list[tuple[str, dict[str, Any]]]:
     rollback = propose(wd, "web")
     other = propose(wd, "worker")
     return [
-        ("/v1/deployments", {"service": "api"}),
+        ("/v1/deployments", {"service": "spare"}),
         (f"/v1/deployments/{deployment['id']}/promote", {}),
         (f"/v1/deployments/{rollback['deployment_id']}/rollback", {"reason": "r"}),
         (f"/v1/rollbacks/{rollback['id']}/ack", {}),

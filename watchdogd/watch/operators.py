@@ -109,7 +109,7 @@ class Operators:
         if verdict.outcome == "noop":
             return record
         if verdict.outcome == "refuse":
-            raise Conflict(f"rollback {rollback_id}: {verdict.why}")
+            raise Conflict(f"rollback {rollback_id} {verdict.why}")
         self._service_known(record)
         # Claimed here, atomically against a veto: a 200 means it runs; a veto after it gets 409.
         if record.dry_run:
@@ -151,7 +151,7 @@ class Operators:
         if verdict.outcome == "noop":
             return record
         if verdict.outcome == "refuse":
-            raise Conflict(f"rollback {rollback_id}: {verdict.why}")
+            raise Conflict(f"rollback {rollback_id} {verdict.why}")
         self._service_known(record)
         if not await self.store.transition(record.id, RollbackState.EXECUTING, (RollbackState.FAILED,)):
             raise await self._refused(record, "it cannot be retried")
