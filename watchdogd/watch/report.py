@@ -84,7 +84,7 @@ SPECS: dict[str, Spec] = {
     "rollback_failed": Spec(level="error", notify="rollback_failed", stream="rollback"),
     "retry": Spec(level="warning", notify="retry", stream="rollback"),
     "deployment": Spec(stream="deployment"),
-    "deployment_completed": Spec(stream="deployment"),
+    "deployment_completed": Spec(),
     "superseded": Spec(level="warning", stream="deployment"),
     "promoted": Spec(notify="promotion", stream="deployment"),
     "unverified": Spec(level="warning", notify="unverified", stream="deployment"),
@@ -143,7 +143,9 @@ class Reporter:
             )
             self.notifier.notify(event)
         if spec.stream is not None:
-            frame = {**ids, "actor": actor, **detail}
+            frame = {**{k: v for k, v in ids.items() if v is not None}, **detail}
+            if actor != SYSTEM:
+                frame["actor"] = actor
             for listener in list(self.listeners):
                 try:
                     listener(spec.stream, frame)
