@@ -55,7 +55,7 @@ def policy_for(config: Config, service: str, sql_policy: str | None = None) -> P
 
 def plan_steps(service: ServiceConfig, sql_policy: str | None) -> tuple[str, ...]:
     """The steps a rollback runs: the service's order, less ``sql`` when its policy refuses it."""
-    steps = service.rollback.steps
+    steps = service.plan()
     if sql_policy == "refuse":
         return tuple(s for s in steps if s != "sql")
     return tuple(steps)

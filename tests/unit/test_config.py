@@ -50,6 +50,15 @@ def edit(old: str, new: str) -> str:
     return BASE.replace(old, new, 1)
 
 
+def test_default_steps_are_what_the_service_has(tmp_path: Path) -> None:
+    # no database: no sql step demanded; no rollback rule: no steps demanded at all
+    config = load_config_text(edit("    rollback: {steps: [container, verify]}\n", ""), FILE, tmp_path)
+    assert config.services["api"].plan() == ("container", "verify")
+    notify_only = edit("    container: api\n    rollback: {steps: [container, verify]}\n", "")
+    notify_only = notify_only.replace("action: rollback", "action: notify")
+    assert load_config_text(notify_only, FILE, tmp_path).services["api"].plan() == ("verify",)
+
+
 def test_base_config_is_valid(tmp_path: Path) -> None:
     config = load_config_text(BASE, filename=FILE, base_dir=tmp_path)
     rule = config.services["api"].rules[0]
@@ -151,10 +160,11 @@ INVALID = [
         id="sql-step-without-database",
     ),
     pytest.param(
-        edit("    rollback: {steps: [container, verify]}\n", ""),
-        "config/api.yaml:8: services.api.rollback.steps: a sql step needs the service's database; "
-        "the default steps are container, sql, verify: add what is missing or write rollback.steps",
-        id="default-sql-step-without-database",
+        edit("    container: api\n    rollback: {steps: [container, verify]}\n", ""),
+        "config/api.yaml:15: services.api.rules[0].action: a rollback rule with nothing to roll back:"
+        " give the service a container, a database, rollback.redis_purge or rollback.webhook,"
+        " or write rollback.steps",
+        id="rollback-rule-with-nothing-to-roll-back",
     ),
     pytest.param(
         edit('"> 0.05"', '"=> 0.05"'),
@@ -767,3 +777,11 @@ def test_check_quiet_prints_only_the_verdict(tmp_path: Path, capsys: pytest.Capt
     path.write_text(WORDS)
     assert main(["check", "-q", "-c", str(path)]) == 0
     assert capsys.readouterr().out == f"{path}: valid\n"
+
+
+def test_a_promql_typo_is_refused_with_its_line(tmp_path: Path) -> None:
+    typo = edit("        query: up\n", '        query: sum(rate(http_requests_total{code=~"5.."}[1m])\n')
+    assert load(typo, tmp_path) == [
+        "config/api.yaml:14: services.api.rules[0].query:"
+        " PromQL that does not parse: unclosed left parenthesis"
+    ]

@@ -73,6 +73,7 @@ def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Pr
             )
     steps = service.rollback.steps
     step_loc: Loc = (*base, "rollback", "steps")
+    written = "steps" in service.rollback.model_fields_set
     seen: set[str] = set()
     for index, step in enumerate(steps):
         if step in seen:
@@ -93,17 +94,19 @@ def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Pr
             "a webhook step needs rollback.webhook with its url",
         ),
     }
-    written = "steps" in service.rollback.model_fields_set
-    for index, step in enumerate(steps):
+    for index, step in enumerate(steps if written else ()):
         ok, message = needs.get(step, (True, ""))
         if not ok:
-            if not written:
-                # the user never wrote this step: say where it came from and the way out
-                message = (
-                    f"{message}; the default steps are {', '.join(steps)}: "
-                    "add what is missing or write rollback.steps"
-                )
             problems.append(((*step_loc, index), message))
+    rollback_rules = [i for i, rule in enumerate(service.rules) if rule.action == "rollback"]
+    if rollback_rules and not [step for step in service.plan() if step != "verify"]:
+        problems.append(
+            (
+                (*base, "rules", rollback_rules[0], "action"),
+                "a rollback rule with nothing to roll back: give the service a container, a database,"
+                " rollback.redis_purge or rollback.webhook, or write rollback.steps",
+            )
+        )
     names: set[str] = set()
     for index, rule in enumerate(service.rules):
         loc: Loc = (*base, "rules", index)
@@ -175,6 +178,10 @@ def _check_measure(rule: RuleConfig, source: SourceConfig, loc: Loc) -> list[Pro
         return problems
     if kind == "prometheus" and rule.query is None:
         problems.append(((*loc,), f"a rule on prometheus source '{rule.source}' needs a query"))
+    elif kind == "prometheus" and rule.query is not None:
+        problem = promql_problem(rule.query)
+        if problem is not None:
+            problems.append(((*loc, "query"), f"PromQL that does not parse: {problem}"))
     elif kind == "scrape":
         chosen = [key for key in ("metric", "rate", "ratio", "quantile") if key in present]
         if len(chosen) != 1:
@@ -297,3 +304,17 @@ def _unknown_source(name: str, config: Config) -> str:
 
 def _unknown_field(name: str, allowed: tuple[str, ...]) -> str:
     return f"unknown field '{name}' (one of: {', '.join(allowed)})"
+
+
+def promql_problem(query: str) -> str | None:
+    """Why ``query`` is not PromQL (Prometheus's own grammar, through ``promql-parser``); None if it is.
+
+    Imported here, not at the top: only a config with prometheus rules pays for the parser.
+    """
+    import promql_parser
+
+    try:
+        promql_parser.parse(query)
+    except ValueError as exc:
+        return str(exc) or "invalid query"
+    return None

@@ -67,7 +67,7 @@ def _describe_service(config: Config, name: str, service: ServiceConfig) -> list
         f"    watched for {fd(window)} after a deploy, evaluated every {fd(interval)}, "
         f"veto window {fd(grace)}, mode {mode}"
     )
-    lines.append(f"    rollback: {' -> '.join(service.rollback.steps) or '(no steps)'}")
+    lines.append(f"    rollback: {' -> '.join(service.plan()) or '(no steps)'}")
     for rule in service.rules:
         lines += describe_rule(rule)
     return lines

@@ -473,6 +473,24 @@ class ServiceConfig(Model):
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     rules: tuple[RuleConfig, ...] = ()
 
+    def plan(self) -> tuple[StepName, ...]:
+        """The rollback's steps: as written, or (not written) those the service has what they need for.
+
+        A service with no database does not get a ``sql`` step it would refuse,
+        nor one with no container a ``container`` step; ``verify`` always comes last.
+        """
+        if "steps" in self.rollback.model_fields_set:
+            return self.rollback.steps
+        has: dict[StepName, bool] = {
+            "container": self.container is not None,
+            "sql": self.database is not None,
+            "redis_purge": self.rollback.redis_purge is not None,
+            "webhook": self.rollback.webhook is not None,
+            "verify": True,
+        }
+        order: tuple[StepName, ...] = ("container", "sql", "redis_purge", "webhook", "verify")
+        return tuple(step for step in order if has[step])
+
 
 class Config(Model):
     """A whole config file."""
