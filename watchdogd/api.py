@@ -120,7 +120,7 @@ def create_app(
         ("GET", "/readyz", api.readyz, None),
         ("GET", "/metrics", api.metrics, None),
         ("GET", "/v1/openapi.json", api.openapi, None),
-        ("POST", "/v1/deployments", api.create_deployment, "operator"),
+        ("POST", "/v1/deployments", api.create_deployment, "deployer"),
         ("GET", "/v1/deployments", api.list_deployments, "viewer"),
         ("GET", "/v1/deployments/{id}", api.get_deployment, "viewer"),
         ("POST", "/v1/deployments/{id}/promote", api.promote, "operator"),
@@ -134,7 +134,7 @@ def create_app(
         ("GET", "/v1/audit", api.audit, "viewer"),
         ("GET", "/v1/events", events_handler(hub), "viewer"),
         ("POST", "/v1/deployments/{id}/rehearse", api.rehearse, "operator"),
-        ("POST", "/v1/alertmanager", api.alertmanager, "operator"),
+        ("POST", "/v1/alertmanager", api.alertmanager, "deployer"),
     ]
     for method, path, handler, role in routes:
         route = app.router.add_route(method, path, handler)

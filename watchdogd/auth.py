@@ -9,6 +9,7 @@ in memory longer than it takes to hash it.
 from __future__ import annotations
 
 import hashlib
+import re
 import hmac
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,10 @@ import yaml
 
 from watchdogd.errors import ConfigError, ConfigProblem
 
-Role = Literal["viewer", "operator", "admin"]
-RANKS: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
+Role = Literal["viewer", "deployer", "operator", "admin"]
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+RANKS: dict[str, int] = {"viewer": 0, "deployer": 1, "operator": 2, "admin": 3}
+"""viewer < deployer (registers deployments, pushes alerts; no votes) < operator < admin."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,9 @@ class Tokens:
                 continue
             if role not in RANKS:
                 problems.append(
-                    ConfigProblem(name, None, f"{field}.role", "must be viewer, operator or admin")
+                    ConfigProblem(
+                        name, None, f"{field}.role", "must be viewer, deployer, operator or admin"
+                    )
                 )
                 continue
             if (token is None) == (digest is None):
@@ -81,8 +86,14 @@ class Tokens:
                     )
                     continue
                 digest = hashlib.sha256(token.encode()).hexdigest()
-            if not isinstance(digest, str) or len(digest) != 64:
+            if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
                 problems.append(ConfigProblem(name, None, f"{field}.sha256", "must be 64 hex digits"))
+                continue
+            if digest.lower() in entries:
+                same = entries[digest.lower()].name
+                problems.append(
+                    ConfigProblem(name, None, field, f"the same token as '{same}': each needs its own")
+                )
                 continue
             entries[digest.lower()] = Principal(who, role)
         if problems:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from watchdogd import __version__
 from watchdogd.model import DeploymentState, RollbackState, RuleState, StepState
 
-Role = Literal["viewer", "operator", "admin"]
+Role = Literal["viewer", "deployer", "operator", "admin"]
 REF = "#/components/schemas/{model}"
 ALWAYS_OPEN = "v1/openapi.json"
 """This document needs no token, whatever the config opens."""
@@ -186,7 +186,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/v1/openapi.json"): Operation("This document", None),
     ("POST", "/v1/deployments"): Operation(
         "Register a deployment",
-        "operator",
+        "deployer",
         ok=201,
         answer=DeploymentCreated,
         body="DeploymentBody",
@@ -254,7 +254,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("POST", "/v1/alertmanager"): Operation(
         "Alertmanager webhook (version 4): alerts for the alertmanager sources",
-        "operator",
+        "deployer",
         answer=AlertsTaken,
         body="WebhookPayload",
         errors=(400, 401, 403, 422, 503),

@@ -26,6 +26,7 @@ from tests.testbed.containers import free_port
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "operator-token-0123456789"
 VIEWER_TOKEN = "viewer-token-0123456789"
+DEPLOYER_TOKEN = "deployer-token-0123456789"
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Watchdogd:
             "tokens:\n"
             f"  - {{name: alice, role: operator, token: {TOKEN}}}\n"
             f"  - {{name: victor, role: viewer, token: {VIEWER_TOKEN}}}\n"
+            f"  - {{name: ci, role: deployer, token: {DEPLOYER_TOKEN}}}\n"
         )
         config = self.workdir / "watchdogd.yaml"
         header = (

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import TOKEN, VIEWER_TOKEN, Watchdogd
+from tests.e2e.conftest import DEPLOYER_TOKEN, TOKEN, VIEWER_TOKEN, Watchdogd
 
 pytestmark = pytest.mark.integration
 
@@ -316,3 +316,17 @@ def test_a_newer_deployment_supersedes_and_cancels_the_open_proposal(wd: Watchdo
     cancelled = wd.get(f"/v1/rollbacks/{rollback['id']}")[1]
     assert cancelled["state"] == "cancelled" and newer["id"] in cancelled["error"], cancelled
     assert_error(wd.post(f"/v1/rollbacks/{rollback['id']}/approve", {}), 409, "conflict")
+
+
+def test_a_deployer_registers_deployments_and_votes_nothing(wd: Watchdogd) -> None:
+    body = {"service": "api", "image": "app:v2", "previous_image": "app:v1"}
+    status, deployment = wd.post("/v1/deployments", body, token=DEPLOYER_TOKEN)
+    assert status == 201, deployment
+    rollback = propose(wd, "web")
+    for path, payload in [
+        (f"/v1/rollbacks/{rollback['id']}/veto", {"reason": "r"}),
+        (f"/v1/rollbacks/{rollback['id']}/approve", {}),
+        (f"/v1/deployments/{deployment['id']}/rollback", {"reason": "r"}),
+        (f"/v1/deployments/{deployment['id']}/promote", {}),
+    ]:
+        assert_error(wd.post(path, payload, token=DEPLOYER_TOKEN), 403, "forbidden")

@@ -44,7 +44,7 @@ def test_tokens_by_value_or_digest_with_roles(tmp_path: Path) -> None:
         ("tokens: 3\n", "tokens: expected a list of tokens"),
         (
             "tokens:\n  - {name: a, role: root, token: aaaaaaaaaaaaaaaaaaaa}\n",
-            "tokens[0].role: must be viewer, operator or admin",
+            "tokens[0].role: must be viewer, deployer, operator or admin",
         ),
         (
             "tokens:\n  - {name: a, role: viewer, token: short}\n",
@@ -52,6 +52,15 @@ def test_tokens_by_value_or_digest_with_roles(tmp_path: Path) -> None:
         ),
         ("tokens:\n  - {name: a, role: viewer}\n", "tokens[0]: give exactly one of token or sha256"),
         ("tokens:\n  - {name: a, role: viewer, sha256: abc}\n", "tokens[0].sha256: must be 64 hex digits"),
+        (
+            "tokens:\n  - {name: a, role: viewer, sha256: " + "z" * 64 + "}\n",
+            "tokens[0].sha256: must be 64 hex digits",
+        ),
+        (
+            "tokens:\n  - {name: a, role: viewer, token: aaaaaaaaaaaaaaaaaaaa}\n"
+            "  - {name: b, role: admin, token: aaaaaaaaaaaaaaaaaaaa}\n",
+            "tokens[1]: the same token as 'a': each needs its own",
+        ),
     ],
 )
 def test_bad_tokens_file_is_a_clear_error(tmp_path: Path, text: str, message: str) -> None:
