@@ -9,8 +9,8 @@ in memory longer than it takes to hash it.
 from __future__ import annotations
 
 import hashlib
-import re
 import hmac
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -71,9 +71,7 @@ class Tokens:
                 continue
             if role not in RANKS:
                 problems.append(
-                    ConfigProblem(
-                        name, None, f"{field}.role", "must be viewer, deployer, operator or admin"
-                    )
+                    ConfigProblem(name, None, f"{field}.role", "must be viewer, deployer, operator or admin")
                 )
                 continue
             if (token is None) == (digest is None):
