@@ -39,6 +39,7 @@ EventKind = Literal[
     "retry",
     "rule_firing",
     "rule_resolved",
+    "rule_blind",
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
@@ -56,6 +57,7 @@ _FAMILY: dict[str, str] = {
     "retry": "rollback",
     "rule_firing": "notify",
     "rule_resolved": "notify",
+    "rule_blind": "notify",
 }
 # Fields worth repeating in the one-line text, in this order.
 _TEXT_FIELDS = ("rule", "value", "threshold", "reason", "actor", "error", "image", "previous_image")

@@ -647,3 +647,84 @@ async def test_an_initial_delay_holds_evaluation_until_the_window_has_passed_the
         assert len(await world.rollbacks(deployment)) == 1
     finally:
         await world.daemon.close(2)
+
+
+# --- blind rules and the window's end ---------------------------------------------------------------
+
+
+async def test_a_blind_rollback_rule_is_said_once_and_again_when_it_sees() -> None:
+    world = await make(CONFIG.replace("window: 1h}", "window: 1h, blind_after: 2m}"))
+    try:
+        deployment = await world.deploy()
+        await world.feed("a", None)
+        await world.clock.advance(119)
+        await world.feed("a", None)
+        assert not world.recorded.of("rule_blind")
+        await world.clock.advance(1)
+        await world.feed("a", None)
+        await world.clock.advance(15)
+        await world.feed("a", None)
+        blind = world.recorded.of("rule_blind")
+        assert len(blind) == 1 and blind[0].detail["rule"] == "errors" and blind[0].spec.notify
+        labels = {"service": "api", "rule": "errors"}
+        assert world.daemon.registry.get_sample_value("watchdogd_rule_blind", labels) == 1
+        await world.clock.advance(15)
+        await world.feed("a", 0.0)
+        assert world.recorded.of("rule_sees")
+        assert world.daemon.registry.get_sample_value("watchdogd_rule_blind", labels) == 0
+        assert deployment.id == blind[0].deployment_id
+    finally:
+        await world.daemon.close(2)
+
+
+async def test_an_unverified_deploy_holds_until_an_operator_promotes_or_rolls_back() -> None:
+    world = await make()
+    try:
+        first = await world.deploy()
+        await world.feed("a", 0.0)  # latency never sees
+        await world.clock.advance(3600)
+        await wait_until(lambda: world.recorded.of("unverified"))
+        assert (
+            world.daemon.registry.get_sample_value("watchdogd_deployment_unverified", {"service": "api"}) == 1
+        )
+        promoted = await world.daemon.operators.promote(first.id, "alice")
+        assert promoted.state is DeploymentState.PROMOTED
+        second = await world.deploy("app:v3")
+        await world.clock.advance(3600)
+        await wait_until(lambda: len(world.recorded.of("unverified")) == 2)
+        record = await world.daemon.operators.manual_rollback(
+            second.id, "bob", "blind deploy, taking no chances"
+        )
+        await world.clock.advance(60)
+        await wait_until(lambda: world.recorded.of("rollback_succeeded"))
+        assert (await world.store.get(record.id)).state is RollbackState.SUCCEEDED  # type: ignore[union-attr]
+    finally:
+        await world.daemon.close(2)
+
+
+async def test_on_unverified_rollback_proposes_once_and_a_veto_leaves_it_unverified() -> None:
+    world = await make(CONFIG.replace("window: 1h}", "window: 1h, on_unverified: rollback}"))
+    try:
+        deployment = await world.deploy()
+        await world.feed("a", 0.0)
+        await world.clock.advance(3600)
+        proposal = await wait_until(lambda: world.recorded.of("proposed"))
+        assert "the window ended unverified: no data from latency" in str(proposal[0].detail["reasons"])
+        record = await world.only(deployment)
+        await world.daemon.operators.veto(record.id, "alice", "the source was down, not the app", None)
+        await wait_until(lambda: world.recorded.of("unverified"))
+        assert len(await world.rollbacks(deployment)) == 1
+    finally:
+        await world.daemon.close(2)
+
+
+async def test_on_unverified_promote_keeps_the_old_behaviour_with_the_blind_rules_named() -> None:
+    world = await make(CONFIG.replace("window: 1h}", "window: 1h, on_unverified: promote}"))
+    try:
+        await world.deploy()
+        await world.feed("a", 0.0)
+        await world.clock.advance(3600)
+        promoted = await wait_until(lambda: world.recorded.of("promoted"))
+        assert promoted[0].detail["unverified_rules"] == ["latency"]
+    finally:
+        await world.daemon.close(2)

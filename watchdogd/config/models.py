@@ -82,6 +82,9 @@ class StateConfig(Model):
         return value
 
 
+OnUnverified = Literal["hold", "rollback", "promote"]
+
+
 class DefaultsConfig(Model):
     interval: Duration = Field(15.0, gt=0, description="How often sources are polled.")
     window: Duration = Field(7200.0, gt=0, description="How long a deploy is watched.")
@@ -92,6 +95,14 @@ class DefaultsConfig(Model):
     )
     on_approval_timeout: Literal["execute", "cancel"] = Field(
         "cancel", description="Manual mode: what an unanswered proposal does at its approval timeout."
+    )
+    blind_after: Duration = Field(
+        300.0, gt=0, description="A rollback rule with no data this long is notified (it cannot see)."
+    )
+    on_unverified: OnUnverified = Field(
+        "hold",
+        description="A window that ends while a rollback rule had no data: hold (unverified until an"
+        " operator promotes or rolls back), rollback (propose one), or promote.",
     )
 
 
@@ -470,6 +481,8 @@ class ServiceConfig(Model):
     mode: Mode | None = None
     approval_timeout: Duration | None = Field(None, gt=0)
     on_approval_timeout: Literal["execute", "cancel"] | None = None
+    blind_after: Duration | None = Field(None, gt=0)
+    on_unverified: OnUnverified | None = None
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     rules: tuple[RuleConfig, ...] = ()
 

@@ -28,6 +28,8 @@ from watchdogd.model import (
     DeploymentFacts,
     DeploymentState,
     Migration,
+    Reason,
+    RollbackRecord,
     RollbackState,
 )
 from watchdogd.rollback.sql import SqlStep
@@ -40,6 +42,8 @@ from watchdogd.watch.report import SYSTEM, Reporter
 from watchdogd.watch.world import World
 
 log = structlog.get_logger("watchdogd")
+
+UNVERIFIED_REASON = "the window ended unverified"
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +180,7 @@ class Deployments:
             request.idempotency_key,
         )
         await self._superseded(superseded, deployment)
+        self.metrics.unverified.labels(deployment.service).set(0)
         await self.report(
             "deployment",
             service=deployment.service,
@@ -384,11 +389,33 @@ class Deployments:
             if verdict == "promote":
                 await self.finish(deployment, DeploymentState.PROMOTED, SYSTEM)
             elif verdict == "unverified":
-                await self.finish(deployment, DeploymentState.UNVERIFIED, SYSTEM)
+                await self._unverified(deployment, blind, latest)
+
+    async def _unverified(
+        self, deployment: Deployment, blind: list[str], latest: RollbackRecord | None
+    ) -> None:
+        """The window ended with rollback rules that saw nothing: the service's ``on_unverified`` decides."""
+        then = self.world().on_unverified(deployment.service)
+        if then == "promote":
+            await self.finish(deployment, DeploymentState.PROMOTED, SYSTEM)
+            return
+        asked = latest is not None and any(r.text.startswith(UNVERIFIED_REASON) for r in latest.reasons)
+        if then == "rollback" and not asked:  # proposed once: a veto of it leaves the deploy unverified
+            text = f"{UNVERIFIED_REASON}: no data from {', '.join(blind)}"
+            await self.proposer.propose(deployment, Reason(at=self.clock(), text=text, operator=SYSTEM))
+            return
+        await self.finish(deployment, DeploymentState.UNVERIFIED, SYSTEM)
 
     async def finish(self, deployment: Deployment, state: DeploymentState, actor: str) -> Deployment:
-        """End a watched deployment's window: promoted, or unverified (a rollback rule saw nothing)."""
-        if not await self.store.set_deployment_state(deployment.id, state, (DeploymentState.WATCHING,)):
+        """End a watched deployment's window: promoted, or unverified (a rollback rule saw nothing).
+
+        An unverified one may still be promoted by an operator.
+        """
+        allowed = (DeploymentState.WATCHING, DeploymentState.UNVERIFIED)
+        self.metrics.unverified.labels(deployment.service).set(
+            1 if state is DeploymentState.UNVERIFIED else 0
+        )
+        if not await self.store.set_deployment_state(deployment.id, state, allowed):
             current = await self.store.deployment(deployment.id) or deployment
             raise Conflict(f"deployment {deployment.id} is {current.state}")
         world = self.world()

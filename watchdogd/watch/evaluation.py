@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import structlog
 
+from watchdogd.config.types import format_duration
 from watchdogd.errors import RuleError, StoreError
 from watchdogd.model import Deployment, RuleState, Sample, Transition, jsonable_number
 from watchdogd.rules import EvalState, baseline_mean, dump_state, evaluate, start
@@ -56,6 +57,7 @@ class Evaluator:
         self.leading = leading
         self.clip = clip
         self._before_deploy: set[tuple[str, str]] = set()
+        self._blind: set[tuple[str, str]] = set()
 
     def callback(self, run: RuleRun) -> Callable[[str, Mapping[Measure, Sample]], Awaitable[None]]:
         async def on_poll(_: str, samples: Mapping[Measure, Sample]) -> None:
@@ -113,6 +115,30 @@ class Evaluator:
         if state.state is RuleState.FIRING:
             entered = next((t for t in transitions if t.fired), None)
             await self.proposer.on_firing(run, deployment, state, entered)
+        if run.rule.action == "rollback":
+            await self._watch_blindness(run, deployment, state, sample.time)
+
+    async def _watch_blindness(
+        self, run: RuleRun, deployment: Deployment, state: EvalState, now: float
+    ) -> None:
+        """A rollback rule without data for ``blind_after`` is said loudly, once; and when it sees again."""
+        key = (deployment.id, run.rule.name)
+        labels = (run.service, run.rule.name)
+        blind = state.state is RuleState.NO_DATA and now - state.since >= run.blind_after
+        ids = {"service": run.service, "deployment_id": deployment.id}
+        if blind and key not in self._blind:
+            self._blind.add(key)
+            self.metrics.rule_blind.labels(*labels).set(1)
+            detail = {"rule": run.rule.name, "since": state.since, "reason": state.reason}
+            summary = (
+                f"rollback rule {run.rule.name} of {run.service} has had no data for"
+                f" {format_duration(now - state.since)}: it cannot see a bad deploy ({state.reason})"
+            )
+            await self.report("rule_blind", **ids, detail=detail, summary=summary)
+        elif not blind and key in self._blind and state.state is not RuleState.NO_DATA:
+            self._blind.discard(key)
+            self.metrics.rule_blind.labels(*labels).set(0)
+            await self.report("rule_sees", **ids, detail={"rule": run.rule.name, "state": state.state.value})
 
     def _initial_delay(self, run: RuleRun) -> float:
         own = run.config.initial_delay

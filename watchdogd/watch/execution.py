@@ -225,7 +225,12 @@ class Executions:
         await store.set_deployment_state(
             deployment.id,
             DeploymentState.ROLLING_BACK,
-            (DeploymentState.WATCHING, DeploymentState.ROLLING_BACK, DeploymentState.ROLLBACK_FAILED),
+            (
+                DeploymentState.WATCHING,
+                DeploymentState.UNVERIFIED,
+                DeploymentState.ROLLING_BACK,
+                DeploymentState.ROLLBACK_FAILED,
+            ),
         )
         await self.watched.refresh(service)
         fired = [r.at for r in record.reasons if r.rule is not None]

@@ -174,7 +174,7 @@ class Operators:
         latest = await self.store.latest_for(deployment_id)
         if latest is not None and (latest.proposed or latest.state is RollbackState.EXECUTING):
             return latest  # one is on its way already: asking again changes nothing
-        if deployment.state is not DeploymentState.WATCHING:
+        if deployment.state not in (DeploymentState.WATCHING, DeploymentState.UNVERIFIED):
             raise Conflict(f"deployment {deployment_id} is {deployment.state}")
         if deployment.service not in self.world().config.services:
             raise Conflict(f"service '{deployment.service}' is no longer in the config", "service_removed")

@@ -66,6 +66,8 @@ SPECS: dict[str, Spec] = {
     "rule_firing": Spec(notify="rule_firing", audit=False),
     "rule_resolved": Spec(notify="rule_resolved", audit=False),
     "fire_muted": Spec(),
+    "rule_blind": Spec(level="warning", notify="rule_blind", stream="rule_state"),
+    "rule_sees": Spec(stream="rule_state"),
     "proposed": Spec(
         level="warning", log_as="rollback_proposed", notify="proposal", stream="proposal", outcome="proposed"
     ),

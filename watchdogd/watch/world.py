@@ -26,6 +26,8 @@ class RuleRun:
     fingerprint: str
     """What the rule means: a stored state is reused only under the same one."""
     service_initial_delay: float = 0.0
+    blind_after: float = 300.0
+    """How long a rollback rule may have no data before it is notified as blind."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,15 @@ class World:
         """RuleError when a rule cannot be evaluated."""
         runs = {
             name: tuple(
-                RuleRun(name, rc, compile_rule(rc), Measure.of(rc), fingerprint(rc), service.initial_delay)
+                RuleRun(
+                    name,
+                    rc,
+                    compile_rule(rc),
+                    Measure.of(rc),
+                    fingerprint(rc),
+                    service_initial_delay=service.initial_delay,
+                    blind_after=service.blind_after or config.defaults.blind_after,
+                )
                 for rc in service.rules
             )
             for name, service in config.services.items()
@@ -56,6 +66,9 @@ class World:
 
     def policy(self, service: str, sql_policy: str | None = None) -> Policy:
         return policy_for(self.config, service, sql_policy)
+
+    def on_unverified(self, service: str) -> str:
+        return self.service(service).on_unverified or self.config.defaults.on_unverified
 
     def window(self, service: str) -> float:
         return self.service(service).window or self.config.defaults.window
