@@ -1,0 +1,82 @@
+"""``watchdogd check``'s look past the config text: the files it names, and one live poll of each source."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.testbed.containers import free_port
+from watchdogd.config import load_config
+from watchdogd.preflight import check_files, check_live
+
+pytestmark = pytest.mark.integration
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "watchdogd.yaml"
+    path.write_text(text)
+    return path
+
+
+async def test_live_check_names_what_each_rule_sees(tmp_path: Path, prometheus_server: Any) -> None:
+    prom = prometheus_server()
+    down = free_port()
+    config = load_config(
+        write(
+            tmp_path,
+            f"""
+sources:
+  prom: {{type: prometheus, url: "{prom.url}"}}
+  gone: {{type: prometheus, url: "http://127.0.0.1:{down}", timeout: 2s}}
+services:
+  api:
+    container: api
+    rules:
+      - {{name: always, source: prom, query: "vector(0.01)", condition: "> 0.05", action: rollback}}
+      - {{name: no-series, source: prom, query: 'sum(http_requests_total{{job="nope"}})', condition: "> 1",
+          action: rollback}}
+      - {{name: unreachable, source: gone, query: "vector(1)", condition: "> 1", action: notify}}
+""",
+        )
+    )
+    seen = {s.rule: s for s in await check_live(config)}
+    assert seen["always"].verdict == "sees" and seen["always"].sample.value == pytest.approx(0.01)
+    assert seen["no-series"].verdict == "blind"
+    assert seen["no-series"].line.startswith("BLIND  api/no-series (rollback): empty result")
+    assert seen["unreachable"].verdict == "blind" and seen["unreachable"].sample.error == "unreachable"
+
+
+def test_files_a_config_points_to_are_checked(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("tokens:\n  - {name: ci, role: root, token: aaaaaaaaaaaaaaaaaaaa}\n")
+    script = tmp_path / "smoke.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    config = load_config(
+        write(
+            tmp_path,
+            """
+server: {tokens_file: tokens.yaml}
+sources:
+  smoke: {type: exec, command: [./smoke.sh], cwd: ., env_file: missing.env}
+  other: {type: exec, command: [no-such-program-anywhere]}
+services:
+  api:
+    rules:
+      - {name: smoke, source: smoke, field: exit_code, condition: "!= 0", action: notify}
+      - {name: other, source: other, field: exit_code, condition: "!= 0", action: notify}
+""",
+        )
+    )
+    problems = [f"{p.field}: {p.message}" for p in check_files(config, "watchdogd.yaml")]
+    assert "tokens[0].role: must be viewer, deployer, operator or admin" in problems
+    assert any(p.startswith("sources.smoke.env_file: cannot read") for p in problems), problems
+    assert any(p.startswith("sources.smoke.command:") and "not executable" in p for p in problems), problems
+    assert any(p.startswith("sources.other.command: no program") for p in problems), problems
+    os.chmod(script, 0o755)
+    (tmp_path / "missing.env").write_text("TOKEN=x\n")
+    tokens.write_text("tokens:\n  - {name: ci, role: deployer, token: aaaaaaaaaaaaaaaaaaaa}\n")
+    problems = [f"{p.field}: {p.message}" for p in check_files(config, "watchdogd.yaml")]
+    assert problems == ["sources.other.command: no program 'no-such-program-anywhere' to run (not on PATH)"]
