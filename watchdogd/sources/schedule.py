@@ -96,13 +96,19 @@ class SourceJobs:
             id=f"source:{name}",
             name=f"poll {name}",
             seconds=interval,
-            jitter=round(interval * self.jitter, 3) or None,
+            jitter=self._jitter(name, interval),
             coalesce=True,
             max_instances=1,
             misfire_grace_time=max(1, int(interval)),
             replace_existing=True,
             next_run_time=_now(self.scheduler),
         )
+
+    def _jitter(self, name: str, interval: float) -> float | None:
+        """Spread only sources that would otherwise poll in the same instant: a lone source's
+        jitter is nothing but a later look at a bad deploy."""
+        crowded = any(j.interval == interval for other, j in self.jobs.items() if other != name)
+        return (round(interval * self.jitter, 3) or None) if crowded else None
 
     def reschedule(self) -> None:
         """Poll every source now and count its intervals from there.
