@@ -88,8 +88,8 @@ def host(config_path: str, lag_path: str) -> int:
     records: list[tuple[str, float, float]] = []
 
     class ObservedDaemon(Daemon):
-        async def start(self) -> None:
-            await super().start()
+        async def _start(self) -> None:
+            await super()._start()
 
             def listen(event: JobEvent) -> None:
                 now = time.time()
