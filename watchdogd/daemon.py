@@ -24,7 +24,6 @@ from watchdogd.clock import now as steady
 from watchdogd.config.models import Config
 from watchdogd.errors import WatchdogError
 from watchdogd.leader import POLL, Election, election_for
-from watchdogd.model import Sample
 from watchdogd.notify import Notifier
 from watchdogd.rollback.base import Step
 from watchdogd.sources import build_source
@@ -32,7 +31,6 @@ from watchdogd.sources.alertmanager import AlertmanagerAlerts, WebhookPayload
 from watchdogd.sources.base import Source
 from watchdogd.sources.exec import ExecCommand
 from watchdogd.sources.schedule import SourceJobs
-from watchdogd.sources.scrape import MetricsScrape
 from watchdogd.store import Store, open_store
 from watchdogd.telemetry import Metrics
 from watchdogd.watch.deployments import Containers, Deployments
@@ -44,7 +42,7 @@ from watchdogd.watch.operators import Operators
 from watchdogd.watch.proposals import Proposer
 from watchdogd.watch.report import Reporter
 from watchdogd.watch.tasks import Health, Supervisor, every
-from watchdogd.watch.world import Current, RuleRun, World
+from watchdogd.watch.world import Current, World
 
 log = structlog.get_logger("watchdogd")
 
@@ -78,6 +76,7 @@ class Daemon:
     leadership: Leadership
     make_source: SourceFactory
     polling: bool
+    tick: float = TICK
 
     def __post_init__(self) -> None:
         self.drift = DriftWatch(self.clock)
@@ -108,11 +107,13 @@ class Daemon:
         make_source: SourceFactory = build_source,
         polling: bool = True,
         steps: Mapping[str, Step] | None = None,
+        tick: float = TICK,
     ) -> Daemon:
         """Build and start the daemon.
 
         For in-memory tests: ``polling=False`` leaves sources to ``poll``, ``make_source``
-        makes fakes, ``steps`` replace the rollback steps the config would build.
+        makes fakes, ``steps`` replace the rollback steps the config would build, a short
+        ``tick`` notices window ends sooner after a fake clock is stepped.
         """
         world = Current(World.build(config))
         registry = registry or CollectorRegistry()
@@ -142,7 +143,7 @@ class Daemon:
             return docker
 
         def arm(service: str) -> None:
-            _arm_commands(jobs, supervisor, world().sources_of(service))
+            jobs.arm_commands(world().sources_of(service), supervisor.job)
 
         watched = Watched(store, world, clock, on_new=arm)
         plans = Plans(world, watched, client, session, clock, steps)
@@ -153,7 +154,7 @@ class Daemon:
         proposer = Proposer(
             store=store, report=report, supervisor=supervisor, health=health, world=world,
             executions=executions, clock=clock, leading=leading,
-            output=lambda name: _output(jobs.source(name)),
+            output=jobs.output,
         )  # fmt: skip
         deployments = Deployments(
             store=store, report=report, world=world, watched=watched, proposer=proposer,
@@ -162,7 +163,7 @@ class Daemon:
         evaluator = Evaluator(
             store=store, report=report, health=health, watched=watched, proposer=proposer,
             metrics=metrics, history=jobs.history, leading=leading,
-            clip=lambda run, sample, start: _clipped(jobs.source(run.config.source), run, sample, start),
+            clip=lambda run, sample, start: jobs.since(run.config.source, run.measure, sample, start),
         )  # fmt: skip
         operators = Operators(
             store=store, report=report, world=world, proposer=proposer, executions=executions,
@@ -175,7 +176,7 @@ class Daemon:
         daemon = cls(
             world, clock, store, registry, metrics, election, session, scheduler, jobs, notifier,
             supervisor, health, report, watched, proposer, evaluator, deployments, operators,
-            leadership, make_source, polling,
+            leadership, make_source, polling, tick,
         )  # fmt: skip
         await daemon._start()
         return daemon
@@ -185,7 +186,7 @@ class Daemon:
         await self.leadership.start()
         if self.election.shared:
             self.supervisor.service("election", every(POLL, self.leadership.campaign, "election"))
-        self.supervisor.service("ticker", every(TICK, self._tick, "ticker"))
+        self.supervisor.service("ticker", every(self.tick, self._tick, "ticker"))
         if any(s.container for s in self.config.services.values()):
             self.supervisor.service("docker-events", self.deployments.watch_docker())
         self.health.started = True
@@ -283,7 +284,7 @@ class Daemon:
         for name in set(kept) - {n for n in config.sources if world.reading(n)}:
             await self.jobs.remove(name)  # no rule reads it any more
         for service in self.watched.services():
-            _arm_commands(self.jobs, self.supervisor, world.sources_of(service))
+            self.jobs.arm_commands(world.sources_of(service), self.supervisor.job)
         self.reloads.labels("applied").inc()
         log.info("reloaded", services=len(config.services), sources=len(config.sources))
         return True
@@ -304,22 +305,3 @@ class Daemon:
             )
             self.jobs.reschedule()  # the scheduler plans in wall time: poll again from now
         await self.deployments.tick()
-
-
-def _clipped(source: Source | None, run: RuleRun, sample: Sample, start: float) -> Sample:
-    """A scrape rule's window clipped at the deploy: values after it come from after it."""
-    return source.since(run.measure, sample, start) if isinstance(source, MetricsScrape) else sample
-
-
-def _output(source: Source | None) -> str | None:
-    """The last output of an exec source (a smoke test's failures), for a proposal's reasons."""
-    return (source.last_output or None) if isinstance(source, ExecCommand) else None
-
-
-def _arm_commands(jobs: SourceJobs, supervisor: Supervisor, names: set[str]) -> None:
-    """A deploy is watched: its after_deploy commands run now, then every interval."""
-    for name in names:
-        source = jobs.source(name)
-        if isinstance(source, ExecCommand) and not source.armed:
-            source.arm()
-            supervisor.job(f"poll:{name}", jobs.poll_now(name))

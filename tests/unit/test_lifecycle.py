@@ -103,6 +103,7 @@ async def make(text: str = CONFIG, store: Store | None = None, clock: FakeClock 
         polling=False,
         steps=steps,
         docker=NoDocker(),
+        tick=0.02,
     )
     recorded = RecordingReporter().attach(daemon.report)
     return World(daemon, clock, sources, steps, recorded)

@@ -21,6 +21,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchdogd.clock import now as steady
 from watchdogd.model import Sample
 from watchdogd.sources.base import Measure, Poller, Source
+from watchdogd.sources.exec import ExecCommand
+from watchdogd.sources.scrape import MetricsScrape
 from watchdogd.telemetry import Metrics
 
 log = structlog.get_logger("watchdogd.sources")
@@ -161,6 +163,24 @@ class SourceJobs:
         """The source ``name`` as it is polled; None for one no rule reads."""
         job = self.jobs.get(name)
         return job.poller.source if job is not None else None
+
+    def output(self, name: str) -> str | None:
+        """The last output of an exec source (a smoke test's failures), for a proposal's reasons."""
+        source = self.source(name)
+        return (source.last_output or None) if isinstance(source, ExecCommand) else None
+
+    def arm_commands(self, names: Iterable[str], spawn: Callable[[str, Awaitable[None]], object]) -> None:
+        """A deploy is watched: the after_deploy commands among ``names`` run now, then every interval."""
+        for name in names:
+            source = self.source(name)
+            if isinstance(source, ExecCommand) and not source.armed:
+                source.arm()
+                spawn(f"poll:{name}", self.poll_now(name))
+
+    def since(self, name: str, measure: Measure, sample: Sample, start: float) -> Sample:
+        """``sample`` from the data after ``start`` only, where the source can say (a scrape's window)."""
+        source = self.source(name)
+        return source.since(measure, sample, start) if isinstance(source, MetricsScrape) else sample
 
     def polls(self, source: str) -> int:
         job = self.jobs.get(source)
