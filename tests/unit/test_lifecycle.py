@@ -729,3 +729,20 @@ async def test_on_unverified_promote_keeps_the_old_behaviour_with_the_blind_rule
         assert promoted[0].detail["unverified_rules"] == ["latency"]
     finally:
         await world.daemon.close(2)
+
+
+async def test_a_rule_that_saw_too_little_of_the_window_leaves_it_unverified() -> None:
+    world = await make(CONFIG.replace("window: 1h}", "window: 1h, min_data: 50%}"))
+    try:
+        deployment = await world.deploy()
+        for value in (0.0, None, None, None):  # latency had data for a quarter of its evaluations
+            await world.feed("a", 0.0)
+            await world.feed("b", value)
+            await world.clock.advance(60)
+        await world.feed("b", 0.0)  # ok at the end, but on two of five evaluations
+        await world.clock.advance(3600)
+        ended = await wait_until(lambda: world.recorded.of("unverified"))
+        assert ended[0].detail["blind_rules"] == ["latency"]
+        assert (await world.store.deployment(deployment.id)).state is DeploymentState.UNVERIFIED  # type: ignore[union-attr]
+    finally:
+        await world.daemon.close(2)

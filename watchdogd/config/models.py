@@ -99,6 +99,11 @@ class DefaultsConfig(Model):
     blind_after: Duration = Field(
         300.0, gt=0, description="A rollback rule with no data this long is notified (it cannot see)."
     )
+    min_data: Percent = Field(
+        0.0,
+        description="The share of a window's evaluations a rollback rule needs data for, or the deploy is"
+        " unverified (0%: any data at all).",
+    )
     on_unverified: OnUnverified = Field(
         "hold",
         description="A window that ends while a rollback rule had no data: hold (unverified until an"
@@ -482,6 +487,7 @@ class ServiceConfig(Model):
     approval_timeout: Duration | None = Field(None, gt=0)
     on_approval_timeout: Literal["execute", "cancel"] | None = None
     blind_after: Duration | None = Field(None, gt=0)
+    min_data: Percent | None = None
     on_unverified: OnUnverified | None = None
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     rules: tuple[RuleConfig, ...] = ()

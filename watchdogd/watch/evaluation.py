@@ -101,8 +101,9 @@ class Evaluator:
             log.warning("rule_error", service=run.service, rule=run.rule.name, error=str(exc))
             return
         live.states[run.rule.name] = state
+        tally = live.count(run.rule.name, sample.value is not None)
         try:
-            saved = {**dump_state(state), "fingerprint": run.fingerprint}
+            saved = {**dump_state(state), "fingerprint": run.fingerprint, "tally": list(tally)}
             await self.store.save_rule_state(live.deployment.id, run.rule.name, saved)
         except StoreError as exc:
             self.health.store_failed(exc)  # the state lives on in memory; the next evaluation saves it again

@@ -25,6 +25,13 @@ log = structlog.get_logger("watchdogd")
 class Live:
     deployment: Deployment
     states: dict[str, EvalState] = field(default_factory=dict)
+    tallies: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Each rule's evaluations with data, and in all: how much of the window it saw."""
+
+    def count(self, rule: str, had_data: bool) -> tuple[int, int]:
+        seen, total = self.tallies.get(rule, (0, 0))
+        self.tallies[rule] = tally = (seen + had_data, total + 1)
+        return tally
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +89,9 @@ class Watched:
         if live is not None and live.deployment.id == newest.id:
             live.deployment = newest
             return live
-        live = self._live[service] = Live(newest, await self.stored_states(newest))
+        raw = await self.store.rule_states(newest.id)
+        tallies = {rule: _tally(saved) for rule, saved in raw.items()}
+        live = self._live[service] = Live(newest, await self.stored_states(newest), tallies)
         self.on_new(service)
         return live
 
@@ -165,13 +174,20 @@ class Watched:
         return out
 
     def blind_rollback_rules(self, deployment: Deployment, world: World) -> list[str]:
-        """The rollback rules with no data for ``deployment``: they verified nothing."""
+        """The rollback rules that did not verify ``deployment``: no data now, or data for less of
+        the window than the service's ``min_data``."""
         actions = {r.rule.name: r.rule.action for r in world.runs.get(deployment.service, ())}
-        return [
-            v.name
-            for v in self.rule_views(deployment, world)
-            if v.state is RuleState.NO_DATA and actions.get(v.name) == "rollback"
-        ]
+        live = self._live.get(deployment.service)
+        tallies = live.tallies if live and live.deployment.id == deployment.id else {}
+        least = world.min_data(deployment.service)
+        blind = []
+        for view in self.rule_views(deployment, world):
+            if actions.get(view.name) != "rollback":
+                continue
+            seen, total = tallies.get(view.name, (0, 0))
+            if view.state is RuleState.NO_DATA or (least > 0 and (not total or seen / total < least)):
+                blind.append(view.name)
+        return blind
 
     def unverified(self, deployment: Deployment, world: World) -> list[str]:
         """Every rule with no data (what the promotion's audit lists)."""
@@ -180,3 +196,10 @@ class Watched:
 
 def _rfc3339(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _tally(saved: dict[str, object]) -> tuple[int, int]:
+    raw = saved.get("tally")
+    if isinstance(raw, list) and len(raw) == 2 and all(type(n) is int and n >= 0 for n in raw):
+        return int(raw[0]), int(raw[1])
+    return 0, 0

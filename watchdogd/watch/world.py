@@ -67,6 +67,10 @@ class World:
     def policy(self, service: str, sql_policy: str | None = None) -> Policy:
         return policy_for(self.config, service, sql_policy)
 
+    def min_data(self, service: str) -> float:
+        own = self.service(service).min_data
+        return own if own is not None else self.config.defaults.min_data
+
     def on_unverified(self, service: str) -> str:
         return self.service(service).on_unverified or self.config.defaults.on_unverified
 
