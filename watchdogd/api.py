@@ -31,6 +31,7 @@ from watchdogd.events import events_handler, install
 from watchdogd.model import Deployment, Migration, RollbackRecord, jsonable_number
 from watchdogd.sources.alertmanager import WebhookPayload
 from watchdogd.watch.deployments import Registration
+from watchdogd.watch.live import RuleView
 
 log = structlog.get_logger("watchdogd.api")
 
@@ -247,7 +248,8 @@ class _Api:
         deployment = await self.daemon.store.deployment(request.match_info["id"])
         if deployment is None:
             raise NotFound(f"no deployment {request.match_info['id']}")
-        return web.json_response(self._deployment(deployment))
+        seen = await self.daemon.watched.seen(deployment, self.daemon.world)  # a closed one as last saved
+        return web.json_response(self._deployment(deployment, seen.views))
 
     async def promote(self, request: web.Request) -> web.Response:
         await _body(request, EmptyBody, optional=True)
@@ -345,7 +347,9 @@ class _Api:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _deployment(self, deployment: Deployment) -> dict[str, Any]:
+    def _deployment(self, deployment: Deployment, views: list[RuleView] | None = None) -> dict[str, Any]:
+        if views is None:
+            views = self.daemon.watched.rule_views(deployment, self.daemon.world)
         return {
             "id": deployment.id,
             "service": deployment.service,
@@ -364,7 +368,7 @@ class _Api:
                     "since": _time(v.since),
                     "reason": v.reason,
                 }
-                for v in self.daemon.watched.rule_views(deployment, self.daemon.world)
+                for v in views
             ],
         }
 

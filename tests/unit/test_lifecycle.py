@@ -690,6 +690,7 @@ async def test_an_unverified_deploy_holds_until_an_operator_promotes_or_rolls_ba
         )
         promoted = await world.daemon.operators.promote(first.id, "alice")
         assert promoted.state is DeploymentState.PROMOTED
+        assert world.recorded.of("promoted")[0].detail["unverified_rules"] == ["latency"]  # as last saved
         second = await world.deploy("app:v3")
         await world.clock.advance(3600)
         await wait_until(lambda: len(world.recorded.of("unverified")) == 2)

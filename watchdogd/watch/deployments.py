@@ -419,8 +419,9 @@ class Deployments:
             current = await self.store.deployment(deployment.id) or deployment
             raise Conflict(f"deployment {deployment.id} is {current.state}")
         world = self.world()
-        unverified = self.watched.unverified(deployment, world)
-        blind = self.watched.blind_rollback_rules(deployment, world)
+        seen = await self.watched.seen(deployment, world)
+        unverified = seen.unverified
+        blind = self.watched.blind_rollback_rules(deployment, world, seen)
         await self.watched.refresh(deployment.service)
         detail = {"unverified_rules": unverified, "state": str(state)}
         if state is DeploymentState.UNVERIFIED:

@@ -161,9 +161,13 @@ class Watched:
             states[rule] = resume(state, now)
         return states
 
-    def rule_views(self, deployment: Deployment, world: World) -> list[RuleView]:
-        live = self._live.get(deployment.service)
-        states = live.states if live and live.deployment.id == deployment.id else {}
+    def rule_views(
+        self, deployment: Deployment, world: World, states: dict[str, EvalState] | None = None
+    ) -> list[RuleView]:
+        """Each rule's state for ``deployment``: the live ones, or ``states`` when given."""
+        if states is None:
+            live = self._live.get(deployment.service)
+            states = live.states if live and live.deployment.id == deployment.id else {}
         out = []
         for run in world.runs.get(deployment.service, ()):
             state = states.get(run.rule.name)
@@ -173,25 +177,46 @@ class Watched:
                 out.append(RuleView(run.rule.name, state.state, state.value, state.since, state.reason))
         return out
 
-    def blind_rollback_rules(self, deployment: Deployment, world: World) -> list[str]:
+    async def seen(self, deployment: Deployment, world: World) -> Seen:
+        """What the rules saw of ``deployment``, live or (closed) as last saved."""
+        live = self._live.get(deployment.service)
+        if live is not None and live.deployment.id == deployment.id:
+            return Seen(self.rule_views(deployment, world), dict(live.tallies))
+        raw = await self.store.rule_states(deployment.id)
+        states = await self.stored_states(deployment, carry=False)
+        tallies = {rule: _tally(saved) for rule, saved in raw.items()}
+        return Seen(self.rule_views(deployment, world, states), tallies)
+
+    def blind_rollback_rules(
+        self, deployment: Deployment, world: World, seen: Seen | None = None
+    ) -> list[str]:
         """The rollback rules that did not verify ``deployment``: no data now, or data for less of
         the window than the service's ``min_data``."""
+        if seen is None:
+            live = self._live.get(deployment.service)
+            tallies = live.tallies if live and live.deployment.id == deployment.id else {}
+            seen = Seen(self.rule_views(deployment, world), tallies)
         actions = {r.rule.name: r.rule.action for r in world.runs.get(deployment.service, ())}
-        live = self._live.get(deployment.service)
-        tallies = live.tallies if live and live.deployment.id == deployment.id else {}
         least = world.min_data(deployment.service)
         blind = []
-        for view in self.rule_views(deployment, world):
+        for view in seen.views:
             if actions.get(view.name) != "rollback":
                 continue
-            seen, total = tallies.get(view.name, (0, 0))
-            if view.state is RuleState.NO_DATA or (least > 0 and (not total or seen / total < least)):
+            count, total = seen.tallies.get(view.name, (0, 0))
+            if view.state is RuleState.NO_DATA or (least > 0 and (not total or count / total < least)):
                 blind.append(view.name)
         return blind
 
-    def unverified(self, deployment: Deployment, world: World) -> list[str]:
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    views: list[RuleView]
+    tallies: dict[str, tuple[int, int]]
+
+    @property
+    def unverified(self) -> list[str]:
         """Every rule with no data (what the promotion's audit lists)."""
-        return [v.name for v in self.rule_views(deployment, world) if v.state is RuleState.NO_DATA]
+        return [v.name for v in self.views if v.state is RuleState.NO_DATA]
 
 
 def _rfc3339(at: float) -> str:
