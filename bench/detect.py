@@ -18,12 +18,13 @@ rule), then both tuned to 1 s (1 s scrape and evaluation, ``for: 1s``,
 ``group_wait`` 1 s, a 30 s window). The physical limit of a rule is
 T + the time the windowed ratio needs to cross the threshold + ``for``.
 
-Run: ``.venv/bin/python bench/detect.py [--only defaults|tuned]`` (about 6 minutes).
+Run: ``.venv/bin/python bench/detect.py [--only defaults|tuned] [--runs N]`` (about 6 minutes a run of both).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import http.server
 import sys
 import tempfile
@@ -248,20 +249,49 @@ def report(setting: Setting, result: dict[str, float | None]) -> None:
     print(f"  ratio peer/watchdogd {peer / ours:.2f}x (target: watchdogd faster: {verdict(ours < peer)})")
 
 
+def summarize(setting: Setting, runs: list[dict[str, float | None]]) -> None:
+    """Several runs of a setting: min / median / max of each watcher, and the worst overshoot."""
+    limit = setting.limit()
+    ours = sorted(r["watchdogd"] for r in runs if r["watchdogd"] is not None)
+    peer = sorted(r["peer"] for r in runs if r["peer"] is not None)
+    if not ours or not peer:
+        print(f"{setting.name}: a watcher never acted in some runs")
+        return
+    allowed = setting.interval + MARGIN
+    worst = ours[-1] - limit
+    print(f"{setting.name}: {len(runs)} runs, physical limit T + {limit:.2f}s")
+    print(
+        f"  watchdogd  min/median/max T + {ours[0]:.2f} / {statistics.median(ours):.2f} / {ours[-1]:.2f}s;"
+        f" worst overshoot {worst:.2f}s (target <= {allowed:g}s in every run: {verdict(worst <= allowed)})"
+    )
+    print(f"  peer       min/median/max T + {peer[0]:.2f} / {statistics.median(peer):.2f} / {peer[-1]:.2f}s")
+    faster = statistics.median(ours) < statistics.median(peer)
+    ratio = statistics.median(peer) / statistics.median(ours)
+    print(f"  median peer/watchdogd {ratio:.2f}x (watchdogd faster: {verdict(faster)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(SETTINGS), help="run one setting")
+    parser.add_argument("--runs", type=int, default=1, help="runs per setting (min/median/max when > 1)")
     args = parser.parse_args()
     names = [args.only] if args.only else ["defaults", "tuned"]
-    results = []
+    results: list[tuple[Setting, list[dict[str, float | None]]]] = []
     with tempfile.TemporaryDirectory(prefix="wdbench-detect-") as tmp:
         for name in names:
             setting = SETTINGS[name]
-            print(f"running: {setting.name}", flush=True)
-            results.append((setting, run(setting, Path(tmp) / name)))
+            runs = []
+            for number in range(args.runs):
+                print(f"running: {setting.name} ({number + 1} of {args.runs})", flush=True)
+                runs.append(run(setting, Path(tmp) / f"{name}-{number}"))
+                report(setting, runs[-1])
+            results.append((setting, runs))
     print()
-    for setting, result in results:
-        report(setting, result)
+    for setting, runs in results:
+        if len(runs) == 1:
+            report(setting, runs[0])
+        else:
+            summarize(setting, runs)
 
 
 if __name__ == "__main__":
