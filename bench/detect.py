@@ -24,8 +24,8 @@ Run: ``.venv/bin/python bench/detect.py [--only defaults|tuned] [--runs N]`` (ab
 from __future__ import annotations
 
 import argparse
-import statistics
 import http.server
+import statistics
 import sys
 import tempfile
 import threading
