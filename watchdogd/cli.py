@@ -38,6 +38,7 @@ def _run(args: argparse.Namespace) -> int:
     import asyncio
     from pathlib import Path
 
+    from watchdogd.errors import StoreError
     from watchdogd.runner import serve
     from watchdogd.telemetry import configure_logging, resolve_level
 
@@ -50,7 +51,12 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(serve(config, Path(args.config)))
     except ConfigError as exc:
+        # the tokens file, the TLS files, the listen address: it never started
         print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        # the state store could not be opened: nothing ran
+        print(f"watchdogd run: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 
 

@@ -1,9 +1,10 @@
 """``watchdogd ctl``: the HTTP API from a terminal or a pipeline.
 
-Reads ``WATCHDOGD_URL`` (default ``http://127.0.0.1:9464``) and
-``WATCHDOGD_TOKEN``. Exit codes: 0 done, 1 the API refused (its message is
-printed in one line), 2 a usage error or no daemon to talk to. ``--json``
-prints the API's answers as they are, for scripts.
+Talks to ``--url`` or ``WATCHDOGD_URL`` (default ``http://127.0.0.1:9464``)
+with ``--token`` or ``WATCHDOGD_TOKEN``; a flag wins over the variable. Exit
+codes: 0 done, 1 the API refused (its message is printed in one line), 2 a
+usage error or no daemon to talk to. ``--json`` prints the API's answers as
+they are, for scripts.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.client import HTTPException
 from typing import Any, TextIO
@@ -43,6 +44,8 @@ class Refused(CtlError):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{status} {code}: {message}", EXIT_REFUSED)
         self.status = status
+        self.code = code
+        self.message = message
 
 
 class Unreachable(CtlError):
@@ -60,15 +63,20 @@ class Client:
     """A bearer-token JSON client of one daemon's API."""
 
     url: str
-    token: str | None
+    token: str | None = field(default=None, repr=False)
+    token_from: str = "WATCHDOGD_TOKEN"
+    """Where the token came from, for the answer to a 401: ``--token`` or ``WATCHDOGD_TOKEN``."""
 
     @classmethod
-    def from_env(cls, url: str | None = None) -> Client:
+    def from_env(cls, url: str | None = None, token: str | None = None) -> Client:
+        """The flags' ``url`` and ``token`` first, then the environment, then the default URL."""
+        url_from = "--url" if url else "WATCHDOGD_URL"
         base = (url or os.environ.get("WATCHDOGD_URL") or DEFAULT_URL).rstrip("/")
         if not base.startswith(("http://", "https://")):
-            raise Usage(f"WATCHDOGD_URL must start with http:// or https:// (got {base!r})")
-        token = os.environ.get("WATCHDOGD_TOKEN", "").strip() or None
-        return cls(base, token)
+            raise Usage(f"{url_from} must start with http:// or https:// (got {base!r})")
+        if token is not None:
+            return cls(base, token.strip() or None, "--token")
+        return cls(base, os.environ.get("WATCHDOGD_TOKEN", "").strip() or None)
 
     def get(self, path: str, **query: str | None) -> Any:
         params = {k: v for k, v in query.items() if v is not None}
@@ -86,7 +94,7 @@ class Client:
             with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
-            raise _refused(exc) from None
+            raise self._refused(exc) from None
         except (urllib.error.URLError, OSError, HTTPException) as exc:
             raise Unreachable(self.url, _why(exc)) from None
         try:
@@ -103,7 +111,7 @@ class Client:
         try:
             response = urllib.request.urlopen(request, timeout=STREAM_TIMEOUT)
         except urllib.error.HTTPError as exc:
-            raise _refused(exc) from None
+            raise self._refused(exc) from None
         except (urllib.error.URLError, OSError, HTTPException) as exc:
             raise Unreachable(self.url, _why(exc)) from None
         with response:
@@ -115,6 +123,14 @@ class Client:
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         return request
+
+    def _refused(self, exc: urllib.error.HTTPError) -> Refused:
+        refused = _refused(exc)
+        if refused.status != 401:
+            return refused
+        # say where the token is set, or where this one was read from
+        hint = f"check {self.token_from}" if self.token else "pass --token or set WATCHDOGD_TOKEN"
+        return Refused(refused.status, refused.code, f"{refused.message}; {hint}")
 
 
 def parse_sse(lines: Any) -> Iterator[dict[str, Any]]:
@@ -389,6 +405,15 @@ def _rollback(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _promote(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    deployment = client.post(f"/v1/deployments/{_quote(args.deployment)}/promote")
+    if args.json:
+        _dump(deployment, out)
+    else:
+        print(f"deployment {deployment['id']} of {deployment['service']}: {deployment['state']}", file=out)
+    return EXIT_OK
+
+
 def _rehearse(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     report = client.post(f"/v1/deployments/{_quote(args.deployment)}/rehearse")
     if args.json:
@@ -501,14 +526,16 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Adds ``ctl`` and its subcommands to the ``watchdogd`` subparsers."""
     ctl = commands.add_parser(
         "ctl",
-        help="talk to a running watchdogd (WATCHDOGD_URL, WATCHDOGD_TOKEN)",
+        help="talk to a running watchdogd (--url, --token or WATCHDOGD_URL, WATCHDOGD_TOKEN)",
         description="Client of the watchdogd API. Exit 0 ok, 1 refused by the API, 2 usage or connection.",
     )
     ctl.add_argument("--url", help=f"the API (default: $WATCHDOGD_URL or {DEFAULT_URL})")
+    ctl.add_argument("--token", help="bearer token (default: $WATCHDOGD_TOKEN)")
     ctl.add_argument("--json", action="store_true", help="print the API's JSON")
     # The same flags after the subcommand; SUPPRESS keeps them from undoing the ones before it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--token", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the API's JSON")
     sub = ctl.add_subparsers(dest="ctl_command", required=True, metavar="COMMAND")
 
@@ -549,6 +576,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rollback.add_argument("deployment", metavar="DEPLOYMENT")
     rollback.add_argument("--reason", required=True)
 
+    promote = add("promote", _promote, "end a deployment's window now, as healthy")
+    promote.add_argument("deployment", metavar="DEPLOYMENT")
+
     rehearse = add("rehearse", _rehearse, "run a deployment's down SQL in a transaction and roll it back")
     rehearse.add_argument("deployment", metavar="DEPLOYMENT")
 
@@ -569,7 +599,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Runs the parsed ``ctl`` command; errors become one line on stderr and an exit code."""
     stream = out or sys.stdout
     try:
-        client = Client.from_env(args.url)
+        client = Client.from_env(args.url, args.token)
         code: int = args.ctl_handler(client, args, stream)
         return code
     except CtlError as exc:

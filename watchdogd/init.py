@@ -16,13 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from watchdogd.auth import RANKS
+from watchdogd.auth import RANKS, Role
 from watchdogd.errors import WatchdogError
 
 CONFIG_NAME = "watchdogd.yaml"
 TOKENS_NAME = "tokens.yaml"
-ROLES: tuple[str, ...] = tuple(role for role in ("admin", "operator", "deployer") if role in RANKS)
-"""One token per role, each named after it; ``deployer`` only where auth knows that role."""
+ROLES: tuple[Role, ...] = ("admin", "operator", "deployer")
+"""One token for each, named after its role; a pipeline's is ``deployer``: it registers, never votes."""
 
 
 class InitRefused(WatchdogError):
@@ -32,7 +32,7 @@ class InitRefused(WatchdogError):
 @dataclass(frozen=True, slots=True)
 class NewToken:
     name: str
-    role: str
+    role: Role
     token: str = field(repr=False)
 
     @property
@@ -100,11 +100,10 @@ sources:
 
 services:
   app:
-    health: health                  # verify steps wait for this probe
+    health: health                  # the probe verify steps wait for
     # container: app                # its Docker container: a rollback puts the previous image back
     # database: {dsn: "postgresql://watchdogd@127.0.0.1:5432/app"}   # where the down SQL runs
-    rollback:
-      steps: [verify]               # with a container and a database: [container, sql, verify]
+    # rollback: {steps: [container, verify]}   # default: each step it has what it needs for, then verify
     rules:
       - name: health-down
         source: health
@@ -113,7 +112,8 @@ services:
         for: 1m
         action: notify              # a rule only notifies unless it says rollback
 
-      # An example rollback rule: 3 failed probes out of the last 5 after a deploy.
+      # An example rollback rule: 3 failed probes out of the last 5 after a deploy. It needs
+      # something to roll back: uncomment it with the container above (or a database).
       # - name: health-failing
       #   source: health
       #   field: up
@@ -131,9 +131,10 @@ def write_starter(directory: Path, tokens: Sequence[NewToken]) -> Written:
     config, tokens_file = directory / CONFIG_NAME, directory / TOKENS_NAME
     present = [path.name for path in (config, tokens_file) if os.path.lexists(path)]
     if present:
+        verb, them = ("exist", "them") if len(present) > 1 else ("exists", "it")
         raise InitRefused(
-            f"{' and '.join(present)} already {'exist' if len(present) > 1 else 'exists'} in {directory}:"
-            " nothing written (move it away, or init another directory)"
+            f"{' and '.join(present)} already {verb} in {directory}:"
+            f" nothing written (move {them} away, or init another directory)"
         )
     try:
         directory.mkdir(parents=True, exist_ok=True)

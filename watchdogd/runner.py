@@ -11,7 +11,10 @@ shutdown, and pings the watchdog when ``WatchdogSec`` is set.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import signal
+import socket
 import ssl
 from pathlib import Path
 
@@ -97,8 +100,12 @@ def _tls_context(config: Config, config_path: Path) -> ssl.SSLContext | None:
 
 def _reason(exc: OSError) -> str:
     if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or exc).lower().replace("_", " ")  # PEM_LIB, KEY_VALUES_MISMATCH
-    text = exc.strerror or str(exc) or type(exc).__name__
+        # OpenSSL names no reason for a file that is not PEM at all
+        return exc.reason.lower().replace("_", " ") if exc.reason else "not a PEM certificate and key"
+    if exc.errno is not None and exc.errno in errno.errorcode and not isinstance(exc, socket.gaierror):
+        text = os.strerror(exc.errno)  # asyncio's bind error quotes the address before it
+    else:
+        text = exc.strerror or str(exc) or type(exc).__name__
     return text[:1].lower() + text[1:]
 
 

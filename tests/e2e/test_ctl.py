@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import ROOT, TOKEN, VIEWER_TOKEN, Watchdogd
+from tests.e2e.conftest import DEPLOYER_TOKEN, ROOT, TOKEN, VIEWER_TOKEN, Exporter, Watchdogd
 from tests.e2e.test_daemon import Story, config_for
 from tests.testbed.containers import ContainerRegistry, free_port
 from tests.testbed.images import AppBehaviour
@@ -32,9 +32,11 @@ class Result:
         return json.loads(self.out)
 
 
-def ctl(url: str, *args: str, token: str | None = TOKEN, stdin: str | None = None) -> Result:
+def ctl(url: str | None, *args: str, token: str | None = TOKEN, stdin: str | None = None) -> Result:
+    """``watchdogd ctl ARGS``, ``url`` and ``token`` in WATCHDOGD_URL and WATCHDOGD_TOKEN (None: unset)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOGD_")}
-    env["WATCHDOGD_URL"] = url
+    if url is not None:
+        env["WATCHDOGD_URL"] = url
     if token is not None:
         env["WATCHDOGD_TOKEN"] = token
     done = subprocess.run(
@@ -202,7 +204,11 @@ async def test_tokens_and_usage_errors(
     wd: Watchdogd = watchdogd(config_for(story.name, story.port, pg_dsn))
     wd.start()
     bad = ctl(wd.url, "status", token="not-a-token-at-all")
-    assert (bad.code, bad.out, bad.err) == (1, "", "watchdogd ctl: 401 unauthorized: unknown token\n")
+    assert (bad.code, bad.out, bad.err) == (
+        1,
+        "",
+        "watchdogd ctl: 401 unauthorized: unknown token; check WATCHDOGD_TOKEN\n",
+    )
     none = ctl(wd.url, "status", token=None)
     assert none.code == 1 and none.err.startswith(
         "watchdogd ctl: 401 unauthorized: a bearer token is required"
@@ -233,3 +239,61 @@ def test_a_daemon_that_is_down_is_exit_2() -> None:
         assert result.err.count("\n") == 1 and "Traceback" not in result.err
     bad_url = ctl("127.0.0.1:9464", "status")
     assert bad_url.code == 2 and "WATCHDOGD_URL must start with http://" in bad_url.err
+
+
+def notify_only(url: str) -> str:
+    """Service ``api``, one rule that only notifies: nothing here can roll back."""
+    return f"""
+defaults: {{interval: 500ms, window: 1h}}
+sources:
+  app: {{type: scrape, url: "{url}", timeout: 1s}}
+services:
+  api:
+    rules:
+      - {{name: errors, source: app, metric: errors, condition: "> 5"}}
+"""
+
+
+def test_url_and_token_flags_win_over_the_environment(watchdogd: Any, exporter: Any) -> None:
+    app: Exporter = exporter(lambda n: 0.0)
+    wd: Watchdogd = watchdogd(notify_only(app.url))
+    wd.start()
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    before = ctl(nowhere, "--url", wd.url, "--token", TOKEN, "status", token="wrong-token-0123456789")
+    assert ok(before).out == "no deployments\n"
+    after = ctl(nowhere, "status", "--url", wd.url, "--token", VIEWER_TOKEN, token="wrong-token-0123456789")
+    assert ok(after).out == "no deployments\n"
+    assert ok(ctl(None, "--url", wd.url, "status")).out == "no deployments\n"  # token from the variable
+
+    flag = ctl(None, "--url", wd.url, "--token", "wrong-token-0123456789", "status", token=TOKEN)
+    assert (flag.code, flag.out, flag.err) == (
+        1,
+        "",
+        "watchdogd ctl: 401 unauthorized: unknown token; check --token\n",
+    )
+    missing = ctl(wd.url, "status", token=None)
+    assert missing.code == 1
+    assert missing.err.endswith("; pass --token or set WATCHDOGD_TOKEN\n") and missing.err.count("\n") == 1
+    bad_url = ctl(None, "--url", "127.0.0.1:9464", "status")
+    assert bad_url.code == 2 and "--url must start with http://" in bad_url.err
+    assert wd.stop() == 0
+
+
+def test_promote_ends_the_window_as_healthy(watchdogd: Any, exporter: Any) -> None:
+    app: Exporter = exporter(lambda n: 0.0)
+    wd: Watchdogd = watchdogd(notify_only(app.url))
+    wd.start()
+    deployment = ok(ctl(wd.url, "--json", "deploy", "--service", "api", token=DEPLOYER_TOKEN)).json()["id"]
+    refused = ctl(wd.url, "promote", deployment, token=DEPLOYER_TOKEN)
+    assert (refused.code, refused.err) == (
+        1,
+        "watchdogd ctl: 403 forbidden: ci is deployer; this needs operator\n",
+    )
+    promoted = ok(ctl(wd.url, "promote", deployment))
+    assert promoted.out == f"deployment {deployment} of api: promoted\n"
+    again = ok(ctl(wd.url, "promote", deployment, "--json")).json()
+    assert (again["id"], again["state"]) == (deployment, "promoted")
+    assert wd.get(f"/v1/deployments/{deployment}")[1]["state"] == "promoted"
+    unknown = ctl(wd.url, "promote", "nope")
+    assert (unknown.code, unknown.err) == (1, "watchdogd ctl: 404 not_found: no deployment nope\n")
+    assert wd.stop() == 0
