@@ -247,8 +247,8 @@ async def test_nan_inf_and_duplicates_spoil_only_their_measures(
     async def answer(_: web.Request) -> web.Response:
         return web.Response(text=next(body))
 
-    ok = Measure("rate", "ok_total", over=5.0)
-    broken = Measure("rate", "broken_total", over=5.0)
+    ok = Measure("rate", "ok_total", over=1.0)
+    broken = Measure("rate", "broken_total", over=1.0)
     hot, cold = Measure("metric", "hot"), Measure("metric", "cold")
     twice, single = Measure("metric", "twice"), Measure("metric", 'twice{a="2"}')
     measures = [ok, broken, hot, cold, twice, single]

@@ -222,7 +222,9 @@ async def test_prometheus_query_on_real_server(
             break
         await asyncio.sleep(0.5)
     assert value is not None and abs(value - 0.25) < 0.03
-    assert samples[empty].value is None and samples[empty].reason == "empty result"
+    assert (
+        samples[empty].value is None and samples[empty].reason == "empty result: no series matched the query"
+    )
     assert samples[scalar].value == 3.0
     # two series (code 200 and 500): max by default
     assert samples[several].value is not None and samples[several].value > 0

@@ -99,7 +99,9 @@ def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Pr
         if not ok:
             problems.append(((*step_loc, index), message))
     rollback_rules = [i for i, rule in enumerate(service.rules) if rule.action == "rollback"]
-    if rollback_rules and not [step for step in service.plan() if step != "verify"]:
+    plan = service.plan()
+    # written as [verify] is the author's choice (a dry rehearsal of the decisions); left out, it is a mistake
+    if rollback_rules and (not plan or (not written and plan == ("verify",))):
         problems.append(
             (
                 (*base, "rules", rollback_rules[0], "action"),

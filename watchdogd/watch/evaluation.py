@@ -140,6 +140,8 @@ class Evaluator:
             self._blind.discard(key)
             self.metrics.rule_blind.labels(*labels).set(0)
             await self.report("rule_sees", **ids, detail={"rule": run.rule.name, "state": state.state.value})
+        elif key not in self._blind:
+            self.metrics.rule_blind.labels(*labels).set(0)  # a series from the first evaluation on
 
     def _initial_delay(self, run: RuleRun) -> float:
         own = run.config.initial_delay
