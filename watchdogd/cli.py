@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 from watchdogd import __version__, ctl
 from watchdogd.config import describe_config, format_duration, load_config, parse_duration
+from watchdogd.config.models import Config
 from watchdogd.errors import ConfigError
 
 EXIT_OK = 0
@@ -19,10 +20,15 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _check(args: argparse.Namespace) -> int:
+    from watchdogd.preflight import check_files
+
     status = EXIT_OK
     for path in args.config:
         try:
             config = load_config(path)
+            problems = check_files(config, str(path))
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             status = EXIT_CONFIG
@@ -31,7 +37,30 @@ def _check(args: argparse.Namespace) -> int:
         if not args.quiet:
             for line in describe_config(config):
                 print(f"  {line}")
+        if args.live and _check_live(config) != EXIT_OK:
+            status = EXIT_FAILED
     return status
+
+
+def _check_live(config: Config) -> int:
+    """One poll of every source; EXIT_FAILED when a rollback rule cannot see."""
+    import asyncio
+    import logging
+
+    from watchdogd.preflight import check_live
+    from watchdogd.telemetry import configure_logging
+
+    configure_logging(logging.ERROR, "console", stream=sys.stderr)  # each rule's line says it all
+    seen = asyncio.run(check_live(config))
+    print("  live:")
+    for rule in seen:
+        print(f"    {rule.line}")
+    blind = [s for s in seen if s.verdict == "blind" and s.action == "rollback"]
+    if blind:
+        names = ", ".join(f"{s.service}/{s.rule}" for s in blind)
+        print(f"  {len(blind)} rollback rule(s) cannot see: {names}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -218,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="config file (repeat for several)",
     )
     check.add_argument("--quiet", "-q", action="store_true", help="only say whether each file is valid")
+    check.add_argument(
+        "--live",
+        action="store_true",
+        help="also poll each source once and evaluate each rule: exit 1 when a rollback rule cannot see",
+    )
     check.set_defaults(handler=_check)
 
     init = commands.add_parser(

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.testbed.containers import free_port
+from watchdogd.cli import main
 from watchdogd.config import load_config
 from watchdogd.preflight import check_files, check_live
 
@@ -80,3 +81,50 @@ services:
     tokens.write_text("tokens:\n  - {name: ci, role: deployer, token: aaaaaaaaaaaaaaaaaaaa}\n")
     problems = [f"{p.field}: {p.message}" for p in check_files(config, "watchdogd.yaml")]
     assert problems == ["sources.other.command: no program 'no-such-program-anywhere' to run (not on PATH)"]
+
+
+def test_check_live_exits_1_naming_a_rollback_rule_that_cannot_see(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        f"""
+sources:
+  gone: {{type: prometheus, url: "http://127.0.0.1:{free_port()}", timeout: 1s}}
+services:
+  api:
+    container: api
+    rules:
+      - {{name: errors, source: gone, query: "sum(rate(x[1m]))", condition: "> 0.05", action: rollback}}
+""",
+    )
+    assert main(["check", "--config", str(path), "--quiet"]) == 0  # the text is fine
+    assert main(["check", "--config", str(path), "--quiet", "--live"]) == 1
+    out, err = capsys.readouterr()
+    assert "BLIND  api/errors (rollback): " in out and "Cannot connect" in out
+    assert "1 rollback rule(s) cannot see: api/errors" in err
+
+
+def test_check_refuses_a_promql_typo_and_a_bad_tokens_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "tokens.yaml").write_text("tokens:\n  - {name: ci, role: viewer, sha256: abc}\n")
+    path = write(
+        tmp_path,
+        """
+server: {tokens_file: tokens.yaml}
+sources:
+  prom: {type: prometheus, url: "http://127.0.0.1:9090"}
+services:
+  api:
+    container: api
+    rules:
+      - {name: errors, source: prom, query: "sum(rate(x[1m])", condition: "> 0.05", action: rollback}
+""",
+    )
+    assert main(["check", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "query: PromQL that does not parse: unclosed left parenthesis" in err
+    path.write_text(path.read_text().replace('"sum(rate(x[1m])"', '"sum(rate(x[1m]))"'))
+    assert main(["check", "--config", str(path)]) == 2
+    assert "tokens[0].sha256: must be 64 hex digits" in capsys.readouterr().err
