@@ -257,13 +257,14 @@ def status_lines(deployments: list[dict[str, Any]], rollbacks: list[dict[str, An
         out.append(line)
         rules = deployment.get("rules") or []
         if deployment["state"] == "watching" and rules:
-            out.extend(
-                table(
-                    [["RULE", "STATE", "VALUE", "SINCE"]]
-                    + [[r["name"], r["state"], value_text(r["value"]), ago(r["since"], now)] for r in rules],
-                    indent="    ",
-                )
-            )
+            rows = [[r["name"], r["state"], value_text(r["value"]), ago(r["since"], now)] for r in rules]
+            head = ["RULE", "STATE", "VALUE", "SINCE"]
+            if any(r["state"] == "no_data" for r in rules):
+                # a rule that cannot see says why: a refused query, a source down, warming up
+                head.append("WHY NO DATA")
+                for row, rule in zip(rows, rules, strict=True):
+                    row.append(rule.get("reason") or "" if rule["state"] == "no_data" else "")
+            out.extend(table([head, *rows], indent="    "))
     shown = {d["id"] for d in deployments}
     proposals = [r for r in rollbacks if r["deployment_id"] in shown]
     out.append("")
