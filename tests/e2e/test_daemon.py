@@ -411,3 +411,41 @@ async def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(
     )
     assert wd.get("/readyz", token=None)[0] == 200
     assert wd.stop() == 0
+
+
+def test_a_rollback_rule_blind_on_a_real_prometheus_is_notified_and_never_promoted(
+    watchdogd: Any, prometheus_server: Any, receiver: Receiver
+) -> None:
+    prom = prometheus_server()  # answers, but no series matches the query: an empty result
+    config = f"""
+defaults: {{interval: 500ms, window: 6s, grace: 1s, blind_after: 2s}}
+notify:
+  - {{type: webhook, url: "{receiver.url}", format: json, timeout: 2s}}
+sources:
+  prom: {{type: prometheus, url: "{prom.url}", timeout: 2s}}
+services:
+  api:
+    container: watchdogd-absent-blind
+    rules:
+      - name: error-rate
+        source: prom
+        query: 'sum(rate(http_requests_total{{job="api", code=~"5.."}}[1m]))'
+        condition: "> 0.05"
+        action: rollback
+"""
+    wd: Watchdogd = watchdogd(config)
+    wd.start()
+    status, deployment = wd.post("/v1/deployments", {"service": "api", "image": "app:v2"})
+    assert status == 201, deployment
+
+    def notified(kind: str) -> bool:
+        return any(b.get("event") == kind for b in receiver.bodies)
+
+    wd.wait_for("the blind rule notified", lambda: notified("rule_blind"), timeout=15)
+    assert wd.metric("watchdogd_rule_blind", service="api", rule="error-rate") == 1.0
+    assert (wd.metric("watchdogd_source_errors_total", source="prom", reason="empty") or 0) >= 2
+    wd.wait_for("the window's end", lambda: notified("unverified"), timeout=20)
+    assert wd.get(f"/v1/deployments/{deployment['id']}")[1]["state"] == "unverified"
+    assert wd.metric("watchdogd_deployment_unverified", service="api") == 1.0
+    assert wd.get("/v1/rollbacks")[1]["items"] == []  # blind is not bad: nothing rolled back
+    assert wd.stop() == 0
