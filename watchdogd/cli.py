@@ -20,7 +20,7 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _check(args: argparse.Namespace) -> int:
-    from watchdogd.preflight import check_files
+    from watchdogd.preflight import check_files, warnings
 
     status = EXIT_OK
     for path in args.config:
@@ -34,6 +34,8 @@ def _check(args: argparse.Namespace) -> int:
             status = EXIT_CONFIG
             continue
         print(f"{path}: valid")
+        for warning in warnings(config, str(path)):
+            print(warning, file=sys.stderr)
         if not args.quiet:
             for line in describe_config(config):
                 print(f"  {line}")

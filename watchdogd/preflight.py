@@ -20,6 +20,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from watchdogd.auth import Tokens
+from watchdogd.config.loader import locate
 from watchdogd.config.models import Config, ExecSource
 from watchdogd.errors import ConfigError, ConfigProblem, SourceError
 from watchdogd.model import Sample
@@ -89,6 +90,21 @@ def _program(program: str, cwd: Path | None) -> str | None:
     if not path.is_absolute() and cwd is not None:
         path = Path(cwd) / path
     return str(path) if path.exists() else None
+
+
+def warnings(config: Config, path: str) -> list[str]:
+    """What is allowed but likely a mistake, one line each with its place in the file."""
+    out = []
+    if not config.notify:
+        for name, service in config.services.items():
+            for index, rule in enumerate(service.rules):
+                if rule.action == "notify":
+                    where = locate(path, ("services", name, "rules", index, "action"))
+                    out.append(
+                        f"{where.file}:{where.line}: {where.field}: warning: a notify rule and no"
+                        " `notify:` webhook: nobody will hear it (the API and metrics still show it)"
+                    )
+    return out
 
 
 @dataclass(frozen=True, slots=True)

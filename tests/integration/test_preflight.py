@@ -128,3 +128,27 @@ services:
     path.write_text(path.read_text().replace('"sum(rate(x[1m])"', '"sum(rate(x[1m]))"'))
     assert main(["check", "--config", str(path)]) == 2
     assert "tokens[0].sha256: must be 64 hex digits" in capsys.readouterr().err
+
+
+def test_a_notify_rule_nobody_hears_is_a_warning_with_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        """
+sources:
+  h: {type: http, url: "http://127.0.0.1:1/"}
+services:
+  api:
+    rules:
+      - name: down
+        source: h
+        field: up
+        condition: "< 1"
+        action: notify
+""",
+    )
+    assert main(["check", "--config", str(path), "--quiet"]) == 0
+    assert f"{path}:11: services.api.rules[0].action: warning: a notify rule and no `notify:`" in (
+        capsys.readouterr().err
+    )

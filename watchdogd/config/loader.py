@@ -375,3 +375,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(
         update={"sources": sources, "server": server.model_copy(update=updates), "state": state}
     )
+
+
+def locate(path: str | Path, loc: Loc) -> ConfigProblem:
+    """Where ``loc`` stands in the file at ``path``: its line (when the file still reads) and field."""
+    name = str(path)
+    try:
+        data, lines = parse_yaml(Path(path).read_text(encoding="utf-8"), name)
+    except (OSError, ConfigError):
+        return ConfigProblem(name, None, _dotted(loc), "")
+    return ConfigProblem(name, _line(loc, data, lines), _field(loc, data), "")
