@@ -26,7 +26,8 @@ def _check(args: argparse.Namespace) -> int:
     for path in args.config:
         try:
             config = load_config(path)
-            problems = check_files(config, str(path))
+            # the files are the host's: read where it runs (--live), not where the config is written
+            problems = check_files(config, str(path)) if args.live else []
             if problems:
                 raise ConfigError(problems)
         except ConfigError as exc:
@@ -252,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--live",
         action="store_true",
-        help="also poll each source once and evaluate each rule: exit 1 when a rollback rule cannot see",
+        help="on the host it runs on: read the files the config names, poll each source once and"
+        " evaluate each rule; exit 1 when a rollback rule cannot see",
     )
     check.set_defaults(handler=_check)
 
