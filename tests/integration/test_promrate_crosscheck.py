@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from watchdogd.sources.promrate import extrapolated_rate
+from watchdogd.sources.promrate import counter_increase, extrapolated_rate
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +36,8 @@ RANGE = 60.0
 
 def old_order(points: Sequence[Point], start: float, end: float) -> float:
     """Prometheus before 2.52: the zero point first, then the 1.1-interval threshold."""
-    first_t, first_v = points[0]
-    last_t, last_v = points[-1]
-    increase = last_v - first_v
-    previous = first_v
-    for _, value in points[1:]:
-        if value < previous:
-            increase += previous
-        previous = value
+    (first_t, first_v), (last_t, _) = points[0], points[-1]
+    increase = counter_increase(points)
     sampled = last_t - first_t
     average = sampled / (len(points) - 1)
     to_start, to_end = first_t - start, end - last_t

@@ -171,6 +171,17 @@ class SeriesStore:
 # --- Prometheus's functions ---------------------------------------------------------
 
 
+def counter_increase(points: Sequence[Point]) -> float:
+    """How much a counter grew from the first point to the last; a drop is a reset, added back."""
+    increase = points[-1][1] - points[0][1]
+    previous = points[0][1]
+    for _, value in points[1:]:
+        if value < previous:
+            increase += previous
+        previous = value
+    return increase
+
+
 def extrapolated_rate(
     points: Sequence[Point], start: float, end: float, *, counter: bool = True, per_second: bool = True
 ) -> float:
@@ -187,13 +198,7 @@ def extrapolated_rate(
         raise ValueError("a rate needs at least two points")
     first_t, first_v = points[0]
     last_t, last_v = points[-1]
-    increase = last_v - first_v
-    if counter:
-        previous = first_v
-        for _, value in points[1:]:
-            if value < previous:
-                increase += previous
-            previous = value
+    increase = counter_increase(points) if counter else last_v - first_v
     sampled = last_t - first_t
     if sampled <= 0:
         raise ValueError("points of a rate must have increasing times")
