@@ -241,27 +241,28 @@ async def test_nan_inf_and_duplicates_spoil_only_their_measures(
             f"# TYPE hot gauge\nhot +Inf\ncold NaN\n"
             f'twice{{a="1"}} 1\ntwice{{a="1"}} 2\ntwice{{a="2"}} 5\n'
         )
-        for n in (10, 20)
+        for n in (10, 20, 30)
     )
 
     async def answer(_: web.Request) -> web.Response:
         return web.Response(text=next(body))
 
-    ok = Measure("rate", "ok_total", over=1.0)
-    broken = Measure("rate", "broken_total", over=1.0)
+    ok = Measure("rate", "ok_total", over=2.0)
+    broken = Measure("rate", "broken_total", over=2.0)
     hot, cold = Measure("metric", "hot"), Measure("metric", "cold")
     twice, single = Measure("metric", "twice"), Measure("metric", 'twice{a="2"}')
     measures = [ok, broken, hot, cold, twice, single]
     poller = Poller(scrape_source(await fake_server(answer), session), 5.0, metrics)
     await poller.poll(measures, 100.0)
-    samples = await poller.poll(measures, 101.0)
+    await poller.poll(measures, 101.0)  # a window is full from here; its rate needs one more poll
+    samples = await poller.poll(measures, 102.0)
     assert (samples[ok].value or 0.0) > 0
     assert samples[broken].value is None and "broken_total has the value nan" in (
         samples[broken].reason or ""
     )
     assert samples[hot].value == float("inf")
-    assert samples[cold] == Sample(101.0, None, "cold is NaN")
-    assert samples[twice] == Sample(101.0, None, 'twice{a="1"} appears more than once in the scrape')
+    assert samples[cold] == Sample(102.0, None, "cold is NaN")
+    assert samples[twice] == Sample(102.0, None, 'twice{a="1"} appears more than once in the scrape')
     assert samples[single].value == 5.0
     # the endpoint itself answered fine: these are the exporter's values, not a failed source
     assert errors(metrics) == 0

@@ -229,7 +229,10 @@ async def test_prometheus_query_on_real_server(
     # two series (code 200 and 500): max by default
     assert samples[several].value is not None and samples[several].value > 0
     assert samples[bad].value is None and "bad_data" in samples[bad].reason
-    assert errors(metrics, "prom") == 0
+    # an empty result and a refused query are errors: a rule on them cannot see
+    for reason in ("empty", "bad_data"):
+        labels = {"source": "prom", "reason": reason}
+        assert (metrics.registry.get_sample_value("watchdogd_source_errors_total", labels) or 0) >= 1
 
 
 @pytest.mark.parametrize(
