@@ -50,11 +50,17 @@ def _check_live(config: Config) -> int:
     import asyncio
     import logging
 
+    import structlog
+
     from watchdogd.preflight import check_live
     from watchdogd.telemetry import configure_logging
 
+    saved = structlog.get_config()
     configure_logging(logging.ERROR, "console", stream=sys.stderr)  # each rule's line says it all
-    seen = asyncio.run(check_live(config))
+    try:
+        seen = asyncio.run(check_live(config))
+    finally:
+        structlog.configure(**saved)  # the caller's logging as it was
     print("  live:")
     for rule in seen:
         print(f"    {rule.line}")
