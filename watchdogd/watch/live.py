@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -91,7 +92,7 @@ class Watched:
             return live
         raw = await self.store.rule_states(newest.id)
         tallies = {rule: _tally(saved) for rule, saved in raw.items()}
-        live = self._live[service] = Live(newest, await self.stored_states(newest), tallies)
+        live = self._live[service] = Live(newest, await self.stored_states(newest, saved=raw), tallies)
         self.on_new(service)
         return live
 
@@ -116,18 +117,23 @@ class Watched:
         for live in self:
             live.states = await self.stored_states(live.deployment, carry=False)
 
-    async def stored_states(self, deployment: Deployment, carry: bool = True) -> dict[str, EvalState]:
+    async def stored_states(
+        self, deployment: Deployment, carry: bool = True, saved: dict[str, dict[str, Any]] | None = None
+    ) -> dict[str, EvalState]:
         """The states saved for ``deployment``; with ``carry``, carried over to now to evaluate on.
 
         A state is reused only for a rule that still means the same (its
         fingerprint); the time since it was last evaluated is a gap, not
         evidence (``watchdogd.rules.resume``). A follower only shows the
-        leader's states (``carry=False``): it neither moves nor logs them.
+        leader's states (``carry=False``): it neither moves nor logs them. ``saved``: the
+        stored states when the caller has read them already.
         """
         runs = {r.rule.name: r for r in self.world().runs.get(deployment.service, ())}
         now = self.clock()
         states = {}
-        for rule, raw in (await self.store.rule_states(deployment.id)).items():
+        if saved is None:
+            saved = await self.store.rule_states(deployment.id)
+        for rule, raw in saved.items():
             run = runs.get(rule)
             if run is None:
                 continue
@@ -183,7 +189,7 @@ class Watched:
         if live is not None and live.deployment.id == deployment.id:
             return Seen(self.rule_views(deployment, world), dict(live.tallies))
         raw = await self.store.rule_states(deployment.id)
-        states = await self.stored_states(deployment, carry=False)
+        states = await self.stored_states(deployment, carry=False, saved=raw)
         tallies = {rule: _tally(saved) for rule, saved in raw.items()}
         return Seen(self.rule_views(deployment, world, states), tallies)
 
