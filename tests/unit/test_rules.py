@@ -218,6 +218,15 @@ def test_for_window_completes_despite_float_rounding() -> None:
     assert states[5:] == [PENDING, PENDING, PENDING, FIRING]
 
 
+def test_for_window_completes_on_epoch_times() -> None:
+    # Stamps are seconds since the epoch, about 1.8e9, where floats step by 2.4e-7: polls
+    # 0.3 s apart from 1_800_000_000.1 hold a `for: 600ms` after two intervals less 1.2e-7.
+    first = 1_800_000_000.1
+    run = Runner(make_rule(condition="> 0.05", **{"for": "600ms"}), started_at=first)
+    states = [run.feed([0.2], first=first + index * 0.3)[0] for index in range(3)]
+    assert states == [PENDING, PENDING, FIRING]
+
+
 def test_for_zero_fires_at_the_first_true_evaluation() -> None:
     run = Runner(make_rule(condition="> 0.05", **{"for": "0"}))
     assert run.feed([0.01, 0.2]) == [OK, FIRING]

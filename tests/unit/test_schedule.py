@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry
 
+from watchdogd.config.models import RuleConfig
 from watchdogd.errors import SourceError
 from watchdogd.model import Sample
+from watchdogd.rules import compile_rule, evaluate, start
 from watchdogd.sources.base import Measure
 from watchdogd.sources.schedule import SourceJobs
 from watchdogd.telemetry import Metrics
@@ -153,3 +156,66 @@ async def test_no_subscriber_no_poll(jobs: SourceJobs) -> None:
     jobs.add(source, interval=0.1, timeout=1.0)
     await asyncio.sleep(0.3)
     assert source.fetches == []
+
+
+async def test_a_late_first_poll_does_not_delay_the_for_timer(jobs: SourceJobs) -> None:
+    # Polls every 0.5 s and a rule `for: 1s`: the rule holds after the third poll, exactly two
+    # intervals after the first. The event loop is busy for 30 ms when the first poll is due, so
+    # that poll starts late and the others on time; stamped with when they began, the third poll
+    # comes 0.97 s after the first and the rule fires one poll (0.5 s) late.
+    rule = compile_rule(
+        RuleConfig.model_validate({"name": "r", "source": "queue", "condition": "> 1", "for": "1s"})
+    )
+    source = Scripted("queue")
+    state = start(rule, 0.0)
+    fired: list[float] = []
+    times: list[float] = []
+
+    def on_poll(_: str, samples: Mapping[Measure, Sample]) -> None:
+        nonlocal state
+        sample = Sample(samples[DEPTH].time, 5.0)
+        times.append(sample.time)
+        state, transitions = evaluate(rule, state, sample, sample.time)
+        fired.extend(t.at for t in transitions if t.fired)
+
+    jobs.add(source, interval=0.5, timeout=1.0)
+    jobs.subscribe("queue", "r", [DEPTH], on_poll)
+    time.sleep(0.03)  # noqa: ASYNC251 - the loop is busy when the first poll is due
+    await wait_for(lambda: len(times) >= 3, timeout=3.0)
+    assert [round(b - a, 9) for a, b in itertools.pairwise(times)][:2] == [0.5, 0.5]
+    assert fired == [times[2]]
+
+
+async def test_polls_outside_the_schedule_keep_their_own_time_and_order(jobs: SourceJobs) -> None:
+    clock = [1000.0]
+    jobs.wall = lambda: clock[0]
+    source = Scripted("queue")
+    jobs.add(source, interval=60, timeout=1.0)
+    seen: list[float] = []
+    jobs.subscribe("queue", "r", [DEPTH], lambda _, s: seen.append(s[DEPTH].time))
+    await wait_for(lambda: len(seen) == 1, timeout=2.0)
+    clock[0] = 1012.5
+    await jobs.poll_now("queue")
+    clock[0] = 1011.0  # a clock that went back: stamps never do
+    await jobs.poll_now("queue")
+    assert seen[0] == pytest.approx(1000.0, abs=0.01)  # less the few ms it ran late
+    assert seen[1:] == [1012.5, 1012.5]
+
+
+def test_sources_alike_poll_apart_each_on_a_fixed_beat() -> None:
+    scheduler = AsyncIOScheduler()
+    jobs = SourceJobs(scheduler, Metrics(CollectorRegistry()))
+    jobs.add(Scripted("a"), interval=10, timeout=1.0, scheduled=False)
+    assert jobs.phase("a", 10) == 0.0  # alone: polled at once, never later than it must
+    jobs.add(Scripted("b"), interval=10, timeout=1.0, scheduled=False)
+    phases = {name: jobs.phase(name, 10) for name in ("a", "b")}
+    assert phases == {name: jobs.phase(name, 10) for name in ("a", "b")}  # the same every time
+    assert phases["a"] != phases["b"]
+    assert all(0 <= p <= 1.0 for p in phases.values())
+
+
+async def wait_for(done: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)

@@ -20,9 +20,10 @@ PENDING = RuleState.PENDING
 FIRING = RuleState.FIRING
 NO_DATA = RuleState.NO_DATA
 
-# Float times are sums and products of decimal seconds; a nanosecond of slack
-# keeps 0.1 * 7 - 0.1 * 4 from falling short of 0.3.
-_EPS = 1e-9
+# Float times are sums and products of decimal seconds since the epoch, where a
+# float steps by 2.4e-7 (at 1.8e9): a microsecond of slack keeps two polls 0.3 s
+# apart from falling short of 0.6 s by that step, and 0.1 * 7 - 0.1 * 4 of 0.3.
+_EPS = 1e-6
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,

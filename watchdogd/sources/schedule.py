@@ -1,21 +1,31 @@
 """Polling on schedule: one apscheduler job per source, one poll for every rule on it.
 
-Each source is an ``AsyncIOScheduler`` interval job with jitter, coalescing,
+Each source is an ``AsyncIOScheduler`` interval job with coalescing,
 ``max_instances=1`` and a misfire grace, so a slow source skips its own late
 runs and never delays another. A poll asks the source once for the union of
 the measures its subscribers need and hands each subscriber its samples.
 Recent samples are kept per measure, bounded in age, for pre-deploy baselines.
+
+A scheduled poll's samples carry the time the poll was planned for, not the
+few milliseconds later the event loop got to it, as Prometheus evaluates a
+group at its planned timestamps: a ``for: 1m`` held over polls 15 s apart is
+then held after exactly four intervals, not four intervals less a few
+milliseconds (which made the rule fire one poll late). Sources polled at the
+same interval are spread by a fixed phase per source rather than by a random
+jitter on every run, so their polls stay exactly one interval apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
+from apscheduler.events import EVENT_JOB_SUBMITTED, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from watchdogd.clock import now as steady
@@ -32,6 +42,12 @@ Callback = Callable[[str, Mapping[Measure, Sample]], Awaitable[None] | None]
 
 MAX_HISTORY = 20_000
 """Samples kept per measure at most, whatever the history age asked for."""
+
+ON_TIME = 0.1
+"""A scheduled poll started at most this fraction of its interval late (and at most
+``ON_TIME_CAP`` seconds) is stamped with its planned time; a later one with the
+time it really ran, since its answer describes that later moment."""
+ON_TIME_CAP = 0.5
 
 
 @dataclass
@@ -50,14 +66,47 @@ class _Job:
     polls: int = 0
     running: asyncio.Lock = field(default_factory=asyncio.Lock)
     """A poll outside the schedule waits for the scheduled one: a rule's polls never overlap."""
+    planned: datetime | None = None
+    """When the scheduler planned the run it has just submitted (its own clock)."""
+    beat: tuple[datetime, float] | None = None
+    """A planned run and its stamp: later runs are stamped a whole number of intervals on."""
+    stamped: float = float("-inf")
+    """The time on the last poll's samples: stamps never go back."""
+
+    def stamp(self, at: float, scheduler: AsyncIOScheduler, scheduled: bool) -> float:
+        """The time for a poll begun at ``at``: its planned time when it ran on time.
+
+        Planned times are counted from the job's beat, so polls one interval apart are
+        stamped exactly one interval apart; the scheduler's clock drifting from ``at``'s
+        by more than the tolerance starts a new beat.
+        """
+        if scheduled:
+            planned, self.planned = self.planned, None
+            late = (_now(scheduler) - planned).total_seconds() if planned is not None else -1.0
+            tolerance = min(self.interval * ON_TIME, ON_TIME_CAP)
+            if planned is not None and 0 <= late <= tolerance:
+                on_time = at - late
+                if self.beat is not None:
+                    on_beat = self.beat[1] + (planned - self.beat[0]).total_seconds()
+                    if abs(on_beat - on_time) <= tolerance:
+                        on_time = on_beat
+                    else:
+                        self.beat = None
+                if self.beat is None:
+                    self.beat = (planned, on_time)
+                if on_time > self.stamped:
+                    at = on_time
+        self.stamped = max(at, self.stamped)
+        return self.stamped
 
 
 class SourceJobs:
     """The scheduled polling of every source.
 
     ``wall`` gives the time stamped on samples (seconds since the epoch by
-    default; tests pass their own). Jitter is a fraction of the interval, at
-    most 10%, so sources configured alike do not all poll in the same instant.
+    default; tests pass their own). ``jitter`` is the largest phase, as a
+    fraction of the interval, that spreads sources configured alike so they do
+    not all poll in the same instant.
     """
 
     def __init__(
@@ -72,6 +121,13 @@ class SourceJobs:
         self.wall = wall
         self.jitter = jitter
         self.jobs: dict[str, _Job] = {}
+        scheduler.add_listener(self._submitted, EVENT_JOB_SUBMITTED)
+
+    def _submitted(self, event: JobSubmissionEvent) -> None:
+        if event.job_id.startswith("source:") and event.scheduled_run_times:
+            job = self.jobs.get(event.job_id.removeprefix("source:"))
+            if job is not None:
+                job.planned = max(event.scheduled_run_times)
 
     def add(
         self, source: Source, interval: float, timeout: float, keep: float = 0.0, scheduled: bool = True
@@ -88,29 +144,35 @@ class SourceJobs:
             job.subscribers = previous.subscribers
             job.history = previous.history
             job.keep = max(keep, previous.keep)
+            job.stamped = previous.stamped
         self.jobs[name] = job
         if not scheduled:
             return
+        start = _now(self.scheduler) + timedelta(seconds=self.phase(name, interval))
         self.scheduler.add_job(
             self._run,
             "interval",
-            args=[name],
+            args=[name, True],
             id=f"source:{name}",
             name=f"poll {name}",
             seconds=interval,
-            jitter=self._jitter(name, interval),
+            start_date=start,
             coalesce=True,
             max_instances=1,
             misfire_grace_time=max(1, int(interval)),
             replace_existing=True,
-            next_run_time=_now(self.scheduler),
+            next_run_time=start,
         )
 
-    def _jitter(self, name: str, interval: float) -> float | None:
-        """Spread only sources that would otherwise poll in the same instant: a lone source's
-        jitter is nothing but a later look at a bad deploy."""
+    def phase(self, name: str, interval: float) -> float:
+        """How long after the interval's start ``name`` polls: nothing for a lone source (any
+        delay is only a later look at a bad deploy), else a fixed share of ``jitter`` drawn
+        from its name, so sources configured alike poll apart and each exactly on its beat."""
         crowded = any(j.interval == interval for other, j in self.jobs.items() if other != name)
-        return (round(interval * self.jitter, 3) or None) if crowded else None
+        if not crowded:
+            return 0.0
+        share = zlib.crc32(name.encode()) / 0xFFFFFFFF
+        return round(interval * self.jitter * share, 3)
 
     def reschedule(self) -> None:
         """Poll every source now and count its intervals from there.
@@ -119,7 +181,8 @@ class SourceJobs:
         back, the next runs would otherwise wait for it to catch up.
         """
         now = _now(self.scheduler)
-        for name in self.jobs:
+        for name, job in self.jobs.items():
+            job.beat = None
             if self.scheduler.get_job(f"source:{name}") is not None:
                 self.scheduler.modify_job(f"source:{name}", next_run_time=now)
 
@@ -190,18 +253,18 @@ class SourceJobs:
         """One poll of ``name`` outside the schedule (at a deploy's start, say)."""
         await self._run(name)
 
-    async def _run(self, name: str) -> None:
+    async def _run(self, name: str, scheduled: bool = False) -> None:
         job = self.jobs.get(name)
         if job is None:
             return
         async with job.running:
-            await self._poll(name, job)
+            await self._poll(name, job, scheduled)
 
-    async def _poll(self, name: str, job: _Job) -> None:
+    async def _poll(self, name: str, job: _Job, scheduled: bool) -> None:
         measures = tuple(dict.fromkeys(m for sub in job.subscribers.values() for m in sub.measures))
         if not measures:
             return
-        at = self.wall()
+        at = job.stamp(self.wall(), self.scheduler, scheduled)
         samples = await job.poller.poll(measures, at)
         job.polls += 1
         if job.keep > 0:
