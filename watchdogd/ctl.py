@@ -5,6 +5,16 @@ with ``--token`` or ``WATCHDOGD_TOKEN``; a flag wins over the variable. Exit
 codes: 0 done, 1 the API refused (its message is printed in one line), 2 a
 usage error or no daemon to talk to. ``--json`` prints the API's answers as
 they are, for scripts.
+
+Two things a server (or whoever can make it answer) never gets to do:
+
+- act on the operator's terminal: every line printed for a person goes
+  through ``printable``, which escapes control characters (C0, DEL, C1),
+  Unicode format characters (bidi overrides, zero-width ones) and line
+  separators found in the API's strings; ``--json`` is ASCII with every such
+  character escaped by the JSON encoder;
+- receive the token elsewhere: redirects are not followed at all (the daemon
+  never sends one), and a 3xx answer ends the command naming where it pointed.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import json
 import os
 import sys
 import time
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -58,6 +69,27 @@ class Usage(CtlError):
         super().__init__(message, EXIT_USAGE)
 
 
+class Redirected(CtlError):
+    """The API answered 3xx: not followed, so the token goes nowhere but ``--url``."""
+
+    def __init__(self, url: str, status: int, location: str | None) -> None:
+        where = f"a redirect to {location[:200]}" if location else "a redirect with no Location"
+        super().__init__(
+            f"{url} answered {status}, {where}; watchdogd ctl follows no redirect (the token would go"
+            " along): set --url or WATCHDOGD_URL to the address watchdogd answers on",
+            EXIT_USAGE,
+        )
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # returning None leaves the 3xx to the default handler, which raises it as an HTTPError
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 @dataclass(frozen=True)
 class Client:
     """A bearer-token JSON client of one daemon's API."""
@@ -91,7 +123,7 @@ class Client:
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+            with _OPENER.open(request, timeout=TIMEOUT) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise self._refused(exc) from None
@@ -109,7 +141,7 @@ class Client:
         if last_id is not None:
             request.add_header("Last-Event-ID", last_id)
         try:
-            response = urllib.request.urlopen(request, timeout=STREAM_TIMEOUT)
+            response = _OPENER.open(request, timeout=STREAM_TIMEOUT)
         except urllib.error.HTTPError as exc:
             raise self._refused(exc) from None
         except (urllib.error.URLError, OSError, HTTPException) as exc:
@@ -124,7 +156,9 @@ class Client:
             request.add_header("Authorization", f"Bearer {self.token}")
         return request
 
-    def _refused(self, exc: urllib.error.HTTPError) -> Refused:
+    def _refused(self, exc: urllib.error.HTTPError) -> CtlError:
+        if 300 <= exc.code < 400:
+            return Redirected(self.url, exc.code, exc.headers.get("Location"))
         refused = _refused(exc)
         if refused.status != 401:
             return refused
@@ -173,6 +207,36 @@ def _why(exc: BaseException) -> str:
 
 # --- output -------------------------------------------------------------------------------------
 
+_UNSAFE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+"""Unicode categories a terminal acts on or hides instead of showing: controls (C0 with tab and
+newline, DEL, C1), format characters (bidi overrides and isolates, zero-width ones), lone
+surrogates, line and paragraph separators."""
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: each character of an ``_UNSAFE`` category shown as an escape.
+
+    ``"\\x1b[2J"`` instead of a cleared screen, ``"\\u202e"`` instead of reversed text. Every
+    line ``ctl`` prints for a person goes through here; what it leaves is one line of visible text.
+    """
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(_escape(ch) if unicodedata.category(ch) in _UNSAFE else ch for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def say(line: str, out: TextIO, *, flush: bool = False) -> None:
+    """Print one line for a person; see ``printable``."""
+    print(printable(line), file=out, flush=flush)
+
 
 def parse_time(text: str | None) -> float | None:
     if not text:
@@ -208,7 +272,8 @@ def value_text(value: Any) -> str:
 
 
 def table(rows: list[list[str]], indent: str = "") -> list[str]:
-    """Left-aligned columns two spaces apart; the first row is the header."""
+    """Left-aligned columns two spaces apart; the first row is the header. Cells are made printable."""
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return [
         indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -335,7 +400,7 @@ def _status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         _dump({"deployments": deployments, "rollbacks": items}, out)
         return EXIT_OK
     for line in status_lines(deployments, rollbacks, time.time()):
-        print(line, file=out)
+        say(line, out)
     return EXIT_OK
 
 
@@ -357,19 +422,19 @@ def _deploy(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         _dump(deployment, out)
         return EXIT_OK
     now = time.time()
-    print(
+    say(
         f"deployment {deployment['id']} of {deployment['service']} ({deployment.get('image') or '-'}):"
         f" {deployment['state']}, window ends in {left(deployment['window_ends_at'], now)}",
-        file=out,
+        out,
     )
     if deployment.get("sql_policy"):
         destroys = deployment.get("destroys") or []
-        print(f"  down SQL policy: {deployment['sql_policy']}", file=out)
+        say(f"  down SQL policy: {deployment['sql_policy']}", out)
         for finding in destroys:
-            print(f"    {finding}", file=out)
+            say(f"    {finding}", out)
     rehearsal = deployment.get("rehearsal")
     if rehearsal:
-        print(f"  rehearsal: {rehearsal['status']}: {rehearsal['detail']}", file=out)
+        say(f"  rehearsal: {rehearsal['status']}: {rehearsal['detail']}", out)
     return EXIT_OK
 
 
@@ -391,7 +456,7 @@ def _vote(verb: str, done: str) -> Callable[[Client, argparse.Namespace, TextIO]
                 if args.mute_for
                 else "; its rules are muted until they clear"
             )
-        print(line, file=out)
+        say(line, out)
         return EXIT_OK
 
     return command
@@ -402,7 +467,7 @@ def _rollback(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _dump(rollback, out)
     else:
-        print(rollback_line("proposed", rollback, time.time()), file=out)
+        say(rollback_line("proposed", rollback, time.time()), out)
     return EXIT_OK
 
 
@@ -411,7 +476,7 @@ def _promote(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _dump(deployment, out)
     else:
-        print(f"deployment {deployment['id']} of {deployment['service']}: {deployment['state']}", file=out)
+        say(f"deployment {deployment['id']} of {deployment['service']}: {deployment['state']}", out)
     return EXIT_OK
 
 
@@ -420,7 +485,7 @@ def _rehearse(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _dump(report, out)
     else:
-        print(f"rehearsal of {args.deployment}: {report['status']}: {report['detail']}", file=out)
+        say(f"rehearsal of {args.deployment}: {report['status']}: {report['detail']}", out)
     return EXIT_REFUSED if report["status"] == "failed" else EXIT_OK
 
 
@@ -435,7 +500,10 @@ def _events(client: Client, args: argparse.Namespace, out: TextIO) -> int:
                 connected, pause = True, 1.0
                 if event["id"] is not None:
                     last_id = event["id"]
-                print(json.dumps(event) if args.json else event_line(event), file=out, flush=True)
+                if args.json:
+                    print(_json(event), file=out, flush=True)
+                else:
+                    say(event_line(event), out, flush=True)
                 seen += 1
                 if args.count is not None and seen >= args.count:
                     return EXIT_OK
@@ -446,7 +514,7 @@ def _events(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             why = str(exc)
         except (OSError, HTTPException) as exc:
             why = f"connection lost: {_why(exc)}"
-        print(f"watchdogd ctl: {why}; reconnecting in {pause:g}s", file=sys.stderr, flush=True)
+        say(f"watchdogd ctl: {why}; reconnecting in {pause:g}s", sys.stderr, flush=True)
         time.sleep(pause)
         pause = min(pause * 2, 10.0)
 
@@ -461,7 +529,7 @@ def _audit(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK
     items = answer["items"]
     if not items:
-        print("no audit entries", file=out)
+        say("no audit entries", out)
         return EXIT_OK
     rows = [["AT", "ACTOR", "ACTION", "DEPLOYMENT", "ROLLBACK", "DETAIL"]]
     for e in items:
@@ -477,7 +545,7 @@ def _audit(client: Client, args: argparse.Namespace, out: TextIO) -> int:
             ]
         )
     for line in table(rows):
-        print(line, file=out)
+        say(line, out)
     return EXIT_OK
 
 
@@ -509,7 +577,12 @@ def _quote(part: str) -> str:
 
 
 def _dump(data: Any, out: TextIO) -> None:
-    print(json.dumps(data, indent=2), file=out)
+    print(_json(data, indent=2), file=out)
+
+
+def _json(data: Any, indent: int | None = None) -> str:
+    # ASCII only: every control, C1 and format character in the API's strings leaves as a \u escape
+    return json.dumps(data, indent=indent, ensure_ascii=True)
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -604,9 +677,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         code: int = args.ctl_handler(client, args, stream)
         return code
     except CtlError as exc:
-        print(f"watchdogd ctl: {exc}", file=sys.stderr)
+        say(f"watchdogd ctl: {exc}", sys.stderr)
         return exc.exit_code
     except (KeyError, TypeError) as exc:
         # a daemon of another version answering in another shape
-        print(f"watchdogd ctl: unexpected answer from the API (missing {exc})", file=sys.stderr)
+        say(f"watchdogd ctl: unexpected answer from the API (missing {exc})", sys.stderr)
         return EXIT_USAGE
