@@ -3,6 +3,11 @@
 Retried: network errors, timeouts, 5xx and 429, with exponential backoff.
 Not retried: any other answer of 300 or more; the receiver refused the body
 and sending it again would not change its mind.
+
+Redirects are not followed: a 3xx is a failed delivery whose reason names the
+Location. Following one would send the body (the rollback, its reasons) and
+any headers to wherever the receiver, or whoever controls its answers, points;
+a webhook is configured with the URL that takes the POST.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urljoin
 
 import aiohttp
 
@@ -33,6 +39,16 @@ class PostResult:
 def retryable(status: int) -> bool:
     """Whether an HTTP status is worth asking again: the receiver is down or busy."""
     return status >= 500 or status == 429
+
+
+def redirect_reason(url: SecretUrl, location: str | None) -> str:
+    """`` redirect to URL, not followed: ...`` for a 3xx answer; the Location masked and cut short."""
+    if not location:
+        return " redirect with no Location, not followed: configure the final URL"
+    target = redact_url(urljoin(url.secret(), location.strip()))
+    if len(target) > 200:
+        target = target[:197] + "..."
+    return f" redirect to {target}, not followed: configure the final URL"
 
 
 def mask_urls(text: str) -> str:
@@ -64,12 +80,16 @@ async def post_json(
         if attempt > 1:
             await asyncio.sleep(backoff * 2 ** (attempt - 2))
         status = None
+        location: str | None = None
         try:
             async with (
                 asyncio.timeout(attempt_timeout),
-                session.post(url.secret(), data=body, headers=sent_headers) as response,
+                session.post(
+                    url.secret(), data=body, headers=sent_headers, allow_redirects=False
+                ) as response,
             ):
                 status = response.status
+                location = response.headers.get("Location")
         except TimeoutError:
             reason = f"no answer within {attempt_timeout:g}s"
             continue
@@ -80,6 +100,8 @@ async def post_json(
         if status < 300:
             return PostResult(True, attempt, status, f"answered {status}")
         reason = f"HTTP {status}"
+        if 300 <= status < 400:
+            reason += redirect_reason(url, location)
         if not retryable(status):
             break
     return PostResult(False, attempt, status, reason)

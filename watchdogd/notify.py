@@ -109,10 +109,20 @@ def text(event: Event) -> str:
     return line if len(line) <= _MAX_TEXT else line[: _MAX_TEXT - 3] + "..."
 
 
+def slack_escape(line: str) -> str:
+    """``line`` as Slack text that shows it as written: ``&``, ``<`` and ``>`` as HTML entities.
+
+    Slack reads ``<!channel>``, ``<@U123>`` and ``<https://x|label>`` in text as
+    mentions and links; an image name or a reason must not ping anyone or hide a link.
+    """
+    return line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def payload(event: Event, fmt: Literal["slack", "json"] = "slack") -> dict[str, Any]:
     """The JSON body: ``text`` plus the structured event, nested under ``watchdogd`` for slack.
 
-    Fields named ``*_at`` that hold Unix seconds are sent as RFC 3339 UTC.
+    Fields named ``*_at`` that hold Unix seconds are sent as RFC 3339 UTC. For slack
+    ``text`` is escaped (``slack_escape``); the structured fields carry the exact strings.
     """
     structured: dict[str, Any] = {
         "event": event.kind,
@@ -129,7 +139,8 @@ def payload(event: Event, fmt: Literal["slack", "json"] = "slack") -> dict[str, 
         else:
             structured[key] = _jsonable(value)
     if fmt == "slack":
-        return {"text": text(event), "watchdogd": structured}
+        # escaped after text() shortened it, so no entity is cut in half
+        return {"text": slack_escape(text(event)), "watchdogd": structured}
     return {"text": text(event), **structured}
 
 

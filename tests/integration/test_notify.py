@@ -317,3 +317,70 @@ async def test_secrets_in_the_url_are_never_logged(fake_server: Server) -> None:
         dead_url.replace("s3cret-pw", "***").replace("tok-123", "***"),
     }
     assert "s3cret-pw" not in repr(logs) and "tok-123" not in repr(logs)
+
+
+class Redirect:
+    """Answers every POST with ``status`` and a Location on ``target``, records what it saw."""
+
+    def __init__(self, status: int, target: str) -> None:
+        self.status = status
+        self.target = target
+        self.calls = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.calls += 1
+        return web.Response(status=self.status, headers={"Location": self.target + "/stolen?token=abc"})
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_is_a_failure_and_is_not_followed(
+    fake_server: Server, metrics: Metrics, status: int
+) -> None:
+    elsewhere = Receiver()
+    other = await fake_server(elsewhere.handle)
+    redirect = Redirect(status, other)
+    url = await fake_server(redirect.handle)
+    notifier = Notifier([webhook(url + "/hook")], metrics, backoff=0.01)
+    with capture_logs() as logs:
+        notifier.start()
+        notifier.notify(event())
+        await notifier.close(2.0)
+    assert elsewhere.bodies == []
+    assert redirect.calls == 1  # a redirect is an answer: asking again would not change it
+    failed = [e for e in logs if e["event"] == "notification_failed"]
+    assert [e["attempts"] for e in failed] == [1]
+    assert failed[0]["reason"] == (
+        f"HTTP {status} redirect to {other}/stolen?token=***, not followed: configure the final URL"
+    )
+    assert count(metrics, "failed") == 1 and count(metrics, "delivered") == 0
+
+
+async def test_slack_text_is_escaped_so_it_pings_nobody_and_links_nowhere(fake_server: Server) -> None:
+    receiver = Receiver()
+    url = await fake_server(receiver.handle)
+    notifier = Notifier([webhook(url), webhook(url, format="json")], backoff=0.01)
+    notifier.start()
+    notifier.notify(
+        Event(
+            kind="proposal",
+            service="api",
+            deployment_id="d1",
+            at=AT,
+            summary="<!channel> deploy of <@U123> & <https://evil.example|click here>",
+            fields={"reason": "value > 5 && <!here>", "image": "app:<!everyone>"},
+        )
+    )
+    await receiver.wait_for(2)
+    await notifier.close(1.0)
+    slack = next(b for b in receiver.bodies if "watchdogd" in b)
+    generic = next(b for b in receiver.bodies if "watchdogd" not in b)
+    assert slack["text"] == (
+        "watchdogd: api proposal (deployment d1): &lt;!channel&gt; deploy of &lt;@U123&gt; &amp; "
+        "&lt;https://evil.example|click here&gt; [reason=value &gt; 5 &amp;&amp; &lt;!here&gt;, "
+        "image=app:&lt;!everyone&gt;]"
+    )
+    assert "<" not in slack["text"] and ">" not in slack["text"]
+    # the structured fields and the generic JSON format carry the exact strings
+    assert slack["watchdogd"]["reason"] == "value > 5 && <!here>"
+    assert generic["text"].startswith("watchdogd: api proposal (deployment d1): <!channel> deploy of <@U123>")

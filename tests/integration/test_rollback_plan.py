@@ -221,6 +221,26 @@ async def test_webhook_refused_is_not_retried(fake_server: Server) -> None:
     assert calls == 1
 
 
+async def test_webhook_does_not_follow_a_redirect(fake_server: Server) -> None:
+    calls: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        calls.append(request.headers.get("Idempotency-Key", ""))
+        return web.Response()
+
+    other = await fake_server(elsewhere)
+
+    async def redirect(request: web.Request) -> web.Response:
+        calls.append("redirect")
+        return web.Response(status=307, headers={"Location": other + "/hook"})
+
+    url = await fake_server(redirect)
+    result = await WebhookStep(WebhookStepConfig(url=SecretUrl(url), retries=3), backoff=0.01).run(target())
+    assert calls == ["redirect"]
+    assert result.status == "failed"
+    assert f"HTTP 307 redirect to {other}/hook, not followed: configure the final URL" in result.detail
+
+
 # --- verify --------------------------------------------------------------------------------
 
 
