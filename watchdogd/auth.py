@@ -17,10 +17,12 @@ from typing import Literal
 
 import yaml
 
+from watchdogd.config.loader import parse_yaml
 from watchdogd.errors import ConfigError, ConfigProblem
 
 Role = Literal["viewer", "deployer", "operator", "admin"]
-_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}\Z")
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|#x[0-9a-fA-F]+")
 RANKS: dict[str, int] = {"viewer": 0, "deployer": 1, "operator": 2, "admin": 3}
 """viewer < deployer (registers deployments, pushes alerts; no votes) < operator < admin."""
 
@@ -46,54 +48,76 @@ class Tokens:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokens:
-        """Read a tokens file; ConfigError naming the entry for anything wrong."""
+        """Read a tokens file; ConfigError naming the file, line and entry for anything wrong.
+
+        No message quotes the file: a YAML error says where it is, never what is there,
+        since the offending line may hold a token.
+        """
         name = str(path)
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError([ConfigProblem(name, None, "", f"cannot read: {exc.strerror}")]) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError([ConfigProblem(name, None, "", f"invalid YAML: {exc}")]) from None
+        except UnicodeDecodeError:
+            raise ConfigError([ConfigProblem(name, None, "", "not UTF-8 text")]) from None
+        try:
+            yaml.reader.Reader(text)
+        except yaml.reader.ReaderError as exc:
+            line = text.count("\n", 0, exc.position) + 1
+            raise ConfigError(
+                [ConfigProblem(name, line, "", "invalid YAML: a character YAML does not allow")]
+            ) from None
+        try:
+            data, lines = parse_yaml(text, name)
+        except ConfigError as exc:
+            raise ConfigError([_unquoted(p) for p in exc.problems]) from None
         items = data.get("tokens") if isinstance(data, dict) else None
         if not isinstance(items, list):
-            raise ConfigError([ConfigProblem(name, None, "tokens", "expected a list of tokens")])
+            raise ConfigError(
+                [ConfigProblem(name, lines.get(("tokens",)), "tokens", "expected a list of tokens")]
+            )
         entries: dict[str, Principal] = {}
+        first_line: dict[str, int | None] = {}
         problems: list[ConfigProblem] = []
+
+        def problem(index: int, key: str | None, message: str) -> None:
+            loc: tuple[str | int, ...] = ("tokens", index) if key is None else ("tokens", index, key)
+            line = lines.get(loc, lines.get(("tokens", index)))
+            field = f"tokens[{index}]" + (f".{key}" if key else "")
+            problems.append(ConfigProblem(name, line, field, message))
+
         for index, item in enumerate(items):
-            field = f"tokens[{index}]"
             if not isinstance(item, dict):
-                problems.append(ConfigProblem(name, None, field, "expected a mapping"))
+                problem(index, None, "expected a mapping")
                 continue
             who, role = item.get("name"), item.get("role")
             token, digest = item.get("token"), item.get("sha256")
             if not isinstance(who, str) or not who:
-                problems.append(ConfigProblem(name, None, f"{field}.name", "required"))
+                problem(index, "name", "required")
                 continue
             if role not in RANKS:
-                problems.append(
-                    ConfigProblem(name, None, f"{field}.role", "must be viewer, deployer, operator or admin")
-                )
+                problem(index, "role", "must be viewer, deployer, operator or admin")
                 continue
             if (token is None) == (digest is None):
-                problems.append(ConfigProblem(name, None, field, "give exactly one of token or sha256"))
+                problem(index, None, "give exactly one of token or sha256")
                 continue
+            key = "token" if token is not None else "sha256"
             if token is not None:
                 if not isinstance(token, str) or len(token) < 16:
-                    problems.append(
-                        ConfigProblem(name, None, f"{field}.token", "must be at least 16 characters")
-                    )
+                    problem(index, "token", "must be at least 16 characters")
                     continue
-                digest = hashlib.sha256(token.encode()).hexdigest()
+                digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
             if not isinstance(digest, str) or not _HEX64.fullmatch(digest):
-                problems.append(ConfigProblem(name, None, f"{field}.sha256", "must be 64 hex digits"))
+                problem(index, "sha256", "must be 64 hex digits (the token's SHA-256, no prefix; quote it)")
                 continue
-            if digest.lower() in entries:
-                same = entries[digest.lower()].name
-                problems.append(
-                    ConfigProblem(name, None, field, f"the same token as '{same}': each needs its own")
-                )
+            digest = digest.lower()
+            if digest in entries:
+                same, line = entries[digest].name, first_line[digest]
+                where = f" (line {line})" if line is not None else ""
+                problem(index, key, f"the same token as '{same}'{where}: each needs its own")
                 continue
-            entries[digest.lower()] = Principal(who, role)
+            entries[digest] = Principal(who, role)
+            first_line[digest] = lines.get(("tokens", index))
         if problems:
             raise ConfigError(problems)
         return cls(entries)
@@ -106,6 +130,12 @@ class Tokens:
             if hmac.compare_digest(known, digest):
                 found = principal
         return found
+
+
+def _unquoted(problem: ConfigProblem) -> ConfigProblem:
+    """``problem`` without what it quotes of the file: a YAML error may show a token."""
+    message = _QUOTED.sub("'...'", problem.message.split("\n", 1)[0])
+    return ConfigProblem(problem.file, problem.line, problem.field, message)
 
 
 class Throttle:

@@ -20,14 +20,14 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def _check(args: argparse.Namespace) -> int:
-    from watchdogd.preflight import check_files, warnings
+    from watchdogd.preflight import check_files, check_tokens, warnings
 
     status = EXIT_OK
     for path in args.config:
         try:
             config = load_config(path)
             # the files are the host's: read where it runs (--live), not where the config is written
-            problems = check_files(config, str(path)) if args.live else []
+            problems = check_files(config, str(path)) if args.live else check_tokens(config)
             if problems:
                 raise ConfigError(problems)
         except ConfigError as exc:

@@ -50,6 +50,22 @@ def check_files(config: Config, filename: str) -> list[ConfigProblem]:
     return problems
 
 
+def check_tokens(config: Config) -> list[ConfigProblem]:
+    """The tokens file's problems when it is here to read: ``check`` without ``--live``.
+
+    A file that is not here is the host's and is left to ``--live``; one that is here
+    and broken would stop ``watchdogd run``, so ``check`` never calls it valid.
+    """
+    path = config.server.tokens_file
+    if path is None or not Path(path).exists():
+        return []
+    try:
+        Tokens.load(path)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
+
+
 def _exec_problems(name: str, source: ExecSource, filename: str) -> list[ConfigProblem]:
     where = f"sources.{name}"
     problems = []

@@ -126,9 +126,14 @@ services:
     err = capsys.readouterr().err
     assert "query: PromQL that does not parse: unclosed left parenthesis" in err
     path.write_text(path.read_text().replace('"sum(rate(x[1m])"', '"sum(rate(x[1m]))"'))
-    assert main(["check", "--config", str(path), "--quiet"]) == 0  # the files are the host's
+    # a tokens file that is there is read even without --live: a broken one is never "valid"
+    assert main(["check", "--config", str(path), "--quiet"]) == 2
+    assert "tokens.yaml:2: tokens[0].sha256: must be 64 hex digits" in capsys.readouterr().err
     assert main(["check", "--config", str(path), "--live"]) == 2  # on the host: read, and refused
-    assert "tokens[0].sha256: must be 64 hex digits" in capsys.readouterr().err
+    assert "tokens.yaml:2: tokens[0].sha256: must be 64 hex digits" in capsys.readouterr().err
+    (tmp_path / "tokens.yaml").unlink()
+    assert main(["check", "--config", str(path), "--quiet"]) == 0  # not here: the host's file, unread
+    assert main(["check", "--config", str(path), "--live"]) == 2  # on the host it must be there
 
 
 def test_a_notify_rule_nobody_hears_is_a_warning_with_its_line(

@@ -59,7 +59,7 @@ def test_tokens_by_value_or_digest_with_roles(tmp_path: Path) -> None:
         (
             "tokens:\n  - {name: a, role: viewer, token: aaaaaaaaaaaaaaaaaaaa}\n"
             "  - {name: b, role: admin, token: aaaaaaaaaaaaaaaaaaaa}\n",
-            "tokens[1]: the same token as 'a': each needs its own",
+            "tokens[1].token: the same token as 'a' (line 2): each needs its own",
         ),
     ],
 )
@@ -93,3 +93,54 @@ def test_memory_is_bounded() -> None:
     for n in range(1000):
         throttle.fail(f"peer-{n}", float(n))
     assert len(throttle._failures) <= 100
+
+
+def test_a_yaml_error_names_the_line_and_quotes_nothing(tmp_path: Path) -> None:
+    secret = "secret-token-abcdefgh"
+    for text in (
+        f'tokens:\n  - {{name: a, role: viewer, token: "{secret}"\n  - x: [\n',
+        f'tokens:\n  - name: a\n    role: viewer\n    token: "{secret}"\n     bad: [\n',
+        f"tokens:\n  - name: a\n    token: {secret}\t\x07\n",
+    ):
+        with pytest.raises(ConfigError) as caught:
+            Tokens.load(write(tmp_path, text))
+        message = str(caught.value)
+        assert secret not in message and "secret" not in message, message
+        assert "token" not in message.replace("tokens.yaml", ""), message
+        assert "tokens.yaml:" in message and caught.value.problems[0].line is not None, message
+
+
+def test_duplicate_tokens_are_refused_with_the_line(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"shared-token-0123456789").hexdigest()
+    text = (
+        "tokens:\n"
+        "  - {name: a, role: viewer, token: shared-token-0123456789}\n"
+        "  - {name: b, role: viewer, token: other-token-0123456789}\n"
+        f"  - {{name: c, role: admin, sha256: {digest.upper()}}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        Tokens.load(write(tmp_path, text))
+    (problem,) = caught.value.problems
+    assert problem.line == 4 and problem.field == "tokens[2].sha256", problem
+    assert "same token as 'a' (line 2)" in problem.message
+    assert "shared-token" not in str(caught.value) and digest not in str(caught.value).lower()
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "sha256:" + "a" * 64,  # the prefix is not part of the 64 digits
+        "a" * 63 + "g",
+        "a" * 65,
+        " " + "a" * 64,
+        "a" * 64 + "\n",
+        "1" * 64,  # unquoted: YAML reads a number
+    ],
+)
+def test_a_digest_is_exactly_64_hex_digits(tmp_path: Path, digest: str) -> None:
+    quoted = digest if digest == "1" * 64 else f'"{digest.encode("unicode_escape").decode()}"'
+    with pytest.raises(ConfigError) as caught:
+        Tokens.load(write(tmp_path, f"tokens:\n  - name: a\n    role: viewer\n    sha256: {quoted}\n"))
+    (problem,) = caught.value.problems
+    assert problem.line == 4 and problem.field == "tokens[0].sha256", problem
+    assert "64 hex digits" in problem.message
