@@ -29,7 +29,7 @@ from watchdogd.daemon import Daemon
 from watchdogd.errors import NotFound, RequestError
 from watchdogd.events import events_handler, install
 from watchdogd.model import Deployment, Migration, RollbackRecord, jsonable_number
-from watchdogd.sources.alertmanager import WebhookPayload
+from watchdogd.sources.alertmanager import MAX_PAYLOAD_BYTES, WebhookPayload
 from watchdogd.watch.deployments import Registration
 from watchdogd.watch.live import RuleView
 
@@ -306,6 +306,20 @@ class _Api:
     # --- pushed alerts --------------------------------------------------------------------------
 
     async def alertmanager(self, request: web.Request) -> web.Response:
+        # 413 before parsing: a notification's size, not only its alert count, is bounded
+        too_large = RequestError(
+            status=413,
+            code="too_large",
+            message=f"an Alertmanager notification over {MAX_PAYLOAD_BYTES} bytes",
+        )
+        if request.content_length is not None and request.content_length > MAX_PAYLOAD_BYTES:
+            raise too_large
+        try:
+            raw = await request.read()  # kept by the request: _body reads the same bytes
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+        if len(raw) > MAX_PAYLOAD_BYTES:
+            raise too_large
         body: WebhookPayload = await _body(request, WebhookPayload)
         sources = self.daemon.alertmanager(body)
         firing = sum(1 for a in body.alerts if a.status == "firing")

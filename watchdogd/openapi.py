@@ -33,7 +33,7 @@ class ErrorDetail(_Out):
 
 
 class Error(_Out):
-    """Every refusal: 400, 401, 403, 404, 409, 422 (and 503 while starting)."""
+    """Every refusal: 400, 401, 403, 404, 409, 413, 422 (and 503 while starting)."""
 
     error: ErrorDetail
 
@@ -150,6 +150,7 @@ ERRORS = {
     403: "The token's role is too low",
     404: "No such deployment or rollback",
     409: "The current state refuses it",
+    413: "The body is larger than the route takes",
     422: "A body that breaks the schema, or names what the config does not have",
     503: "The daemon is still starting",
 }
@@ -257,7 +258,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "deployer",
         answer=AlertsTaken,
         body="WebhookPayload",
-        errors=(400, 401, 403, 422, 503),
+        errors=(400, 401, 403, 413, 422, 503),
     ),
     ("GET", "/v1/events"): Operation(
         "Server-sent events: rule state changes, proposals, steps, outcomes",

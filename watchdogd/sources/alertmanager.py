@@ -7,6 +7,12 @@ and a poll answers each rule with the number of matching alerts firing.
 Resolved alerts (status ``resolved``, or an ``endsAt`` in the past) are
 dropped. Nothing is stored: after a restart the set fills again as
 Alertmanager re-sends (at its ``repeat_interval``).
+
+Bounded in bytes as well as in count: a body past ``MAX_PAYLOAD_BYTES`` is
+answered 413 before it is parsed, an alert whose labels and annotations take
+more than ``MAX_ALERT_BYTES`` makes the notification 422, and at most
+``max_alerts`` alerts are kept; what a source holds is therefore at most
+``max_alerts * MAX_ALERT_BYTES`` of label text.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import structlog
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from watchdogd.config.models import AlertmanagerSource
 from watchdogd.model import Sample
@@ -27,6 +33,11 @@ from watchdogd.sources.base import Measure
 log = structlog.get_logger("watchdogd.sources")
 
 MAX_ALERTS_PER_POST = 2000
+MAX_PAYLOAD_BYTES = 1 << 20
+"""One notification's body at most (no more than the API takes for any body); 413 past it."""
+MAX_ALERT_BYTES = 16 << 10
+"""One alert's labels and annotations at most, names and values in UTF-8; 422 past it.
+Alertmanager's own alerts take a few hundred bytes; runbook text belongs behind a link."""
 Label = Annotated[str, Field(max_length=10_000)]
 Labels = Annotated[dict[Annotated[str, Field(min_length=1, max_length=200)], Label], Field(max_length=200)]
 
@@ -45,6 +56,13 @@ class WebhookAlert(_Payload):
     """Alertmanager sends year 1 (Go's zero time) for an alert still firing."""
     generatorURL: str = Field("", max_length=10_000)
     fingerprint: str = Field("", max_length=200)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> WebhookAlert:
+        size = _bytes(self.labels) + _bytes(self.annotations)
+        if size > MAX_ALERT_BYTES:
+            raise ValueError(f"labels and annotations take {size} bytes, over {MAX_ALERT_BYTES}")
+        return self
 
 
 class WebhookPayload(_Payload):
@@ -123,6 +141,13 @@ class AlertmanagerAlerts:
 
     async def close(self) -> None:
         return None
+
+
+def _bytes(labels: Mapping[str, str]) -> int:
+    return sum(
+        len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
+        for k, v in labels.items()
+    )
 
 
 def _epoch(moment: datetime | None) -> float | None:
