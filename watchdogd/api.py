@@ -19,15 +19,16 @@ from typing import Annotated, Any
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from watchdogd import openapi
-from watchdogd.auth import Principal, Role, Throttle, Tokens
+from watchdogd.auth import Principal, Rejections, Role, Throttle, Tokens
 from watchdogd.config.types import DURATION_PATTERN, parse_duration
 from watchdogd.daemon import Daemon
-from watchdogd.errors import NotFound, RequestError
-from watchdogd.events import events_handler, install
+from watchdogd.errors import NotFound, RequestError, StoreError
+from watchdogd.events import EventHub, events_handler, install
 from watchdogd.model import Deployment, Migration, RollbackRecord, jsonable_number
 from watchdogd.sources.alertmanager import MAX_PAYLOAD_BYTES, WebhookPayload
 from watchdogd.watch.deployments import Registration
@@ -39,6 +40,23 @@ MAX_BODY = 1 << 20
 MAX_DURATION = 366 * 86400.0
 """The longest window or mute a request may ask for: beyond it times stop being printable."""
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+THROTTLE = web.AppKey("throttle", Throttle)
+STORE_RETRY_AFTER = 5
+"""Seconds a client is told to wait (Retry-After) when the state store refuses a request."""
+AUDIT_LIMIT = 500
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'",
+    "Cache-Control": "no-store",
+}
+"""On every answer: nothing here is a page to frame, sniff, cache or follow links from."""
+
+
+class TooManyRequests(RequestError):
+    status = 429
+    code = "too_many_requests"
 
 
 class Body(BaseModel):
@@ -109,13 +127,28 @@ BODIES: dict[str, type[BaseModel]] = {
 
 
 def create_app(
-    daemon: Daemon, tokens: Tokens, open_endpoints: tuple[str, ...] = ("healthz", "readyz", "metrics")
+    daemon: Daemon,
+    tokens: Tokens,
+    open_endpoints: tuple[str, ...] = ("healthz", "readyz", "metrics"),
+    outer: tuple[Middleware, ...] = (),
 ) -> web.Application:
-    """The aiohttp application over ``daemon``."""
+    """The aiohttp application over ``daemon``; ``outer`` middlewares run before all others."""
     api = _Api(daemon, tokens, {*open_endpoints, openapi.ALWAYS_OPEN})
     api.document = openapi.document(BODIES, open_endpoints)
-    app = web.Application(middlewares=[api.errors, api.auth], client_max_size=MAX_BODY)
-    hub = install(app, daemon.report)
+    app = web.Application(middlewares=[*outer, api.errors, api.auth], client_max_size=MAX_BODY)
+    app[THROTTLE] = api.throttle
+    app.on_response_prepare.append(_security_headers)
+    app.on_cleanup.append(api.stop_probe)
+    server = daemon.config.server
+    hub = install(
+        app,
+        daemon.report,
+        EventHub(
+            max_streams=server.max_streams,
+            max_streams_per_token=server.max_streams_per_token,
+            rejections=api.rejections,
+        ),
+    )
     routes: list[tuple[str, str, Handler, Role | None]] = [
         ("GET", "/healthz", api.healthz, None),
         ("GET", "/readyz", api.readyz, None),
@@ -150,14 +183,27 @@ class _Api:
         self.open = open_endpoints
         self.roles: dict[Any, Role | None] = {}
         self.throttle = Throttle()
+        self.rejections = Rejections(log)
         self.document: dict[str, Any] = {}
+        self._probe: asyncio.Task[None] | None = None
 
     @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            _check_headers(request)
             return await handler(request)
         except RequestError as exc:
             return _error(exc.status, exc.code, str(exc))
+        except StoreError as exc:
+            # contention (SQLite "database is locked") or an unreachable PostgreSQL: the client may
+            # retry; readyz says so until the store answers again
+            self._store_failed(exc)
+            message = "the state store is not answering; retry shortly"
+            return _error(503, "store_unavailable", message, retry_after=STORE_RETRY_AFTER)
+        except UnicodeError:
+            # a header or query that was not UTF-8 and was read past the first check
+            self.rejections.note("bad_encoding", peer=request.remote or "unknown")
+            return _error(400, "bad_request", "headers and query must be UTF-8")
         except web.HTTPRequestEntityTooLarge:
             return _error(400, "too_large", f"request body over {MAX_BODY} bytes")
         except web.HTTPNotFound:
@@ -178,23 +224,31 @@ class _Api:
         if role is None and (name in self.open or route not in self.roles):
             return await handler(request)
         peer = request.remote or "unknown"
-        wait = self.throttle.delay(peer, time.monotonic())
-        if wait > 0:
-            await asyncio.sleep(wait)  # only this client waits; everyone else is served
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise RequestError(
                 status=401,
                 code="unauthorized",
                 message="a bearer token is required (Authorization: Bearer TOKEN)",
             )
-        principal = self.tokens.check(token.strip())
+        principal = self.tokens.check(token)
         if principal is None:
-            failures = self.throttle.fail(peer, time.monotonic())
-            log.warning("bad_token", peer=peer, path=request.path, recent_failures=failures)
+            # the token is checked first, so a valid one is never slowed down by guesses beside it
+            now = time.monotonic()
+            wait = self.throttle.delay(peer, token, now)
+            self.throttle.fail(peer, token, now)
+            self.rejections.note("bad_token", peer=peer)
+            if wait > 0:
+                if not self.throttle.enter():
+                    self.rejections.note("throttle_full")
+                    raise TooManyRequests("too many failed tokens; slow down")
+                try:
+                    await asyncio.sleep(wait)  # only this answer waits; everyone else is served
+                finally:
+                    self.throttle.leave()
             raise RequestError(status=401, code="unauthorized", message="unknown token")
-        self.throttle.succeed(peer)
         if not principal.may(role or "admin"):
             raise RequestError(
                 status=403,
@@ -335,6 +389,7 @@ class _Api:
         return web.json_response({"status": "ok", "alerts": len(body.alerts), "sources": sources})
 
     async def audit(self, request: web.Request) -> web.Response:
+        """Newest first, ``limit`` at a time; ``next`` is the ``before`` that gets the page after."""
         query = request.query
         since = None
         if "since" in query:
@@ -344,7 +399,13 @@ class _Api:
                 raise RequestError(
                     status=400, code="bad_request", message="since: write an RFC 3339 time"
                 ) from None
-        entries = await self.daemon.store.audit_entries(query.get("deployment"), query.get("actor"), since)
+        limit = _count(query, "limit", 1, AUDIT_LIMIT) or AUDIT_LIMIT
+        before = _count(query, "before", 1, 2**62)
+        entries = await self.daemon.store.audit_entries(
+            query.get("deployment"), query.get("actor"), since, limit=limit + 1, before=before
+        )
+        more = len(entries) > limit
+        entries = entries[:limit]
         items = [
             {
                 "seq": e.seq,
@@ -357,9 +418,32 @@ class _Api:
             }
             for e in entries
         ]
-        return web.json_response({"items": items}, dumps=_dumps)
+        cursor = entries[-1].seq if more else None
+        return web.json_response({"items": items, "next": cursor}, dumps=_dumps)
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def _store_failed(self, exc: StoreError) -> None:
+        """readyz says the store fails; a probe clears it once the store answers a read again."""
+        health = self.daemon.health
+        if health.store_problem:
+            return  # already said, by the API or by the daemon's own writes
+        health.store_failed(exc)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._probe_store(), name="api-store-probe")
+
+    async def _probe_store(self) -> None:
+        while self.daemon.health.store_problem:
+            await asyncio.sleep(STORE_RETRY_AFTER)
+            try:
+                await self.daemon.store.audit_entries(limit=1)
+            except StoreError:
+                continue
+            self.daemon.health.store_recovered()
+
+    async def stop_probe(self, app: web.Application) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
 
     def _deployment(self, deployment: Deployment, views: list[RuleView] | None = None) -> dict[str, Any]:
         if views is None:
@@ -475,8 +559,36 @@ def _time(at: float | None) -> str | None:
     return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def _error(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
+    if retry_after is None and status in (429, 503):
+        retry_after = 1
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+def _check_headers(request: web.Request) -> None:
+    """400 for a header that is not UTF-8: aiohttp hands its bytes on as lone surrogates."""
+    for value in request.headers.values():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(
+                status=400, code="bad_request", message="every header must be UTF-8 text"
+            ) from None
+
+
+def _count(query: Any, name: str, low: int, high: int) -> int | None:
+    """The whole number ``name`` of the query, ``low`` to ``high``; None when not given."""
+    raw = query.get(name)
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise RequestError(status=400, code="bad_request", message=f"{name}: a whole number {low} to {high}")
+    return int(raw)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
 
 
 def _dumps(data: Any) -> str:

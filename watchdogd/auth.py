@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -112,8 +114,8 @@ class Tokens:
                 continue
             digest = digest.lower()
             if digest in entries:
-                same, line = entries[digest].name, first_line[digest]
-                where = f" (line {line})" if line is not None else ""
+                same, at = entries[digest].name, first_line[digest]
+                where = f" (line {at})" if at is not None else ""
                 problem(index, key, f"the same token as '{same}'{where}: each needs its own")
                 continue
             entries[digest] = Principal(who, role)
@@ -139,12 +141,19 @@ def _unquoted(problem: ConfigProblem) -> ConfigProblem:
 
 
 class Throttle:
-    """Slows down an address after repeated failed tokens: each answer waits longer.
+    """Slows down token guessing without ever slowing down a valid token.
 
-    The first ``free`` failures within ``window`` seconds cost nothing; after
-    that each request from the address waits ``base * 2**(n - free)`` seconds,
-    at most ``ceiling``. A good token clears the address. At most ``capacity``
-    addresses are remembered (the stalest are forgotten first).
+    Failures are counted per address and per token prefix (its first
+    ``prefix`` characters, kept only as part of a hash): one address trying many
+    tokens, and one family of guesses spread over many addresses, are each
+    slowed. The first ``free`` failures within ``window`` seconds cost nothing;
+    after that each further *failed* answer waits ``base * 2**(n - free)``
+    seconds, at most ``ceiling``. A valid token is checked first and answered at
+    once, and clears nothing: an attacker holding a viewer token cannot reset
+    its count while it guesses an operator's. At most ``max_waiting`` answers
+    wait at once; beyond, the caller answers 429 at once (waiting costs a
+    connection each). At most ``capacity`` keys are remembered, the stalest
+    forgotten first.
     """
 
     def __init__(
@@ -154,34 +163,85 @@ class Throttle:
         base: float = 0.25,
         ceiling: float = 5.0,
         capacity: int = 10_000,
+        max_waiting: int = 32,
+        prefix: int = 6,
     ) -> None:
         self.free = free
         self.window = window
         self.base = base
         self.ceiling = ceiling
         self.capacity = capacity
+        self.max_waiting = max_waiting
+        self.prefix = prefix
+        self.waiting = 0
         self._failures: dict[str, list[float]] = {}
 
-    def failures(self, peer: str, now: float) -> int:
-        recent = [t for t in self._failures.get(peer, ()) if now - t < self.window]
+    def keys(self, peer: str, token: str) -> tuple[str, str]:
+        start = token[: self.prefix].encode("utf-8", "surrogatepass")
+        return f"addr {peer}", "prefix " + hashlib.sha256(start).hexdigest()[:16]
+
+    def failures(self, key: str, now: float) -> int:
+        recent = [t for t in self._failures.get(key, ()) if now - t < self.window]
         if recent:
-            self._failures[peer] = recent
+            self._failures[key] = recent
         else:
-            self._failures.pop(peer, None)
+            self._failures.pop(key, None)
         return len(recent)
 
-    def delay(self, peer: str, now: float) -> float:
-        over = self.failures(peer, now) - self.free
+    def delay(self, peer: str, token: str, now: float) -> float:
+        """How long the answer to a failed ``token`` from ``peer`` waits."""
+        over = max(self.failures(key, now) for key in self.keys(peer, token)) - self.free
         return 0.0 if over < 0 else min(self.ceiling, self.base * 2**over)
 
-    def fail(self, peer: str, now: float) -> int:
-        if peer not in self._failures and len(self._failures) >= self.capacity:
-            stalest = min(self._failures, key=lambda p: self._failures[p][-1])
-            del self._failures[stalest]
-        times = self._failures.setdefault(peer, [])
-        times.append(now)
-        del times[: -(self.free + 16)]
-        return self.failures(peer, now)
+    def fail(self, peer: str, token: str, now: float) -> int:
+        """Count a failure; the most recent failures under either key."""
+        counts = []
+        for key in self.keys(peer, token):
+            if key not in self._failures and len(self._failures) >= self.capacity:
+                stalest = min(self._failures, key=lambda k: self._failures[k][-1])
+                del self._failures[stalest]
+            times = self._failures.setdefault(key, [])
+            times.append(now)
+            del times[: -(self.free + 16)]
+            counts.append(self.failures(key, now))
+        return max(counts)
 
-    def succeed(self, peer: str) -> None:
-        self._failures.pop(peer, None)
+    def enter(self) -> bool:
+        """A slot to wait in; False when ``max_waiting`` answers already wait."""
+        if self.waiting >= self.max_waiting:
+            return False
+        self.waiting += 1
+        return True
+
+    def leave(self) -> None:
+        self.waiting = max(0, self.waiting - 1)
+
+
+class Rejections:
+    """Logs refusals by kind, at most one line per kind per ``interval`` seconds.
+
+    An attack makes thousands of refusals a second; one line each would fill the
+    disk (and hide everything else). The first refusal of a kind is logged at
+    once, then one line per interval with how many there were since the last one.
+    """
+
+    def __init__(
+        self, logger: Any, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._unlogged: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
+
+    def note(self, kind: str, **context: Any) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        self._unlogged[kind] = self._unlogged.get(kind, 0) + 1
+        now = self.clock()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            return
+        self._last[kind] = now
+        count = self._unlogged.pop(kind)
+        self.logger.warning("api_refused", kind=kind, count=count, per_seconds=self.interval, **context)

@@ -10,6 +10,12 @@ A frame is ``id: N``, ``event: KIND`` and ``data: JSON``; a client resuming
 from an id the buffer no longer holds (or from a previous run of the daemon)
 first gets ``event: reset``: events were lost, re-read the state. Idle
 streams carry a ``: ping`` comment every ``heartbeat`` seconds.
+
+Streams are capped, in all (``max_streams``) and per token
+(``max_streams_per_token``): each holds a connection and a file descriptor for
+as long as the client likes, so without a cap a viewer token alone could take
+every descriptor the daemon has. Over a cap the answer is a JSON 429 with
+``Retry-After``, at once.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
+from watchdogd.auth import Rejections
 from watchdogd.clock import now as steady
 
 log = structlog.get_logger("watchdogd.events")
@@ -34,6 +41,8 @@ EventsHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PING = b": ping\n\n"
 RETRY_MS = 2000
 """How long an EventSource waits before reconnecting after the stream ends."""
+STREAM_RETRY_AFTER = 30
+"""Seconds a client refused a stream (a cap reached) is told to wait before it asks again."""
 
 
 class Publisher(Protocol):
@@ -64,6 +73,7 @@ class Subscriber:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
     reason: str = ""
+    owner: str = ""
 
     def offer(self, frame: Frame) -> bool:
         """Queue ``frame``; False when the queue is full."""
@@ -104,9 +114,12 @@ class EventHub:
         queue_size: int = 256,
         write_timeout: float = 30.0,
         clock: Callable[[], float] = steady,
+        max_streams: int = 64,
+        max_streams_per_token: int = 8,
+        rejections: Rejections | None = None,
     ) -> None:
-        if buffer < 1 or queue_size < 1:
-            raise ValueError("buffer and queue_size must be at least 1")
+        if buffer < 1 or queue_size < 1 or max_streams < 1 or max_streams_per_token < 1:
+            raise ValueError("buffer, queue_size and the stream caps must be at least 1")
         if heartbeat <= 0 or write_timeout <= 0:
             raise ValueError("heartbeat and write_timeout must be more than 0")
         self.heartbeat = heartbeat
@@ -120,6 +133,18 @@ class EventHub:
         self.subscribers: set[Subscriber] = set()
         self.dropped = 0
         self._closed = False
+        self.max_streams = max_streams
+        self.max_streams_per_token = max_streams_per_token
+        self.rejections = rejections or Rejections(log)
+        self._per_owner: dict[str, int] = {}
+
+    def full(self, owner: str) -> str | None:
+        """Why a new stream for ``owner`` is refused, or None when it fits under both caps."""
+        if len(self.subscribers) >= self.max_streams:
+            return f"{self.max_streams} event streams are open, the most this daemon serves"
+        if self._per_owner.get(owner, 0) >= self.max_streams_per_token:
+            return f"{self.max_streams_per_token} event streams are open with this token, the most per token"
+        return None
 
     def attach(self, publisher: Publisher) -> None:
         publisher.listeners.append(self.publish)
@@ -140,18 +165,22 @@ class EventHub:
                 log.warning("events_client_dropped", reason=subscriber.reason, last_id=frame.id)
 
     def subscribe(
-        self, last_id: int | None = None, close_transport: Callable[[], None] = lambda: None
+        self,
+        last_id: int | None = None,
+        close_transport: Callable[[], None] = lambda: None,
+        owner: str = "",
     ) -> tuple[Subscriber, Replay]:
         """A new subscriber and what it missed since ``last_id`` (None: nothing, it starts now).
 
         Taking the replay and registering happen with no await between them, so
         the client sees every id after ``last_id`` exactly once, or a reset.
         """
-        subscriber = Subscriber(self.queue_size, close_transport)
+        subscriber = Subscriber(self.queue_size, close_transport, owner=owner)
         if self._closed:
             subscriber.close("shutting down")
             return subscriber, Replay(None, ())
         self.subscribers.add(subscriber)
+        self._per_owner[owner] = self._per_owner.get(owner, 0) + 1
         if last_id is None or last_id == self.last_id:
             return subscriber, Replay(None, ())
         oldest = self._buffer[0].id if self._buffer else self.last_id + 1
@@ -176,7 +205,14 @@ class EventHub:
             subscriber.close("shutting down")
 
     def _remove(self, subscriber: Subscriber) -> None:
+        if subscriber not in self.subscribers:
+            return
         self.subscribers.discard(subscriber)
+        left = self._per_owner.get(subscriber.owner, 0) - 1
+        if left > 0:
+            self._per_owner[subscriber.owner] = left
+        else:
+            self._per_owner.pop(subscriber.owner, None)
 
 
 def events_handler(hub: EventHub) -> EventsHandler:
@@ -194,16 +230,26 @@ def events_handler(hub: EventHub) -> EventsHandler:
             if last_id < 0:
                 message = "Last-Event-ID: ids are not negative"
                 return web.json_response({"error": {"code": "bad_request", "message": message}}, status=400)
+        principal = request.get("principal")
+        owner = principal.name if principal is not None else ""
+        refused = hub.full(owner)
+        if refused is not None:
+            hub.rejections.note("stream_limit", owner=owner or "anonymous")
+            return web.json_response(
+                {"error": {"code": "too_many_streams", "message": refused}},
+                status=429,
+                headers={"Retry-After": str(STREAM_RETRY_AFTER)},
+            )
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
+                "Cache-Control": "no-store",
                 "X-Accel-Buffering": "no",  # proxies must not hold events back
             }
         )
         transport = request.transport
         subscriber, replay = hub.subscribe(
-            last_id, transport.abort if transport is not None else lambda: None
+            last_id, transport.abort if transport is not None else lambda: None, owner
         )
         try:
             await response.prepare(request)

@@ -23,9 +23,10 @@ from aiohttp import web
 
 from watchdogd import sdnotify
 from watchdogd.api import create_app
-from watchdogd.auth import Tokens
+from watchdogd.auth import Rejections, Tokens
 from watchdogd.config import load_config
 from watchdogd.config.models import Config
+from watchdogd.connections import ConnectionGuard, GuardedSite, fd_budget
 from watchdogd.daemon import Daemon
 from watchdogd.errors import ConfigError, ConfigProblem
 
@@ -44,8 +45,15 @@ async def serve(config: Config, config_path: Path) -> int:
     ssl_context = _tls_context(config, config_path)
     daemon = await Daemon.open(config)
     host, _, port = config.server.listen.rpartition(":")
-    app = create_app(daemon, tokens, config.server.open_endpoints)
-    runner = web.AppRunner(app, access_log=None)
+    server = config.server
+    guard = ConnectionGuard(
+        fd_budget(server.max_connections),
+        server.header_timeout,
+        server.keepalive_timeout,
+        Rejections(log),
+    )
+    app = create_app(daemon, tokens, server.open_endpoints, outer=(guard.middleware,))
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=server.keepalive_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -56,14 +64,14 @@ async def serve(config: Config, config_path: Path) -> int:
     watchdog: asyncio.Task[None] | None = None
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=ssl_context)
+        site = GuardedSite(runner, host.strip("[]"), int(port), guard, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as exc:
             # a port in use, a privileged port, an address this host does not have
             why = f"cannot listen on {config.server.listen}: {_reason(exc)}"
             raise ConfigError([ConfigProblem(str(config_path), None, "server.listen", why)]) from exc
-        log.info("listening", address=config.server.listen)
+        log.info("listening", address=config.server.listen, max_connections=guard.limit)
         sdnotify.ready(_status(daemon))
         interval = sdnotify.watchdog_interval()
         if interval is not None:

@@ -266,3 +266,34 @@ async def test_shutdown_ends_open_streams(serve: Serve) -> None:
     assert event.kind == "eof"
     assert time.monotonic() - started < 3
     assert served.hub.subscribers == set()
+
+
+async def test_streams_over_a_cap_answer_429_at_once(serve: Serve) -> None:
+    served = await serve(max_streams=3, max_streams_per_token=2, heartbeat=0.2)
+    async with aiohttp.ClientSession() as client:
+        held = [await client.get(served.url) for _ in range(2)]  # no principal: one owner
+        started = time.monotonic()
+        refused = await client.get(served.url)
+        assert refused.status == 429 and time.monotonic() - started < 1.0
+        body = await refused.json()
+        assert body["error"]["code"] == "too_many_streams" and "per token" in body["error"]["message"]
+        assert int(refused.headers["Retry-After"]) > 0
+        assert len(served.hub.subscribers) == 2
+        held[0].close()
+        await asyncio.sleep(0.8)  # the next heartbeat finds the client gone
+        again = await client.get(served.url)  # a closed stream frees its place
+        assert again.status == 200
+        again.close()
+        for response in held:
+            response.close()
+
+
+def test_the_total_cap_counts_every_owner() -> None:
+    hub = EventHub(max_streams=3, max_streams_per_token=2)
+    subscribers = [hub.subscribe(owner=owner)[0] for owner in ("alice", "alice", "victor")]
+    assert hub.full("alice") is not None and "per token" not in str(hub.full("carol"))
+    assert hub.full("carol") is not None  # three in all
+    hub.unsubscribe(subscribers[0])
+    assert hub.full("carol") is None and hub.full("alice") is None
+    hub.unsubscribe(subscribers[0])  # twice is harmless
+    assert hub.full("alice") is None and len(hub.subscribers) == 2

@@ -549,21 +549,25 @@ async def test_audit_with_filters(store: Store, backend: Backend) -> None:
     await store.audit("alice", "veto", {"why": "known blip", "ids": {1}}, "d1", "r1")
     backend.clock.now += 10
     await store.audit("system", "deployed", {}, "d2")
-    entries = await store.audit_entries()
+    entries = await store.audit_entries()  # newest first
     assert [(e.actor, e.action, e.at) for e in entries] == [
-        ("system", "proposed", t0),
-        ("alice", "veto", t0 + 10),
         ("system", "deployed", t0 + 20),
+        ("alice", "veto", t0 + 10),
+        ("system", "proposed", t0),
     ]
-    assert entries[0].seq < entries[1].seq < entries[2].seq
-    assert (entries[0].deployment_id, entries[0].rollback_id) == ("d1", "r1")
+    assert entries[0].seq > entries[1].seq > entries[2].seq
+    assert (entries[2].deployment_id, entries[2].rollback_id) == ("d1", "r1")
     assert entries[1].detail == {"why": "known blip", "ids": "{1}"}
-    assert entries[2].rollback_id is None
-    assert [e.action for e in await store.audit_entries(deployment_id="d1")] == ["proposed", "veto"]
-    assert [e.action for e in await store.audit_entries(actor="system")] == ["proposed", "deployed"]
-    assert [e.action for e in await store.audit_entries(since=t0 + 10)] == ["veto", "deployed"]
+    assert entries[0].rollback_id is None
+    assert [e.action for e in await store.audit_entries(deployment_id="d1")] == ["veto", "proposed"]
+    assert [e.action for e in await store.audit_entries(actor="system")] == ["deployed", "proposed"]
+    assert [e.action for e in await store.audit_entries(since=t0 + 10)] == ["deployed", "veto"]
     assert [e.action for e in await store.audit_entries("d1", "system", t0)] == ["proposed"]
-    assert [e.action for e in await store.audit_entries(limit=1)] == ["proposed"]
+    assert [e.action for e in await store.audit_entries(limit=1)] == ["deployed"]
+    # a cursor: the page after an entry is the entries below its seq
+    assert [e.action for e in await store.audit_entries(limit=1, before=entries[0].seq)] == ["veto"]
+    assert [e.action for e in await store.audit_entries(actor="system", before=entries[0].seq)] == ["proposed"]
+    assert await store.audit_entries(before=entries[2].seq) == []
 
 
 # --- schema and restarts ------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from watchdogd.auth import Throttle, Tokens
+from watchdogd.auth import Rejections, Throttle, Tokens
 from watchdogd.errors import ConfigError
 
 
@@ -73,26 +73,45 @@ def test_bad_tokens_file_is_a_clear_error(tmp_path: Path, text: str, message: st
 def test_an_address_that_keeps_guessing_is_slowed_down() -> None:
     throttle = Throttle(free=3, window=60.0, base=0.25, ceiling=2.0)
     for n in range(3):
-        assert throttle.delay("10.0.0.9", float(n)) == 0.0
-        throttle.fail("10.0.0.9", float(n))
-    assert throttle.delay("10.0.0.9", 3.0) == 0.25
-    throttle.fail("10.0.0.9", 3.0)
-    assert throttle.delay("10.0.0.9", 4.0) == 0.5
+        assert throttle.delay("10.0.0.9", f"guess{n}", float(n)) == 0.0
+        throttle.fail("10.0.0.9", f"guess{n}", float(n))
+    assert throttle.delay("10.0.0.9", "other", 3.0) == 0.25
+    throttle.fail("10.0.0.9", "other", 3.0)
+    assert throttle.delay("10.0.0.9", "again", 4.0) == 0.5
     for n in range(10):
-        throttle.fail("10.0.0.9", 5.0 + n)
-    assert throttle.delay("10.0.0.9", 20.0) == 2.0  # capped
-    assert throttle.delay("127.0.0.1", 20.0) == 0.0  # others are not slowed
-    assert throttle.delay("10.0.0.9", 200.0) == 0.0  # the window forgets
-    throttle.fail("10.0.0.9", 201.0)
-    throttle.succeed("10.0.0.9")
-    assert throttle.failures("10.0.0.9", 202.0) == 0
+        throttle.fail("10.0.0.9", f"more{n}", 5.0 + n)
+    assert throttle.delay("10.0.0.9", "again", 20.0) == 2.0  # capped
+    assert throttle.delay("127.0.0.1", "again", 20.0) == 0.0  # others are not slowed
+    assert throttle.delay("10.0.0.9", "again", 200.0) == 0.0  # the window forgets
 
 
 def test_memory_is_bounded() -> None:
     throttle = Throttle(capacity=100)
     for n in range(1000):
-        throttle.fail(f"peer-{n}", float(n))
+        throttle.fail(f"peer-{n}", f"token-{n}", float(n))
     assert len(throttle._failures) <= 100
+
+
+def test_refusals_are_logged_once_per_kind_per_interval() -> None:
+    lines: list[dict[str, object]] = []
+
+    class Logger:
+        def warning(self, event: str, **fields: object) -> None:
+            lines.append({"event": event, **fields})
+
+    now = [0.0]
+    rejections = Rejections(Logger(), interval=10.0, clock=lambda: now[0])
+    for _ in range(1000):
+        rejections.note("bad_token", peer="10.0.0.9")
+        rejections.note("connection_limit")
+    now[0] = 10.5
+    rejections.note("bad_token", peer="10.0.0.9")
+    assert [(line["kind"], line["count"]) for line in lines] == [
+        ("bad_token", 1),
+        ("connection_limit", 1),
+        ("bad_token", 1000),
+    ]
+    assert rejections.counts == {"bad_token": 1001, "connection_limit": 1000}
 
 
 def test_a_yaml_error_names_the_line_and_quotes_nothing(tmp_path: Path) -> None:

@@ -203,12 +203,18 @@ class SqlStore(RollbackTables):
         actor: str | None = None,
         since: float | None = None,
         limit: int = 500,
+        before: int | None = None,
     ) -> list[AuditEntry]:
-        conditions = (("deployment_id = ?", deployment_id), ("actor = ?", actor), ("at >= ?", since))
+        conditions = (
+            ("deployment_id = ?", deployment_id),
+            ("actor = ?", actor),
+            ("at >= ?", since),
+            ("seq < ?", before),
+        )
         given = [(condition, value) for condition, value in conditions if value is not None]
         where = " AND ".join(condition for condition, _ in given) or "1 = 1"
         op = fetch(
-            f"SELECT {AUDIT_COLUMNS} FROM {self._p}audit WHERE {where} ORDER BY seq LIMIT ?",
+            f"SELECT {AUDIT_COLUMNS} FROM {self._p}audit WHERE {where} ORDER BY seq DESC LIMIT ?",
             *(value for _, value in given),
             limit,
         )

@@ -181,6 +181,7 @@ class Store(RollbackJournal, Protocol):
         actor: str | None = None,
         since: float | None = None,
         limit: int = 500,
+        before: int | None = None,
     ) -> list[AuditEntry]:
-        """Oldest first, filtered by what is given."""
+        """Newest first (by ``seq``), filtered by what is given; ``before``: only ``seq`` below it."""
         ...
