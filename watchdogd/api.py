@@ -29,7 +29,8 @@ from watchdogd.config.types import DURATION_PATTERN, parse_duration
 from watchdogd.daemon import Daemon
 from watchdogd.errors import NotFound, RequestError, StoreError
 from watchdogd.events import EventHub, events_handler, install
-from watchdogd.model import Deployment, Migration, RollbackRecord, jsonable_number
+from watchdogd.model import Deployment, RollbackRecord, jsonable_number
+from watchdogd.rollback.migrations import MigrationRequest
 from watchdogd.sources.alertmanager import MAX_PAYLOAD_BYTES, WebhookPayload
 from watchdogd.watch.deployments import Registration
 from watchdogd.watch.live import RuleView
@@ -80,10 +81,20 @@ class EmptyBody(Body):
 
 
 class MigrationBody(Body):
-    id: str = Field(min_length=1, max_length=200)
-    down_sql: str = Field(min_length=1, max_length=1_000_000)
-    verify_sql: list[Annotated[str, Field(min_length=1, max_length=100_000)]] = Field(
-        default_factory=list, max_length=100
+    id: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The migration's id: its down SQL and verify queries are read from the service's "
+        "database.migrations directory.",
+    )
+    down_sql: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1_000_000,
+        description="Only when the service sets database.sql_from_api: schema changes in its own schemas.",
+    )
+    verify_sql: list[Annotated[str, Field(min_length=1, max_length=100_000)]] | None = Field(
+        None, max_length=100, description="Only with database.sql_from_api: SELECTs reading the catalog."
     )
 
 
@@ -282,11 +293,22 @@ class _Api:
 
     async def create_deployment(self, request: web.Request) -> web.Response:
         body = await _body(request, DeploymentBody)
+        principal: Principal | None = request.get("principal")
+        if body.rehearse and (principal is None or not principal.may("operator")):
+            who = f"{principal.name} is {principal.role}" if principal else "anonymous"
+            raise RequestError(
+                status=403,
+                code="forbidden",
+                message=f"{who}; rehearse: true runs SQL on the database and needs operator",
+            )
         registration = Registration(
             service=body.service,
             image=body.image,
             previous_image=body.previous_image,
-            migrations=tuple(Migration(m.id, m.down_sql, tuple(m.verify_sql)) for m in body.migrations),
+            wanted=tuple(
+                MigrationRequest(m.id, m.down_sql, None if m.verify_sql is None else tuple(m.verify_sql))
+                for m in body.migrations
+            ),
             window=parse_duration(body.window) if body.window else None,
             rehearse=body.rehearse,
             idempotency_key=_idempotency_key(request),

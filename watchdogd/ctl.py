@@ -409,14 +409,16 @@ def _deploy(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     for key in ("image", "previous_image", "window"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
-    if (args.migration_id is None) != (args.down_sql_file is None):
-        raise Usage("--migration-id and --down-sql-file go together")
-    if args.verify_sql and args.migration_id is None:
-        raise Usage("--verify-sql needs --migration-id and --down-sql-file")
+    if args.migration_id is None and (args.down_sql_file is not None or args.verify_sql):
+        raise Usage("--down-sql-file and --verify-sql need --migration-id")
     if args.migration_id is not None:
-        body["migrations"] = [
-            {"id": args.migration_id, "down_sql": _read(args.down_sql_file), "verify_sql": args.verify_sql}
-        ]
+        # by id alone the daemon reads the SQL from the service's migrations directory
+        migration: dict[str, Any] = {"id": args.migration_id}
+        if args.down_sql_file is not None:
+            migration["down_sql"] = _read(args.down_sql_file)
+        if args.verify_sql:
+            migration["verify_sql"] = args.verify_sql
+        body["migrations"] = [migration]
     deployment = client.post("/v1/deployments", body)
     if args.json:
         _dump(deployment, out)
@@ -627,13 +629,21 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     deploy.add_argument("--service", required=True)
     deploy.add_argument("--image")
     deploy.add_argument("--previous-image")
-    deploy.add_argument("--migration-id", metavar="ID")
-    deploy.add_argument("--down-sql-file", metavar="FILE", help="the migration's down SQL (- for stdin)")
+    deploy.add_argument(
+        "--migration-id", metavar="ID", help="read from the service's database.migrations directory"
+    )
+    deploy.add_argument(
+        "--down-sql-file",
+        metavar="FILE",
+        help="send the migration's down SQL (- for stdin); needs database.sql_from_api",
+    )
     deploy.add_argument(
         "--verify-sql", action="append", default=[], metavar="QUERY", help="repeat for several"
     )
     deploy.add_argument("--window", type=_duration, metavar="DURATION", help="e.g. 2h")
-    deploy.add_argument("--rehearse", action="store_true", help="rehearse the down SQL now (rolled back)")
+    deploy.add_argument(
+        "--rehearse", action="store_true", help="rehearse the down SQL now (rolled back); needs operator"
+    )
 
     ack = add("ack", _vote("ack", "acknowledged"), "acknowledge a proposal; it still proceeds")
     ack.add_argument("id", metavar="ID")

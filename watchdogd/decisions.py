@@ -220,3 +220,16 @@ def may_register(open_state: DeploymentState | None) -> str | None:
     if open_state is DeploymentState.ROLLING_BACK:
         return "a rollback of the service is executing: register the deploy once it has finished"
     return None
+
+
+def may_rehearse(plan: Sequence[str], sql_policy: str | None) -> str | None:
+    """Why the down SQL of a deployment may not be rehearsed (None: it may).
+
+    A rehearsal runs the SQL the sql step would run: not when the service's
+    plan has no sql step, nor when the assessment refuses that SQL.
+    """
+    if "sql" not in plan:
+        return "the service's rollback has no sql step: its SQL is never run, nor rehearsed"
+    if sql_policy == "refuse":
+        return "the assessment refuses this down SQL (database.destructive or a problem): it is not rehearsed"
+    return None

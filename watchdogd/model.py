@@ -174,17 +174,27 @@ class ContainerSnapshot:
     image: str
     """The image reference it ran (a tag or an id)."""
     image_id: str
+    """The image's ID as the engine ran it; empty when only a name is known (never seen running)."""
     config: dict[str, Any]
     """Everything else needed to recreate it (command, env, mounts, ...), JSON-ready."""
+    digests: tuple[str, ...] = ()
+    """The image's ``RepoDigests`` when it ran (``repo@sha256:...``): what a pull fetches it back by."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "image": self.image, "image_id": self.image_id, "config": self.config}
+        out = {"name": self.name, "image": self.image, "image_id": self.image_id, "config": self.config}
+        return {**out, "digests": list(self.digests)} if self.digests else out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> ContainerSnapshot | None:
         if not raw:
             return None
-        return cls(str(raw["name"]), str(raw["image"]), str(raw.get("image_id") or ""), dict(raw["config"]))
+        return cls(
+            str(raw["name"]),
+            str(raw["image"]),
+            str(raw.get("image_id") or ""),
+            dict(raw["config"]),
+            tuple(str(d) for d in raw.get("digests") or ()),
+        )
 
 
 @dataclass(frozen=True, slots=True)

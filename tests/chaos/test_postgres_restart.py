@@ -83,15 +83,18 @@ sources:
 services:
   api:
     database: {{dsn: "{pg_dsn}", lock_timeout: 2s, lock_wait: 5s, destructive: auto,
-                retries: {retries}, retry_backoff: 1s}}
+                retries: {retries}, retry_backoff: 1s, allow_superuser: true,
+                migrations: {{dir: migrations}}}}
     rollback: {{steps: [sql]}}
     rules:
       - {{name: errors, source: app, metric: errors, condition: "> 5", immediate: true, action: rollback}}
 """
     )
+    folder = wd.workdir / "migrations" / MIGRATION_ID
+    folder.mkdir(parents=True)
+    (folder / "down.sql").write_text(SLOW_DOWN + SEED_ROLLBACK)
     wd.start()
-    migration = {"id": MIGRATION_ID, "down_sql": SLOW_DOWN + SEED_ROLLBACK}
-    register(wd, "api", migrations=[migration])
+    register(wd, "api", migrations=[{"id": MIGRATION_ID}])
     await _wait_running(pg_dsn, timeout=20)
     await postgres.restart_server()
 

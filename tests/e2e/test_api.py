@@ -35,6 +35,7 @@ def api_config(grace: str = "1h", mode: str = "auto") -> str:
         f"""
   {name}:
     container: {absent}-{name}
+    images: [app]
     rollback:
       steps: [container]
       container: {{stop_timeout: 1s, healthy_timeout: 2s, settle: 100ms}}

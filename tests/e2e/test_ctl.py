@@ -221,8 +221,13 @@ async def test_tokens_and_usage_errors(
     assert (missing.code, missing.err) == (1, "watchdogd ctl: 404 not_found: no rollback nope\n")
     unknown = ctl(wd.url, "deploy", "--service", "nope")
     assert unknown.code == 1 and unknown.err.startswith("watchdogd ctl: 422 invalid: no service 'nope'")
-    half = ctl(wd.url, "deploy", "--service", "api", "--migration-id", "m1")
-    assert (half.code, half.err) == (2, "watchdogd ctl: --migration-id and --down-sql-file go together\n")
+    half = ctl(wd.url, "deploy", "--service", "api", "--down-sql-file", "-", stdin="DROP TABLE t;")
+    assert (half.code, half.err) == (
+        2,
+        "watchdogd ctl: --down-sql-file and --verify-sql need --migration-id\n",
+    )
+    by_id = ctl(wd.url, "deploy", "--service", "api", "--migration-id", "m1")
+    assert by_id.code == 1 and by_id.err.startswith("watchdogd ctl: 422 no_migrations_dir: migration m1")
     bad_window = ctl(wd.url, "deploy", "--service", "api", "--window", "soon")
     assert bad_window.code == 2 and "invalid duration" in bad_window.err
     no_reason = ctl(wd.url, "veto", "r1")

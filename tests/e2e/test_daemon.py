@@ -44,7 +44,8 @@ services:
   api:
     container: {name}
     health: health
-    database: {{dsn: "{dsn}", lock_timeout: 2s, lock_wait: 5s, destructive: auto}}
+    database: {{dsn: "{dsn}", lock_timeout: 2s, lock_wait: 5s, destructive: auto, sql_from_api: true,
+                allow_superuser: true}}
     rollback:
       steps: [container, sql, verify]
       container: {{stop_timeout: 3s, healthy_timeout: 20s, settle: 500ms}}

@@ -92,7 +92,7 @@ async def test_killed_at_a_boundary_then_resumed_rolls_back_exactly_once(
 
         service = {
             "container": name,
-            "database": {"dsn": pg_dsn, "lock_timeout": "2s", "lock_wait": "5s"},
+            "database": {"dsn": pg_dsn, "lock_timeout": "2s", "lock_wait": "5s", "allow_superuser": True},
             "rollback": {
                 "steps": ["container", "sql", "verify"],
                 "container": {"stop_timeout": "3s", "healthy_timeout": "15s", "settle": "300ms"},

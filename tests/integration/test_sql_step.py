@@ -44,7 +44,14 @@ def target(
     migration_id: str = MIGRATION_ID,
     **database: Any,
 ) -> RollbackTarget:
-    settings = {"lock_timeout": "1s", "statement_timeout": "5s", "lock_wait": "1s", "retry_backoff": "50ms"}
+    # the test bed connects as postgres; tests/integration/test_sql_sources.py runs as a least-privilege role
+    settings: dict[str, Any] = {
+        "lock_timeout": "1s",
+        "statement_timeout": "5s",
+        "lock_wait": "1s",
+        "retry_backoff": "50ms",
+        "allow_superuser": True,
+    }
     settings.update(database)
     config = ServiceConfig.model_validate({"database": {"dsn": dsn, **settings}})
     return RollbackTarget(

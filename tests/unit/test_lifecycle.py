@@ -47,6 +47,7 @@ sources:
 services:
   api:
     container: api
+    images: [app]
     database: {dsn: "postgresql://app@127.0.0.1:1/app"}
     rollback: {steps: [sql, container]}
     rules:
@@ -494,6 +495,7 @@ sources:
 services:
   api:
     container: api
+    images: [app]
     rollback: {steps: [container]}
     rules:
       - name: paged

@@ -372,8 +372,20 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     url = state.url.secret()
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         state = StateConfig(url=SecretUrl("sqlite:///" + str(resolve(Path(url[len("sqlite:///") :])))))
+    services = {}
+    for name, svc in config.services.items():
+        database = svc.database
+        if database is not None and database.migrations is not None:
+            migrations = database.migrations.model_copy(update={"dir": resolve(database.migrations.dir)})
+            svc = svc.model_copy(update={"database": database.model_copy(update={"migrations": migrations})})
+        services[name] = svc
     return config.model_copy(
-        update={"sources": sources, "server": server.model_copy(update=updates), "state": state}
+        update={
+            "sources": sources,
+            "server": server.model_copy(update=updates),
+            "state": state,
+            "services": services,
+        }
     )
 
 

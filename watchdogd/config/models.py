@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from watchdogd.config.types import Condition, Duration, Percent, SecretUrl
+from watchdogd.imageref import parse_pattern
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
@@ -48,26 +49,6 @@ class ServerConfig(Model):
     open_endpoints: tuple[Literal["healthz", "readyz", "metrics"], ...] = Field(
         ("healthz", "readyz", "metrics"),
         description="Endpoints served without a token.",
-    )
-    max_connections: int = Field(
-        1024,
-        ge=16,
-        le=100_000,
-        description="Connections the API holds at once; lowered to fit the open-file limit. At the cap, "
-        "the longest-idle connection is closed for a new one.",
-    )
-    max_streams: int = Field(64, ge=1, le=10_000, description="Event streams (GET /v1/events) open at once.")
-    max_streams_per_token: int = Field(
-        8, ge=1, le=10_000, description="Event streams open at once with one token; over it, 429."
-    )
-    header_timeout: Duration = Field(
-        10.0,
-        gt=0,
-        le=300,
-        description="A new connection that has not sent complete request headers by then is closed.",
-    )
-    keepalive_timeout: Duration = Field(
-        15.0, gt=0, le=3600, description="An idle keep-alive connection is closed after this long."
     )
 
     @field_validator("listen")
@@ -495,6 +476,13 @@ class RollbackConfig(Model):
 
 class ServiceConfig(Model):
     container: str | None = Field(None, description="Docker container name.")
+    images: tuple[str, ...] = Field(
+        (),
+        description="Image repositories the container step may start (and, with rollback.container.pull, "
+        "pull) besides an image watchdogd saw running for this service: `registry.example.com/team/api` "
+        "(any tag), `registry.example.com/team/api:v1.*` (matching tags), `registry.example.com/team/*` "
+        "(one path level). The registry is written out, never a wildcard; see docs/operations.md.",
+    )
     health: str | None = Field(None, description="An http source: the service's health probe.")
     database: DatabaseConfig | None = None
     interval: Duration | None = Field(None, gt=0)
@@ -511,6 +499,16 @@ class ServiceConfig(Model):
     on_unverified: OnUnverified | None = None
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     rules: tuple[RuleConfig, ...] = ()
+
+    @field_validator("images")
+    @classmethod
+    def _images(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                parse_pattern(pattern)
+            except ValueError as exc:
+                raise ValueError(f"images: '{pattern}': {exc}") from None
+        return value
 
     def plan(self) -> tuple[StepName, ...]:
         """The rollback's steps: as written, or (not written) those the service has what they need for.

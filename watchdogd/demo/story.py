@@ -49,7 +49,13 @@ services:
   api:
     container: {name}
     health: health
-    database: {{dsn: "{dsn}", lock_timeout: 2s, lock_wait: 5s, destructive: auto}}
+    database:
+      dsn: "{dsn}"
+      migrations: {{dir: migrations, layout: plain}}   # migrations/<id>/down.sql and verify.sql
+      allow_superuser: true   # the demo's throw-away database belongs to the local postgres superuser
+      lock_timeout: 2s
+      lock_wait: 5s
+      destructive: auto
     rollback:
       steps: [container, sql, verify]
       container: {{stop_timeout: 3s, healthy_timeout: 20s, settle: 500ms}}
@@ -129,7 +135,8 @@ async def run_demo(keep: bool = False, out: TextIO = sys.stdout) -> int:
     from watchdogd.api import create_app
     from watchdogd.auth import Tokens
     from watchdogd.daemon import Daemon
-    from watchdogd.model import Migration, why
+    from watchdogd.model import why
+    from watchdogd.rollback.migrations import MigrationRequest
     from watchdogd.telemetry import configure_logging
     from watchdogd.watch.deployments import Registration
 
@@ -161,6 +168,10 @@ async def run_demo(keep: bool = False, out: TextIO = sys.stdout) -> int:
         await _wait_http(f"http://127.0.0.1:{port}/cgi-bin/health", 20)
         print("  v1 is running with its schema; starting watchdogd", file=out)
 
+        folder = workdir / "migrations" / MIGRATION_ID
+        folder.mkdir(parents=True)
+        (folder / "down.sql").write_text(SEED_ROLLBACK)
+        (folder / "verify.sql").write_text(";\n".join(SEED_VERIFY) + ";\n")
         config_path = workdir / "watchdogd.yaml"
         config_path.write_text(CONFIG.format(api_port=api_port, port=port, name=name, dsn=dsn))
         config = load_config(config_path)
@@ -180,8 +191,9 @@ async def run_demo(keep: bool = False, out: TextIO = sys.stdout) -> int:
         client.containers.run(
             APP_V2, detach=True, name=name, network_mode="host", environment=v2_env, labels=labels
         )
-        migration = Migration(MIGRATION_ID, SEED_ROLLBACK, tuple(SEED_VERIFY))
-        registration = Registration("api", APP_V2, APP_V1, (migration,), rehearse=True)
+        registration = Registration(
+            "api", APP_V2, APP_V1, wanted=(MigrationRequest(MIGRATION_ID),), rehearse=True
+        )
         deployment, registered = await daemon.deployments.register(registration, "demo")
         rehearsal = registered.rehearsal or {}
         timeline.say(

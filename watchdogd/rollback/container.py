@@ -12,6 +12,14 @@ image is known), the bad container's configuration is used with the previous
 image. Anonymous volumes are not carried over: the new container gets fresh
 ones, the bad container keeps its own.
 
+Which image. ``P`` is an image watchdogd saw running for the service (its
+snapshot has the image ID and ``RepoDigests``), started by that ID when its
+tag now names other bytes; or, known by name alone, one the service's
+``images`` allow-list matches, else it is not started at all. A missing image
+is pulled only with ``pull: true`` and only from a repository ``images``
+names (a recorded one by its digest first, then checked against its ID);
+otherwise the step fails before it stops anything.
+
 Every state a crash can leave is a starting point (``N`` is the service's
 container name, ``F`` is ``N-failed-<deployment>``, ``P`` the previous image)::
 
@@ -44,6 +52,7 @@ from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from requests.exceptions import RequestException
 
 from watchdogd.config.models import ContainerStepConfig
+from watchdogd.imageref import allowed
 from watchdogd.rollback.base import ContainerSnapshot, RollbackTarget, StepResult, StepStatus
 
 log = structlog.get_logger("watchdogd.rollback.container")
@@ -140,6 +149,7 @@ async def capture(client: Any, name: str) -> ContainerSnapshot:
         image=str((attrs.get("Config") or {}).get("Image") or attrs["Image"]),
         image_id=str(attrs["Image"]),
         config=config,
+        digests=tuple(str(d) for d in image.get("RepoDigests") or ()),
     )
 
 
@@ -158,6 +168,9 @@ class _Run:
     image_id: str
     config: dict[str, Any]
     config_from: str
+    images: tuple[str, ...] = ()
+    """The service's allow-list: what may be started by name alone, and pulled."""
+    digests: tuple[str, ...] = ()
     actions: list[str] = field(default_factory=list)
 
     def data(self, **extra: Any) -> dict[str, Any]:
@@ -221,8 +234,23 @@ class ContainerStep:
             config, source = current.config, "current"
         else:
             return StepResult("failed", "no configuration captured for the previous or the current container")
+        if not previous.image_id and allowed(previous.image, target.config.images) is None:
+            return StepResult(
+                "failed",
+                f"previous image {previous.image} never ran for {target.service} as far as watchdogd saw "
+                f"and services.{target.service}.images does not allow it: not started, nothing touched",
+            )
         failed = failed_name(name, target.deployment_id)
-        return _Run(name, failed, previous.image, previous.image_id, config, source)
+        return _Run(
+            name,
+            failed,
+            previous.image,
+            previous.image_id,
+            config,
+            source,
+            target.config.images,
+            previous.digests,
+        )
 
     async def run(self, target: RollbackTarget) -> StepResult:
         run = self._prepare(target)
@@ -283,33 +311,52 @@ class ContainerStep:
         return bool((attrs.get("Config") or {}).get("Image") == run.ref)
 
     async def _ensure_image(self, run: _Run, settings: ContainerStepConfig) -> None:
-        """Settle which reference creates the container; refuse when the previous image is gone."""
+        """Settle which reference creates the container; refuse when the previous image is gone.
+
+        An image that ran is started by its ID when its name now names other bytes
+        (the tag moved). A pull happens only with ``pull: true`` and only from a
+        repository the service's ``images`` names: a recorded image by one of its
+        digests (the same bytes) or its name, then checked against its ID.
+        """
         found = await self._image_id(run.ref)
         if run.image_id and found != run.image_id:
             # The tag may have moved (``app:latest`` now names the new image): use the id itself.
             if await self._image_id(run.image_id) == run.image_id:
                 run.ref = run.image_id
                 return
-            if settings.pull:
-                await self._pull(run.ref)
-                run.actions.append(f"pulled {run.ref}")
-                found = await self._image_id(run.ref)
-            if found != run.image_id:
-                where = f"tag {run.ref} now names {found[:19]}" if found else f"{run.ref} is not local"
-                raise _Refused(f"previous image {run.image_id[:19]} not available ({where}): nothing touched")
+            where = f"tag {run.ref} now names {found[:19]}" if found else f"{run.ref} is not local"
+            gone = f"previous image {run.image_id[:19]} not available ({where})"
+            if not settings.pull:
+                raise _Refused(f"{gone}: nothing touched")
+            source = self._pullable(run, (*run.digests, run.ref))
+            await self._pull(run, source)
+            if await self._image_id(run.image_id) != run.image_id:
+                raise _Refused(f"{gone}; {source} pulled is not {run.image_id[:19]}: nothing touched")
+            if source != run.ref:  # pulled by digest: the ID names those bytes, the tag may not
+                run.ref = run.image_id
         elif not run.image_id and found is None:
             if settings.pull:
-                await self._pull(run.ref)
-                run.actions.append(f"pulled {run.ref}")
+                await self._pull(run, self._pullable(run, (run.ref,)))
                 if await self._image_id(run.ref) is not None:
                     return
             raise _Refused(f"previous image {run.ref} not available: nothing touched")
 
-    async def _pull(self, ref: str) -> None:
+    def _pullable(self, run: _Run, refs: tuple[str, ...]) -> str:
+        """The first of ``refs`` the allow-list lets watchdogd pull; refuse when none is."""
+        for ref in refs:
+            if allowed(ref, run.images) is not None:
+                return ref
+        raise _Refused(
+            f"previous image {run.ref} is not local and its repository is not in the service's images: "
+            "not pulled from a registry the config does not name; nothing touched"
+        )
+
+    async def _pull(self, run: _Run, ref: str) -> None:
         try:
             await self._call(self.api.pull, ref)
         except APIError as exc:
             raise _Refused(f"pulling previous image {ref} failed: {exc.explanation or exc}") from exc
+        run.actions.append(f"pulled {ref}")
 
     async def _image_id(self, ref: str) -> str | None:
         try:
@@ -430,9 +477,12 @@ class ContainerStep:
         try:
             live = await self._inspect(run.name)
             kept = await self._inspect(run.failed)
-            local = await self._image_id(run.ref) == run.image_id or (
-                bool(run.image_id) and await self._image_id(run.image_id) == run.image_id
-            )
+            if run.image_id:
+                local = await self._image_id(run.ref) == run.image_id or (
+                    await self._image_id(run.image_id) == run.image_id
+                )
+            else:
+                local = await self._image_id(run.ref) is not None
         except (DockerException, RequestException) as exc:
             live, kept, local, unknown = None, None, True, True
             lines = [
@@ -449,7 +499,12 @@ class ContainerStep:
         if not local:
             if not s.pull:
                 return [f"fail: previous image {run.ref} ({run.image_id[:19]}) is not local; nothing touched"]
-            lines.append(f"pull {run.ref}; fail, touching nothing, if it is not {run.image_id[:19]}")
+            try:
+                source = self._pullable(run, (*run.digests, run.ref) if run.image_id else (run.ref,))
+            except _Refused as exc:
+                return [f"fail: {exc}"]
+            expected = run.image_id[:19] or "there after it"
+            lines.append(f"pull {source}; fail, touching nothing, if it is not {expected}")
         if live is not None or unknown:
             lines += [
                 f"stop {run.name} (SIGTERM, {s.stop_timeout:g}s before SIGKILL)",

@@ -48,7 +48,7 @@ def target_to_json(target: RollbackTarget) -> dict[str, Any]:
 
 def target_from_json(data: Mapping[str, Any], config: ServiceConfig) -> RollbackTarget:
     def snapshot(raw: Any) -> ContainerSnapshot | None:
-        return ContainerSnapshot(**raw) if raw else None
+        return ContainerSnapshot.from_json(raw)
 
     return RollbackTarget(
         service=data["service"],

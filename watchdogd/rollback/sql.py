@@ -45,7 +45,7 @@ import asyncpg
 import structlog
 
 from watchdogd.config.models import DatabaseConfig, MigrationsTable
-from watchdogd.rollback import sqlsplit
+from watchdogd.rollback import migrations, sqlsplit
 from watchdogd.rollback.base import Migration, RollbackTarget, StepResult, StepStatus
 from watchdogd.rollback.sqlsplit import Script, ScriptError, Statement
 
@@ -99,6 +99,10 @@ FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.classid::int8 = $1 AND l.objid::int8 = $2
+"""
+_SUPERUSER = """
+SELECT current_user::text, current_setting('is_superuser') = 'on'
+    OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
 """
 _LOCK_POLL_FIRST = 0.05
 _LOCK_POLL_MAX = 1.0
@@ -222,9 +226,17 @@ def set_locals(database: DatabaseConfig, local: bool = True) -> list[str]:
     ]
 
 
+_QUOTING_CLASSES = ("22", "38", "39", "P0")
+"""SQLSTATE classes whose messages may quote a row's value (a failed cast prints the text it was given,
+a RAISE prints what it was told): data exceptions, external routines, PL/pgSQL."""
+
+
 def _postgres_reason(exc: asyncpg.PostgresError) -> str:
+    """The server's error for the operator: its message, unless the message may quote a row's data."""
     state = exc.sqlstate or "?"
     name = RETRYABLE.get(state) or type(exc).__name__
+    if state.startswith(_QUOTING_CLASSES):
+        return f"SQLSTATE {state} {name} (the server's message is not shown: it may quote data)"
     return f"SQLSTATE {state} {name}: {exc}"
 
 
@@ -307,10 +319,13 @@ class SqlStep:
         if not target.migrations:
             return StepResult("skipped", "no migration registered with this deployment")
         try:
-            plans = plan(target, database)
+            plans = await asyncio.to_thread(plan, target, database)
+            drift = await asyncio.to_thread(migrations.drifted, target.migrations)
             session = await self._open(target.service, database)
         except (ScriptError, _Failed) as exc:
             return StepResult("failed", str(exc))
+        for change in drift:  # the registered text runs: it is what was assessed and is in the ledger
+            log.warning("migration_file_changed", service=target.service, change=change)
         outcomes: list[dict[str, Any]] = []
         try:
             for item in reversed(plans):
@@ -327,7 +342,11 @@ class SqlStep:
             "failed" if "failed" in statuses else "already_done" if statuses == {"already_done"} else "done"
         )
         detail = "; ".join(f"{o['migration_id']}: {o['detail']}" for o in outcomes)
-        return StepResult(overall, detail, {"migrations": outcomes})
+        data: dict[str, Any] = {"migrations": outcomes}
+        if drift:
+            detail += "; ran the SQL as registered, though " + "; ".join(drift)
+            data["files_changed"] = drift
+        return StepResult(overall, detail, data)
 
     async def _one(
         self, session: _Session, target: RollbackTarget, database: DatabaseConfig, item: Plan
@@ -446,8 +465,8 @@ class SqlStep:
                 value = await conn.fetchval(query)
             except asyncpg.PostgresError as exc:
                 raise _Failed(f"verify query failed: {_postgres_reason(exc)}: {query}", exc.sqlstate) from exc
-            if value is not True:
-                raise _Failed(f"verify query returned {value!r}, not true: {query}")
+            if value is not True:  # what it returned stays in the database: it may be a row's data
+                raise _Failed(f"verify query was not true: {query}")
 
     async def _settle_lost_commit(
         self, session: _Session, target: RollbackTarget, database: DatabaseConfig, item: Plan
@@ -542,7 +561,7 @@ class SqlStep:
         if database is None:
             return StepResult("skipped", "no database configured for this service")
         try:
-            plans = plan(target, database)
+            plans = await asyncio.to_thread(plan, target, database)
             session = await self._open(target.service, database)
         except (ScriptError, _Failed) as exc:
             return StepResult("failed", str(exc))
@@ -573,7 +592,7 @@ class SqlStep:
         if database is None or not target.migrations:
             return []
         try:
-            plans = plan(target, database)
+            plans = await asyncio.to_thread(plan, target, database)
         except ScriptError as exc:
             return [f"-- refused: {exc}"]
         key = advisory_key(target.service, database_name(database.dsn.secret()))
@@ -610,15 +629,10 @@ class SqlStep:
         if database is None:
             return Assessment((), "auto")
         try:
-            plans = plan(target, database)
+            plans = await asyncio.to_thread(plan, target, database)
         except ScriptError as exc:
             return Assessment((), database.destructive, (str(exc),))
-        drops = [
-            (item.migration.id, drop)
-            for item in plans
-            for stmt in (*item.script.transactional, *item.script.deferred)
-            for drop in sqlsplit.destructive(stmt)
-        ]
+        drops = await asyncio.to_thread(_drops, plans)
         if not drops:
             return Assessment((), database.destructive)
         try:
@@ -651,6 +665,21 @@ class SqlStep:
             if password:
                 message = message.replace(password, "***")
             raise _Failed(f"cannot connect to {database.dsn}: {type(exc).__name__}: {message}") from exc
+        if not database.allow_superuser:
+            try:
+                row = await conn.fetchrow(_SUPERUSER)
+            except BaseException as exc:
+                conn.terminate()
+                if isinstance(exc, asyncpg.PostgresError):
+                    raise _Failed(f"cannot read the role of {database.dsn}: {_postgres_reason(exc)}") from exc
+                raise
+            user, superuser = (row[0], row[1]) if row is not None else ("?", False)
+            if superuser:
+                await conn.close()
+                raise _Failed(
+                    f"refused: {database.dsn} connects as {user}, a PostgreSQL superuser; give watchdogd a "
+                    "role that owns the service's schema, or set database.allow_superuser: true"
+                )
         return conn
 
     async def _open(self, service: str, database: DatabaseConfig) -> _Session:
@@ -724,6 +753,15 @@ def _holders(rows: Sequence[asyncpg.Record]) -> str:
             f"state {r['state']} last query {query!r}"
         )
     return "; ".join(parts)
+
+
+def _drops(plans: Sequence[Plan]) -> list[tuple[str, sqlsplit.Drop]]:
+    return [
+        (item.migration.id, drop)
+        for item in plans
+        for stmt in (*item.script.transactional, *item.script.deferred)
+        for drop in sqlsplit.destructive(stmt)
+    ]
 
 
 def _render(query: str, args: Sequence[object]) -> str:

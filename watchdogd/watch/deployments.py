@@ -21,7 +21,8 @@ import structlog
 
 from watchdogd.clock import Clock
 from watchdogd.decisions import may_register, window_end
-from watchdogd.errors import Conflict
+from watchdogd.errors import Conflict, Invalid
+from watchdogd.imageref import allowed, same_image_name
 from watchdogd.model import (
     ContainerSnapshot,
     Deployment,
@@ -44,6 +45,10 @@ from watchdogd.watch.world import World
 log = structlog.get_logger("watchdogd")
 
 UNVERIFIED_REASON = "the window ended unverified"
+RAN_KEPT = 20
+"""Images remembered per service as having run there (besides those in the store's deployments)."""
+HISTORY_DEPLOYMENTS = 200
+"""How many of the latest deployments are searched for a previous image that ran."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,15 @@ class Containers:
         """The last container seen for each service."""
         self.before: dict[str, ContainerSnapshot] = {}
         """For each service, the last container seen with another image than the current one."""
+        self.ran: dict[str, list[ContainerSnapshot]] = {}
+        """For each service, the images seen running: one snapshot per image ID, the newest first."""
+
+    def remember(self, service: str, snapshot: ContainerSnapshot) -> None:
+        """``snapshot`` is the service's container now: what it runs ran on this host for the service."""
+        self.known[service] = snapshot
+        if snapshot.image_id:
+            others = [s for s in self.ran.get(service, ()) if s.image_id != snapshot.image_id]
+            self.ran[service] = [snapshot, *others][:RAN_KEPT]
 
     async def capture(self, name: str) -> ContainerSnapshot | None:
         from watchdogd.rollback.container import capture
@@ -110,7 +124,7 @@ class Containers:
         known = self.known.get(service)
         if known is not None and known.image_id != current.image_id:
             self.before[service] = known
-        self.known[service] = current
+        self.remember(service, current)
         before = self.before.get(service)
         return before if before is not None and before.image_id != current.image_id else None
 
@@ -163,11 +177,10 @@ class Deployments:
         if refusal is not None:
             raise Conflict(refusal, "rolling_back")
         running = await self.containers.capture(svc.container) if svc.container else None
+        asked = await self._asked_previous(request, running)
         if live is not None and self._completes(live.deployment, request, running):
             return await self._complete(live.deployment, request, actor)
-        previous = self.containers.previous_of(request.service, running)
-        if previous is None and request.previous_image:
-            previous = ContainerSnapshot(svc.container or request.service, request.previous_image, "", {})
+        previous = self.containers.previous_of(request.service, running) or asked
         facts = DeploymentFacts("api", previous, running, request.migrations)
         facts, registered = await self._assess(request.service, facts, request.rehearse)
         deployment, superseded = await self.store.add_deployment(
@@ -196,6 +209,49 @@ class Deployments:
         )
         await self.watched.refresh(request.service)
         return deployment, registered
+
+    async def _asked_previous(
+        self, request: Registration, running: ContainerSnapshot | None
+    ) -> ContainerSnapshot | None:
+        """The previous container a request names, or 422 when a rollback must not start it.
+
+        For a service with a container, ``previous_image`` must name an image this
+        host ran for that service (its ID, a digest, or the name it ran under):
+        the answer is then what ran, pinned to its image ID, even if the tag has
+        moved since. Else it must match the service's ``images`` allow-list.
+        """
+        named = request.previous_image
+        svc = self.world().service(request.service)
+        if named is None:
+            return None
+        if svc.container is None:  # no container step: only a label
+            return ContainerSnapshot(request.service, named, "", {})
+        for snapshot in await self._ran(request.service, running):
+            if _names(snapshot, named):
+                return snapshot
+        if allowed(named, svc.images) is not None:
+            return ContainerSnapshot(svc.container, named, "", {})
+        patterns = ", ".join(svc.images) if svc.images else "none"
+        raise Invalid(
+            f"previous_image '{named}' never ran for service '{request.service}' on this host as far as "
+            f"watchdogd saw, and services.{request.service}.images does not allow it (patterns: {patterns}): "
+            "a rollback will not start it. Leave previous_image out when watchdogd saw the old container, "
+            "or add its repository to the service's images.",
+            "previous_image_not_allowed",
+        )
+
+    async def _ran(self, service: str, running: ContainerSnapshot | None) -> list[ContainerSnapshot]:
+        """Images watchdogd saw running for ``service``, the newest first: in memory, then the store's.
+
+        The container running now comes last: a name it shares with an older image means the older one.
+        """
+        ran = list(self.containers.ran.get(service, ()))
+        for deployment in await self.store.deployments(limit=HISTORY_DEPLOYMENTS):
+            if deployment.service == service:
+                ran += [s for s in (deployment.facts.current, deployment.facts.previous) if s is not None]
+        now = running.image_id if running is not None else None
+        ran = [s for s in ran if s.image_id != now] + ([running] if running is not None else [])
+        return [s for s in ran if s.image_id]
 
     @staticmethod
     def _completes(deployment: Deployment, request: Registration, running: ContainerSnapshot | None) -> bool:
@@ -367,7 +423,7 @@ class Deployments:
             if svc.container and name not in self.containers.known:
                 snapshot = await self.containers.capture(svc.container)
                 if snapshot is not None:
-                    self.containers.known[name] = snapshot
+                    self.containers.remember(name, snapshot)
 
     # --- windows ---------------------------------------------------------------------------------
 
@@ -447,6 +503,13 @@ class Deployments:
                 summary=_promoted(deployment.service, unverified),
             )
         return await self.store.deployment(deployment.id) or deployment
+
+
+def _names(snapshot: ContainerSnapshot, named: str) -> bool:
+    """Does ``named`` name the image of ``snapshot``: its ID, one of its digests, or its name?"""
+    if named in (snapshot.image_id, snapshot.image_id.removeprefix("sha256:")):
+        return True
+    return any(same_image_name(named, ref) for ref in (snapshot.image, *snapshot.digests))
 
 
 def _promoted(service: str, unverified: list[str]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from watchdogd.clock import Clock
-from watchdogd.decisions import guard, veto_mutes
+from watchdogd.decisions import guard, may_rehearse, veto_mutes
 from watchdogd.errors import Conflict, Invalid, NotFound
 from watchdogd.model import (
     PROPOSED_STATES,
@@ -199,6 +199,9 @@ class Operators:
         svc = self.world().config.services.get(deployment.service)
         if svc is None:
             raise Invalid(f"service '{deployment.service}' is no longer in the config")
+        refusal = may_rehearse(svc.plan(), deployment.facts.sql_policy)
+        if refusal is not None:
+            raise Conflict(refusal, "sql_step_off")
         result = await SqlStep().rehearse(rollback_target(deployment, (), svc))
         outcome = {"status": result.status, "detail": result.detail}
         await self.report(
