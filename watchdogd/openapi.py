@@ -141,7 +141,10 @@ class Rollbacks(_Out):
 
 
 class AuditEntries(_Out):
+    """Newest first; ``next`` is the ``before`` of the following page, null on the last one."""
+
     items: list[AuditEntry]
+    next: int | None = None
 
 
 ERRORS = {
@@ -152,7 +155,8 @@ ERRORS = {
     409: "The current state refuses it",
     413: "The body is larger than the route takes",
     422: "A body that breaks the schema, or names what the config does not have",
-    503: "The daemon is still starting",
+    429: "Too many at once: failed tokens waiting, or event streams over a cap (Retry-After)",
+    503: "The daemon is still starting, or the state store is not answering (Retry-After)",
 }
 
 
@@ -276,6 +280,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
             ("deployment", "Only this deployment's entries", None),
             ("actor", "Only this actor's entries", None),
             ("since", "Only entries from this RFC 3339 time on", "date-time"),
+            ("before", "Only entries older than this seq: the next of the previous page", None),
+            ("limit", "At most this many entries, 1 to 500 (default 500)", None),
         ),
     ),
 }
@@ -334,6 +340,9 @@ def document(bodies: dict[str, type[BaseModel]], open_endpoints: Iterable[str]) 
         codes = set(op.errors)
         if op.role is None and needs_token:
             codes |= {401, 403}  # an open endpoint the config closed needs an admin's token
+        codes.add(400)  # any route: a header that is not UTF-8
+        if needs_token:
+            codes |= {429, 503}  # guessers held back; a store that does not answer
         for code in sorted(codes):
             responses[str(code)] = {
                 "description": ERRORS[code],

@@ -31,8 +31,8 @@ IDLE_SOCKETS = 300
 STREAMS_PER_TOKEN = 4
 STREAMS = 6
 HEADER_TIMEOUT = 2.0
-SERVER_KEYS = (
-    f", max_streams: {STREAMS}, max_streams_per_token: {STREAMS_PER_TOKEN}, header_timeout: {HEADER_TIMEOUT:g}s"
+SERVER_KEYS = f", max_streams: {STREAMS}, max_streams_per_token: {STREAMS_PER_TOKEN}" + (
+    f", header_timeout: {HEADER_TIMEOUT:g}s"
 )
 
 

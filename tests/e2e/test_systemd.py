@@ -219,6 +219,11 @@ def check_unit_keys() -> None:
     from watchdogd.runner import STOP_DEADLINE
 
     assert int(service["TimeoutStopSec"]) > STOP_DEADLINE
+    # room for the API's default connection cap beside the store's and sources' descriptors
+    from watchdogd.config.models import ServerConfig
+    from watchdogd.connections import RESERVED_FDS
+
+    assert int(service["LimitNOFILE"]) >= ServerConfig().max_connections + 4 * RESERVED_FDS
 
     drop_in = parse_unit(DOCKER_DROP_IN.read_text())
     assert drop_in["Service"] == {"SupplementaryGroups": ["docker"]}

@@ -290,3 +290,13 @@ def test_prometheus_rule_is_off_by_default() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["prometheusRule"]["enabled"] is False
     assert "PrometheusRule" not in manifests()
+
+
+def test_the_chart_sets_the_api_bounds_and_they_load() -> None:
+    configmap = manifests()["ConfigMap"]
+    text = next(iter(configmap["data"].values()))
+    server = yaml.safe_load(text)["server"]
+    assert server["max_connections"] >= 64 and server["max_streams"] >= 1
+    assert server["header_timeout"] and server["keepalive_timeout"]
+    config = load_config_text(text.replace("/etc/watchdogd/tokens/tokens.yaml", "tokens.yaml"), "chart.yaml")
+    assert config.server.max_streams_per_token <= config.server.max_streams
