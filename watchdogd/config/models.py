@@ -50,6 +50,26 @@ class ServerConfig(Model):
         ("healthz", "readyz", "metrics"),
         description="Endpoints served without a token.",
     )
+    max_connections: int = Field(
+        1024,
+        ge=16,
+        le=100_000,
+        description="Connections the API holds at once; lowered to fit the open-file limit. At the cap, "
+        "the longest-idle connection is closed for a new one.",
+    )
+    max_streams: int = Field(64, ge=1, le=10_000, description="Event streams (GET /v1/events) open at once.")
+    max_streams_per_token: int = Field(
+        8, ge=1, le=10_000, description="Event streams open at once with one token; over it, 429."
+    )
+    header_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A new connection that has not sent complete request headers by then is closed.",
+    )
+    keepalive_timeout: Duration = Field(
+        15.0, gt=0, le=3600, description="An idle keep-alive connection is closed after this long."
+    )
 
     @field_validator("listen")
     @classmethod
