@@ -100,3 +100,33 @@ async def test_an_unreachable_server_is_counted_as_unreachable() -> None:
     assert sample.value is None and sample.error == "unreachable"
     labels = {"source": "prom", "reason": "unreachable"}
     assert metrics.registry.get_sample_value("watchdogd_source_errors_total", labels) == 1
+
+
+async def test_a_redirect_is_not_followed_with_the_sources_headers(
+    recorded: tuple[str, list[dict[str, str]]],
+) -> None:
+    elsewhere, asked = recorded  # another origin: it must never see the query nor its headers
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(f"{elsewhere}/api/v1/query")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/query", redirect)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        config = PrometheusSource.model_validate(
+            {"type": "prometheus", "url": f"http://127.0.0.1:{port}", "headers": {"X-Scope-OrgID": "tenant"}}
+        )
+        metrics = Metrics(CollectorRegistry())
+        async with aiohttp.ClientSession() as session:
+            poller = Poller(PrometheusQuery("prom", config, session), 5.0, metrics)
+            measure = Measure("query", "up")
+            sample = (await poller.poll([measure], time.time()))[measure]
+    finally:
+        await runner.cleanup()
+    assert asked == []
+    assert sample.value is None
+    assert "redirect" in (sample.reason or "") and elsewhere in (sample.reason or "")

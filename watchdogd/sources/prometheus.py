@@ -58,8 +58,17 @@ class PrometheusQuery:
                 data={"query": promql, "time": f"{self.wall():.3f}"},
                 headers=self.headers,
                 auth=self.auth,
+                # a redirect would carry the source's headers (API keys, tenant ids) to another origin
+                allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             ) as response:
+                if 300 <= response.status < 400:
+                    where = response.headers.get("Location", "nowhere")[:200]
+                    raise SourceError(
+                        f"{self.config.url} answered HTTP {response.status}, a redirect to {where}, "
+                        "not followed: configure the final URL",
+                        "http_status",
+                    )
                 body = await read_body(response, MAX_BODY)
                 status = response.status
         except TimeoutError as exc:
