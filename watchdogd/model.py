@@ -156,14 +156,29 @@ class Migration:
     down_sql: str
     verify: tuple[str, ...] = ()
     """Queries that must each return true after the down SQL."""
+    source: str = "api"
+    """``file``: read from the service's migrations directory; ``api``: sent in the request."""
+    files: tuple[tuple[str, str], ...] = ()
+    """For ``file``: each file read at registration and its SHA-256 then (down script first)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "down_sql": self.down_sql, "verify_sql": list(self.verify)}
+        out: dict[str, Any] = {"id": self.id, "down_sql": self.down_sql, "verify_sql": list(self.verify)}
+        out["source"] = self.source
+        if self.files:
+            out["files"] = [{"path": path, "sha256": sha} for path, sha in self.files]
+        return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Migration:
         verify = raw.get("verify_sql", raw.get("verify", ()))
-        return cls(str(raw["id"]), str(raw["down_sql"]), tuple(str(q) for q in verify))
+        files = tuple((str(f["path"]), str(f["sha256"])) for f in raw.get("files") or ())
+        return cls(
+            str(raw["id"]),
+            str(raw["down_sql"]),
+            tuple(str(q) for q in verify),
+            str(raw.get("source") or "api"),
+            files,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -441,8 +441,48 @@ class MigrationsTable(Model):
         return self.table or defaults[self.kind]
 
 
+MigrationLayout = Literal["plain", "prisma", "flyway", "alembic", "golang-migrate"]
+
+
+class MigrationsDir(Model):
+    """Where the operators' rollback SQL lives, read by migration id when a deployment is registered.
+
+    - plain: ``DIR/ID/down.sql``, optional ``DIR/ID/verify.sql`` (one query per statement);
+    - prisma: ``DIR/ID/down.sql`` (and ``verify.sql``) beside Prisma's ``DIR/ID/migration.sql``;
+    - flyway: the undo script ``DIR/U<ID>__*.sql`` of ``DIR/V<ID>__*.sql``;
+    - alembic: ``DIR/<ID>.down.sql``, the offline SQL of
+      ``alembic downgrade --sql ID:<down revision>`` (Alembic's downgrades are Python:
+      only their offline SQL can be read, hashed and reviewed before it runs);
+    - golang-migrate: ``DIR/<ID>_<name>.down.sql``.
+
+    ``verify.sql`` (``<ID>.verify.sql``, ``<ID>_<name>.verify.sql``, ``V<ID>__*.verify.sql``
+    in the other layouts) is optional: each of its statements must return true.
+    """
+
+    dir: Path
+    layout: MigrationLayout = "plain"
+
+
 class DatabaseConfig(Model):
     dsn: SecretUrl
+    migrations: MigrationsDir | None = Field(
+        None,
+        description="The directory the down SQL and verify queries are read from, by migration id; "
+        "a deployment names its migrations by id only.",
+    )
+    sql_from_api: bool = Field(
+        False,
+        description="Accept down_sql and verify_sql inside POST /v1/deployments; then only schema changes "
+        "in `schemas` and verify queries that read the catalog.",
+    )
+    schemas: tuple[Name, ...] = Field(
+        ("public",),
+        min_length=1,
+        description="The service's own schemas: the only ones SQL sent in a request may change.",
+    )
+    allow_superuser: bool = Field(
+        False, description="Let the sql step connect as a PostgreSQL superuser (rolsuper); refused otherwise."
+    )
     lock_timeout: Duration = Field(5.0, gt=0)
     statement_timeout: Duration = Field(60.0, gt=0)
     lock_wait: Duration = Field(30.0, ge=0, description="How long to wait for the advisory lock.")

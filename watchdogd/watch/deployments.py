@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from watchdogd.clock import Clock
-from watchdogd.decisions import may_register, window_end
+from watchdogd.decisions import may_register, may_rehearse, window_end
 from watchdogd.errors import Conflict, Invalid
 from watchdogd.imageref import allowed, same_image_name
 from watchdogd.model import (
@@ -33,6 +33,7 @@ from watchdogd.model import (
     RollbackRecord,
     RollbackState,
 )
+from watchdogd.rollback.migrations import MigrationRequest, resolve
 from watchdogd.rollback.sql import SqlStep
 from watchdogd.store import Store
 from watchdogd.telemetry import Metrics
@@ -59,9 +60,12 @@ class Registration:
     image: str | None = None
     previous_image: str | None = None
     migrations: tuple[Migration, ...] = ()
+    """Migrations ready to run; ``register`` adds those made from ``wanted``."""
     window: float | None = None
     rehearse: bool = False
     idempotency_key: str | None = None
+    wanted: tuple[MigrationRequest, ...] = ()
+    """Migrations as a request names them: by id (read from the migrations directory) or with SQL."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,12 @@ class Deployments:
 
     async def register(self, request: Registration, actor: str) -> tuple[Deployment, Registered]:
         """A deployment from the API; it completes one noticed from Docker for the same image."""
+        svc = self.world().service(request.service)
+        if request.rehearse:
+            _may_rehearse(svc.plan(), None)
+        if request.wanted:  # read and parsed off the event loop, before the lock
+            made = await resolve(request.service, svc.database, request.wanted)
+            request = dataclasses.replace(request, migrations=request.migrations + made, wanted=())
         async with self.lock:
             return await self._register(request, actor)
 
@@ -313,8 +323,13 @@ class Deployments:
             )
         else:
             policy = assessment.action
-            registered = Registered(sql_policy=policy, destroys=tuple(str(f) for f in assessment.findings))
+            registered = Registered(
+                sql_policy=policy,
+                destroys=tuple(str(f) for f in assessment.findings),
+                assessment_error="; ".join(assessment.problems) or None,
+            )
         if rehearse:
+            _may_rehearse(svc.plan(), policy)
             result = await step.rehearse(target)
             registered = dataclasses.replace(
                 registered, rehearsal={"status": result.status, "detail": result.detail}
@@ -510,6 +525,12 @@ def _names(snapshot: ContainerSnapshot, named: str) -> bool:
     if named in (snapshot.image_id, snapshot.image_id.removeprefix("sha256:")):
         return True
     return any(same_image_name(named, ref) for ref in (snapshot.image, *snapshot.digests))
+
+
+def _may_rehearse(plan: tuple[str, ...], sql_policy: str | None) -> None:
+    refusal = may_rehearse(plan, sql_policy)
+    if refusal is not None:
+        raise Conflict(refusal, "sql_step_off")
 
 
 def _promoted(service: str, unverified: list[str]) -> str:
