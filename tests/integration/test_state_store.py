@@ -566,7 +566,8 @@ async def test_audit_with_filters(store: Store, backend: Backend) -> None:
     assert [e.action for e in await store.audit_entries(limit=1)] == ["deployed"]
     # a cursor: the page after an entry is the entries below its seq
     assert [e.action for e in await store.audit_entries(limit=1, before=entries[0].seq)] == ["veto"]
-    assert [e.action for e in await store.audit_entries(actor="system", before=entries[0].seq)] == ["proposed"]
+    older = await store.audit_entries(actor="system", before=entries[0].seq)
+    assert [e.action for e in older] == ["proposed"]
     assert await store.audit_entries(before=entries[2].seq) == []
 
 
