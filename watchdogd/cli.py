@@ -52,24 +52,32 @@ def _check_live(config: Config) -> int:
 
     import structlog
 
-    from watchdogd.preflight import check_live
+    from watchdogd.preflight import check_databases, check_live
     from watchdogd.telemetry import configure_logging
 
     saved = structlog.get_config()
     configure_logging(logging.ERROR, "console", stream=sys.stderr)  # each rule's line says it all
     try:
         seen = asyncio.run(check_live(config))
+        databases = asyncio.run(check_databases(config))
     finally:
         structlog.configure(**saved)  # the caller's logging as it was
     print("  live:")
     for rule in seen:
         print(f"    {rule.line}")
+    for database in databases:
+        print(f"    {database.line}")
+    status = EXIT_OK
     blind = [s for s in seen if s.verdict == "blind" and s.action == "rollback"]
     if blind:
         names = ", ".join(f"{s.service}/{s.rule}" for s in blind)
         print(f"  {len(blind)} rollback rule(s) cannot see: {names}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        status = EXIT_FAILED
+    refused = [d.service for d in databases if d.refused]
+    if refused:
+        print(f"  the sql step cannot run for: {', '.join(refused)}", file=sys.stderr)
+        status = EXIT_FAILED
+    return status
 
 
 def _run(args: argparse.Namespace) -> int:

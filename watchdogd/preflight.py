@@ -6,6 +6,8 @@ what they should be. ``check_live``: every source is polled once and every
 rule evaluated once against what it answers, so that a rollback rule that
 cannot see (a PromQL typo the server refuses, an unreachable Prometheus, a
 scrape with no such series) is found before a deploy depends on it.
+``check_databases``: each service's database answers, and not as a
+PostgreSQL superuser unless the service allows it (the sql step would refuse).
 """
 
 from __future__ import annotations
@@ -180,4 +182,49 @@ async def check_live(config: Config) -> list[Seen]:
                 else:
                     verdict = "blind"
                 seen.append(Seen(run.service, run.rule.name, run.rule.action, sample, verdict))
+    return seen
+
+
+@dataclass(frozen=True)
+class DatabaseSeen:
+    """One service's database as a connection to it found it."""
+
+    service: str
+    refused: bool
+    line: str
+
+
+async def check_databases(config: Config, connect_within: float = 5.0) -> list[DatabaseSeen]:
+    """Connect to each service's database once: the role it connects as, refused when a superuser."""
+    import asyncpg
+
+    from watchdogd.rollback.sql import SUPERUSER
+
+    seen: list[DatabaseSeen] = []
+    for name, service in config.services.items():
+        database = service.database
+        if database is None:
+            continue
+        try:
+            conn = await asyncpg.connect(database.dsn.secret(), timeout=connect_within)
+            try:
+                row = await conn.fetchrow(SUPERUSER)
+            finally:
+                await conn.close()
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            reason = f"{type(exc).__name__}: {exc}".replace(database.dsn.secret(), str(database.dsn))
+            seen.append(
+                DatabaseSeen(name, True, f"DOWN   {name}: cannot connect to {database.dsn}: {reason}")
+            )
+            continue
+        user, superuser = (str(row[0]), bool(row[1])) if row is not None else ("?", False)
+        if superuser and not database.allow_superuser:
+            line = (
+                f"REFUSED {name}: {database.dsn} connects as {user}, a PostgreSQL superuser; give watchdogd "
+                "a role that owns the service's schema, or set database.allow_superuser: true"
+            )
+            seen.append(DatabaseSeen(name, True, line))
+        else:
+            what = "a superuser (allowed)" if superuser else "not a superuser"
+            seen.append(DatabaseSeen(name, False, f"ok     {name}: {database.dsn} as {user}, {what}"))
     return seen

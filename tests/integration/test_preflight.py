@@ -158,3 +158,33 @@ services:
     assert f"{path}:11: services.api.rules[0].action: warning: a notify rule and no `notify:`" in (
         capsys.readouterr().err
     )
+
+
+def test_check_live_refuses_a_superuser_database_unless_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    down = free_port()
+    path = write(
+        tmp_path,
+        f"""
+services:
+  api:
+    container: api
+    database: {{dsn: "postgresql://postgres@127.0.0.1:5432/test"}}
+  admin-tool:
+    container: admin-tool
+    database: {{dsn: "postgresql://postgres@127.0.0.1:5432/test", allow_superuser: true}}
+  gone:
+    container: gone
+    database: {{dsn: "postgresql://watchdogd:s3cret-pw@127.0.0.1:{down}/test"}}
+""",
+    )
+    assert main(["check", "--config", str(path), "--quiet", "--live"]) == 1
+    out, err = capsys.readouterr()
+    assert (
+        "REFUSED api: postgresql://postgres@127.0.0.1:5432/test connects as postgres, a PostgreSQL superuser"
+        in out
+    )
+    assert "ok     admin-tool:" in out and "a superuser (allowed)" in out
+    assert "DOWN   gone: cannot connect" in out and "s3cret-pw" not in out + err
+    assert "the sql step cannot run for: api, gone" in err

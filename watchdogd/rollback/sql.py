@@ -100,7 +100,7 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.classid::int8 = $1 AND l.objid::int8 = $2
 """
-_SUPERUSER = """
+SUPERUSER = """
 SELECT current_user::text, current_setting('is_superuser') = 'on'
     OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
 """
@@ -667,7 +667,7 @@ class SqlStep:
             raise _Failed(f"cannot connect to {database.dsn}: {type(exc).__name__}: {message}") from exc
         if not database.allow_superuser:
             try:
-                row = await conn.fetchrow(_SUPERUSER)
+                row = await conn.fetchrow(SUPERUSER)
             except BaseException as exc:
                 conn.terminate()
                 if isinstance(exc, asyncpg.PostgresError):
