@@ -32,6 +32,7 @@ def evaluate(
         raise RuleError(
             f"rule '{rule.name}': sample at {at:g} is older than the previous one at {state.last_sample:g}"
         )
+    state = _skip_held(rule, state, now)
     value = sample.value
     why_missing = sample.reason
     if value is not None and value != value:
@@ -58,6 +59,34 @@ def evaluate(
     if rule.failures:
         return _count(rule, state, now, at, value, hit, missing_since, last_match, why_missing)
     return _run(rule, state, now, at, value, hit, missing_since, last_match, why_missing)
+
+
+def held(rule: Rule, missing_since: float | None, at: float) -> bool:
+    """Whether a missing sample at ``at``, in a gap since ``missing_since``, is held: counted as nothing."""
+    if missing_since is None:
+        return False
+    return rule.missing_result == "hold" or at - missing_since < rule.missing_after - _EPS
+
+
+def _skip_held(rule: Rule, state: EvalState, now: float) -> EvalState:
+    """Move the ``for`` and ``keep_firing_for`` timers on by the time since a held evaluation.
+
+    Each evaluation vouches for the time until the next one: after a held one
+    (missing data under ``hold``, or the first ``after`` of a gap) that time is
+    no evidence either way, so it counts toward neither timer, as downtime does
+    in ``resume``. A gap counted as failing or passing is evidence and is not
+    skipped.
+    """
+    last = state.last_eval
+    if last is None or (state.active_since is None and state.clearing_since is None):
+        return state
+    if not held(rule, state.missing_since, last):
+        return state
+    skipped = now - last
+    return state._replace(
+        active_since=None if state.active_since is None else state.active_since + skipped,
+        clearing_since=None if state.clearing_since is None else state.clearing_since + skipped,
+    )
 
 
 def condition_now(rule: Rule, state: EvalState) -> bool | None:
@@ -146,15 +175,6 @@ def _run(
     clearing_since = None
     if hit:
         active = state.active_since if state.active_since is not None else now
-        if (
-            value is not None
-            and state.missing_since is not None
-            and state.active_since is not None
-            and current is PENDING
-        ):
-            # Time without data is not evidence: a gap pauses the for timer instead of
-            # counting toward it, so two breaching samples around an outage never fire.
-            active = min(now, active + (now - state.missing_since))
         new = FIRING if current is FIRING or now - active >= rule.for_ - _EPS else PENDING
     else:
         active = None
