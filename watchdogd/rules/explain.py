@@ -66,7 +66,11 @@ def _verdict(
     shown_op = op if holds else _NEGATED[op]
     text = f"{value:g} {shown_op} {threshold:g}"
     if state.baseline is not None:
-        text += f" (baseline {state.baseline:g} {_tolerance(rule)})"
+        floor = rule.baseline_min
+        if floor is not None and floor >= state.baseline + abs(state.baseline) * rule.baseline_tolerance:
+            text += f" (baseline {state.baseline:g} {_tolerance(rule)}, floor {floor:g})"
+        else:
+            text += f" (baseline {state.baseline:g} {_tolerance(rule)})"
     return text
 
 

@@ -62,6 +62,8 @@ class Rule:
     missing_result: MissingResult = "hold"
     baseline_before: float | None = None
     baseline_tolerance: float = 0.0
+    baseline_min: float | None = None
+    """An absolute floor: the threshold of a ``>``/``>=`` baseline rule is never below it."""
     absent_for: float | None = None
     over: float | None = None
     _compare: Callable[[float, float], bool] = field(init=False, repr=False, compare=False)
@@ -127,6 +129,7 @@ def compile_rule(config: RuleConfig) -> Rule:
         missing_result=config.on_missing.result,
         baseline_before=baseline.before if baseline else None,
         baseline_tolerance=baseline.tolerance if baseline else 0.0,
+        baseline_min=baseline.min if baseline else None,
         absent_for=config.absent_for,
         over=config.over,
     )
@@ -142,5 +145,9 @@ def fingerprint(config: RuleConfig) -> str:
     policy count; its name, description, severity and action do not.
     """
     meaning = config.model_dump(mode="json", by_alias=True, exclude=set(_MEANING_FREE))
+    baseline = meaning.get("baseline")
+    if isinstance(baseline, dict) and baseline.get("min") is None:
+        # a rule written before floors existed keeps its fingerprint, and its stored state
+        baseline.pop("min", None)
     text = json.dumps(meaning, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -73,9 +73,12 @@ def baseline_mean(samples: Iterable[Sample], deploy_at: float, before: float) ->
 
 
 def baseline_threshold(rule: Rule, mean: float) -> float:
-    """The baseline widened by the tolerance, in the direction the operator looks."""
+    """The baseline widened by the tolerance, in the direction the operator looks; never under ``min``."""
     margin = abs(mean) * rule.baseline_tolerance
-    return mean + margin if rule.condition.op in (">", ">=") else mean - margin
+    if rule.condition.op in (">", ">="):
+        floor = rule.baseline_min
+        return mean + margin if floor is None else max(mean + margin, floor)
+    return mean - margin
 
 
 def resume(state: EvalState, now: float) -> EvalState:
