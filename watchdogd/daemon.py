@@ -146,7 +146,7 @@ class Daemon:
             jobs.arm_commands(world().sources_of(service), supervisor.job)
 
         watched = Watched(store, world, clock, on_new=arm)
-        plans = Plans(world, watched, client, session, clock, steps)
+        plans = Plans(world, watched, client, session, clock, steps, store=store)
         executions = Executions(
             store=store, report=report, supervisor=supervisor, health=health, world=world,
             watched=watched, plans=plans, metrics=metrics, clock=clock, leading=leading,

@@ -151,7 +151,7 @@ INVALID = [
     pytest.param(
         edit("steps: [container, verify]", "steps: [container, rewind]"),
         "config/api.yaml:10: services.api.rollback.steps[1]: "
-        "must be 'container', 'sql', 'redis_purge', 'webhook' or 'verify', not 'rewind'",
+        "must be 'container', 'sql', 'redis_purge', 'webhook', 'verify' or 'command:NAME', not 'rewind'",
         id="unknown-rollback-step",
     ),
     pytest.param(

@@ -81,8 +81,8 @@ def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Pr
         seen.add(step)
     needs = {
         "container": (
-            service.container is not None,
-            "a container step needs the service's container",
+            service.container is not None or service.compose is not None,
+            "a container step needs the service's container or compose service",
         ),
         "sql": (service.database is not None, "a sql step needs the service's database"),
         "redis_purge": (
@@ -94,8 +94,12 @@ def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Pr
             "a webhook step needs rollback.webhook with its url",
         ),
     }
+    for name in service.rollback.commands:
+        needs[f"command:{name}"] = (True, "")
     for index, step in enumerate(steps if written else ()):
-        ok, message = needs.get(step, (True, ""))
+        ok, message = needs.get(step, (not step.startswith("command:"), ""))
+        if step.startswith("command:") and not ok:
+            message = f"no command '{step.removeprefix('command:')}' in rollback.commands"
         if not ok:
             problems.append(((*step_loc, index), message))
     rollback_rules = [i for i, rule in enumerate(service.rules) if rule.action == "rollback"]
@@ -277,6 +281,14 @@ def _check_timing(rule: RuleConfig, source: SourceConfig, loc: Loc) -> list[Prob
             )
         elif rule.condition.op in ("==", "!="):
             problems.append(((*loc, "condition"), "a baseline compares with >, >=, < or <="))
+        elif rule.baseline.min is not None and rule.condition.op in ("<", "<="):
+            problems.append(
+                (
+                    (*loc, "baseline", "min"),
+                    "a floor applies to rules that fire above the baseline (> or >=), "
+                    f"not '{rule.condition.op}'",
+                )
+            )
     elif rule.condition.threshold is None:
         problems.append(((*loc, "condition"), f"'{rule.condition.op}' needs a number to compare with"))
     if rule.clear_condition is not None and rule.clear_condition.threshold is None:

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from watchdogd.config.types import Condition, Duration, Percent, SecretUrl
 from watchdogd.imageref import parse_pattern
@@ -21,8 +21,26 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
 Mode = Literal["auto", "manual", "dry-run"]
 Action = Literal["rollback", "notify"]
 Severity = Literal["info", "warning", "critical"]
-StepName = Literal["container", "sql", "redis_purge", "webhook", "verify"]
 STEP_NAMES: tuple[str, ...] = ("container", "sql", "redis_purge", "webhook", "verify")
+STEP_PATTERN = r"^(container|sql|redis_purge|webhook|verify|command:[A-Za-z0-9][A-Za-z0-9_.-]*)$"
+
+
+def _step_name(value: str) -> str:
+    if not re.fullmatch(STEP_PATTERN, value):
+        raise ValueError(
+            f"must be 'container', 'sql', 'redis_purge', 'webhook', 'verify' or 'command:NAME', not {value!r}"
+        )
+    return value
+
+
+StepName = Annotated[
+    str,
+    AfterValidator(_step_name),
+    Field(
+        json_schema_extra={"pattern": STEP_PATTERN},
+        description="container, sql, redis_purge, webhook, verify, or command:NAME (of rollback.commands)",
+    ),
+]
 
 
 class Model(BaseModel):
@@ -348,6 +366,11 @@ class FailuresSpec(Model):
 class BaselineSpec(Model):
     before: Duration = Field(gt=0, description="Pre-deploy span whose mean is the baseline.")
     tolerance: Percent = 0.0
+    min: Percent | None = Field(
+        None,
+        description="Absolute floor for rules that fire above the baseline (> or >=): the value must"
+        " also pass it, so a baseline near 0 cannot fire on a speck.",
+    )
 
 
 class OnMissingSpec(Model):
@@ -516,6 +539,57 @@ class RedisPurgeConfig(Model):
     keys: tuple[str, ...] = Field(min_length=1)
 
 
+class CommandStepConfig(Model):
+    """A program the rollback runs (``rollback.sh BACKUP``, ``deploy.sh --version V``).
+
+    ``argv`` runs as it is, no shell, unless ``shell: true`` (then ``argv`` is one
+    string for ``/bin/sh -c``). ``${service}``, ``${deployment_id}``, ``${image}``,
+    ``${previous_image}`` and ``${previous_tag}`` in an argument are replaced by the
+    rollback's own values; the same values are in the environment as
+    ``WATCHDOGD_SERVICE``, ``WATCHDOGD_DEPLOYMENT_ID``, ``WATCHDOGD_IMAGE``,
+    ``WATCHDOGD_PREVIOUS_IMAGE``, ``WATCHDOGD_PREVIOUS_TAG``, ``WATCHDOGD_REASON``.
+    """
+
+    argv: tuple[str, ...] = Field(min_length=1)
+    shell: bool = Field(False, description="Run argv[0] with /bin/sh -c (argv must then be one string).")
+    env: dict[str, str] = Field(default_factory=dict, description="Added to the environment.")
+    env_file: Path | None = Field(
+        None,
+        description="KEY=VALUE lines added to the environment, read when the step runs; its values are "
+        "secrets: masked in the output kept in the report.",
+    )
+    inherit_env: bool = Field(
+        False,
+        description="Pass watchdogd's whole environment; by default only PATH, HOME, LANG, LC_ALL, TZ.",
+    )
+    cwd: Path | None = None
+    timeout: Duration = Field(300.0, gt=0, description="Then the process group gets SIGTERM.")
+    kill_after: Duration = Field(10.0, ge=0, description="SIGKILL this long after the SIGTERM of a timeout.")
+    ok_exit_codes: tuple[int, ...] = Field((0,), min_length=1)
+    idempotent: bool = Field(
+        False,
+        description="Safe to run again: on resume after a crash it runs again even when it had finished "
+        "or was running (otherwise a finished one is not run again, and one cut off waits for a retry).",
+    )
+    output_limit: int = Field(
+        16384, ge=256, le=1048576, description="Bytes of stdout and of stderr kept (the start and the end)."
+    )
+
+    @model_validator(mode="after")
+    def _shell_one_string(self) -> CommandStepConfig:
+        if self.shell and len(self.argv) != 1:
+            raise ValueError("with shell: true, argv is one string (the script for /bin/sh -c)")
+        for key in self.env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"env: '{key}' is not a variable name")
+        known = ("service", "deployment_id", "image", "previous_image", "previous_tag")
+        for arg in () if self.shell else self.argv:
+            for name in re.findall(r"\$\{([^}]*)\}", arg):
+                if name not in known:
+                    raise ValueError(f"argv: unknown placeholder ${{{name}}} (known: {', '.join(known)})")
+        return self
+
+
 class WebhookStepConfig(Model):
     url: SecretUrl
     timeout: Duration = Field(10.0, gt=0)
@@ -532,10 +606,25 @@ class RollbackConfig(Model):
     redis_purge: RedisPurgeConfig | None = None
     webhook: WebhookStepConfig | None = None
     verify: VerifyStepConfig = Field(default_factory=VerifyStepConfig)
+    commands: dict[Name, CommandStepConfig] = Field(
+        default_factory=dict, description="Programs the plan runs as steps `command:NAME`."
+    )
+
+
+class ComposeTarget(Model):
+    """A Docker Compose service: every container labelled with its project and service."""
+
+    project: str = Field(min_length=1, description="The Compose project (com.docker.compose.project).")
+    service: str = Field(min_length=1, description="The Compose service (com.docker.compose.service).")
 
 
 class ServiceConfig(Model):
     container: str | None = Field(None, description="Docker container name.")
+    compose: ComposeTarget | None = Field(
+        None,
+        description="Instead of container: a Docker Compose service, every replica rolled back together "
+        "and the project left as the next `docker compose up` expects.",
+    )
     images: tuple[str, ...] = Field(
         (),
         description="Image repositories the container step may start (and, with rollback.container.pull, "
@@ -570,6 +659,12 @@ class ServiceConfig(Model):
                 raise ValueError(f"images: '{pattern}': {exc}") from None
         return value
 
+    @model_validator(mode="after")
+    def _one_target(self) -> ServiceConfig:
+        if self.container is not None and self.compose is not None:
+            raise ValueError("a service names one target: container or compose, not both")
+        return self
+
     def plan(self) -> tuple[StepName, ...]:
         """The rollback's steps: as written, or (not written) those the service has what they need for.
 
@@ -578,15 +673,16 @@ class ServiceConfig(Model):
         """
         if "steps" in self.rollback.model_fields_set:
             return self.rollback.steps
-        has: dict[StepName, bool] = {
-            "container": self.container is not None,
+        has: dict[str, bool] = {
+            "container": self.container is not None or self.compose is not None,
             "sql": self.database is not None,
             "redis_purge": self.rollback.redis_purge is not None,
             "webhook": self.rollback.webhook is not None,
             "verify": True,
         }
-        order: tuple[StepName, ...] = ("container", "sql", "redis_purge", "webhook", "verify")
-        return tuple(step for step in order if has[step])
+        commands = tuple(f"command:{name}" for name in self.rollback.commands)
+        order = ("container", "sql", *commands, "redis_purge", "webhook", "verify")
+        return tuple(step for step in order if has.get(step, True))
 
 
 class Config(Model):

@@ -10,12 +10,13 @@ from typing import Any
 
 from watchdogd.model import AuditEntry, Deployment, DeploymentFacts, DeploymentState
 from watchdogd.store import rows
+from watchdogd.store.actions import ActionTables
 from watchdogd.store.rollbacks import RollbackTables, new_id
 from watchdogd.store.rows import AUDIT_COLUMNS, DEPLOYMENT_COLUMNS
 from watchdogd.store.sql import Mode, Op, change, fetch, marks, texts
 
 
-class SqlStore(RollbackTables):
+class SqlStore(RollbackTables, ActionTables):
     """Every ``Store`` call as SQL both databases take."""
 
     # --- deployments ----------------------------------------------------------------------

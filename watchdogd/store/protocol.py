@@ -15,6 +15,7 @@ from watchdogd.model import (
     RollbackState,
     StepState,
 )
+from watchdogd.store.actions import CommandRun, Freeze
 
 
 class RollbackJournal(Protocol):
@@ -142,6 +143,32 @@ class Store(RollbackJournal, Protocol):
     async def deployments(self, open_only: bool = False, limit: int = 200) -> list[Deployment]:
         """Newest first; ``open_only``: every watching or rolling back one (no limit)."""
         ...
+
+    # --- freezes and command runs ---
+
+    async def freeze(
+        self, service: str, reason: str, until: float, by: str, rollback_id: str | None = None
+    ) -> Freeze:
+        """Freeze ``service`` until ``until`` (a rollback's freeze keeps an operator's longer one)."""
+        ...
+
+    async def unfreeze(self, service: str) -> Freeze | None:
+        """Lift the freeze; the one lifted, None when none was in force."""
+        ...
+
+    async def freezes(self) -> list[Freeze]:
+        """The freezes in force, soonest to end first."""
+        ...
+
+    async def frozen(self, service: str) -> Freeze | None: ...
+
+    async def command_run(self, deployment_id: str, step: str) -> CommandRun | None: ...
+
+    async def command_started(self, deployment_id: str, step: str) -> None: ...
+
+    async def command_ended(
+        self, deployment_id: str, step: str, state: str, exit_code: int | None, detail: str
+    ) -> None: ...
 
     # --- rule states, mutes, audit ---
 

@@ -7,7 +7,7 @@ applies every later version in one transaction; a store newer than
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SQLITE_ROLLBACKS = """(
     id TEXT PRIMARY KEY,
@@ -22,6 +22,28 @@ _SQLITE_ROLLBACKS = """(
     finished_at REAL,
     error TEXT
 )"""
+
+_V3 = """
+CREATE TABLE {s}freezes (
+    service {text} PRIMARY KEY,
+    reason {text} NOT NULL,
+    since {real} NOT NULL,
+    until {real} NOT NULL,
+    actor {text} NOT NULL,
+    rollback_id {text}
+);
+CREATE TABLE {s}command_runs (
+    deployment_id {text} NOT NULL,
+    step {text} NOT NULL,
+    state {text} NOT NULL,
+    started_at {real} NOT NULL,
+    finished_at {real},
+    exit_code {integer},
+    detail {text},
+    PRIMARY KEY (deployment_id, step)
+)
+"""
+"""Version 3: deploy freezes, and what each command step last did (a finished one is not run again)."""
 
 SQLITE_MIGRATIONS: dict[int, str] = {
     # IF NOT EXISTS: files written before the rollback tables were versioned already have them.
@@ -89,6 +111,7 @@ CREATE INDEX IF NOT EXISTS audit_deployment ON audit (deployment_id, seq);
 ALTER TABLE deployments ADD COLUMN idempotency_key TEXT;
 CREATE UNIQUE INDEX deployments_idempotency_key ON deployments (idempotency_key);
 """,
+    3: _V3.format(s="", text="TEXT", real="REAL", integer="INTEGER"),
 }
 
 POSTGRES_MIGRATIONS: dict[int, str] = {
@@ -164,6 +187,7 @@ CREATE INDEX rollbacks_deployment ON {s}.rollbacks (deployment_id, proposed_at);
 ALTER TABLE {s}.deployments ADD COLUMN idempotency_key text;
 CREATE UNIQUE INDEX deployments_idempotency_key ON {s}.deployments (idempotency_key);
 """,
+    3: _V3.format(s="{s}.", text="text", real="double precision", integer="integer"),
 }
 
 

@@ -25,6 +25,7 @@ from watchdogd.model import (
     why,
 )
 from watchdogd.rollback.base import RollbackTarget, Step
+from watchdogd.rollback.command import CommandStep
 from watchdogd.rollback.plan import Executor, target_from_json, target_to_json
 from watchdogd.rollback.sql import SqlStep
 from watchdogd.rollback.steps import RedisPurgeStep, VerifyStep, WebhookStep
@@ -78,7 +79,10 @@ class Plans:
         session: aiohttp.ClientSession,
         clock: Callable[[], float],
         overrides: Mapping[str, Step] | None = None,
+        store: Store | None = None,
     ) -> None:
+        self.store = store
+        """Where command steps journal their runs (None: they run unjournaled)."""
         self.overrides = dict(overrides or {})
         """Steps that replace the ones the config would build (in-memory tests record them)."""
         self.world = world
@@ -100,6 +104,8 @@ class Plans:
             steps["redis_purge"] = RedisPurgeStep(svc.rollback.redis_purge)
         if svc.rollback.webhook is not None:
             steps["webhook"] = WebhookStep(svc.rollback.webhook)
+        for name, command in svc.rollback.commands.items():
+            steps[f"command:{name}"] = CommandStep(name, command, self.store)
 
         async def health(_: RollbackTarget) -> tuple[bool | None, str]:
             assert probe is not None  # only handed to the step when there is one
