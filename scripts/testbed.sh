@@ -38,7 +38,9 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 }
 
 # --- packages -----------------------------------------------------------
-apt_install docker.io busybox-static prometheus prometheus-alertmanager postgresql redis-server ca-certificates
+apt_install docker.io docker-compose busybox-static prometheus prometheus-alertmanager postgresql redis-server ca-certificates
+# the operator page's browser tests: Playwright drives this Chromium (no browser download)
+apt_install chromium
 
 # --- Docker engine --------------------------------------------------------
 DOCKER_SOCK=/var/run/docker.sock

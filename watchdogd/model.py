@@ -194,10 +194,26 @@ class ContainerSnapshot:
     """Everything else needed to recreate it (command, env, mounts, ...), JSON-ready."""
     digests: tuple[str, ...] = ()
     """The image's ``RepoDigests`` when it ran (``repo@sha256:...``): what a pull fetches it back by."""
+    replicas: tuple[ContainerSnapshot, ...] = ()
+    """A Compose service's other containers (this one is its first replica); none for one container."""
 
     def to_json(self) -> dict[str, Any]:
-        out = {"name": self.name, "image": self.image, "image_id": self.image_id, "config": self.config}
-        return {**out, "digests": list(self.digests)} if self.digests else out
+        out: dict[str, Any] = {
+            "name": self.name,
+            "image": self.image,
+            "image_id": self.image_id,
+            "config": self.config,
+        }
+        if self.digests:
+            out["digests"] = list(self.digests)
+        if self.replicas:
+            out["replicas"] = [r.to_json() for r in self.replicas]
+        return out
+
+    @property
+    def containers(self) -> tuple[ContainerSnapshot, ...]:
+        """Every container of the target: this one, then its replicas."""
+        return (self, *self.replicas)
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> ContainerSnapshot | None:
@@ -209,6 +225,7 @@ class ContainerSnapshot:
             str(raw.get("image_id") or ""),
             dict(raw["config"]),
             tuple(str(d) for d in raw.get("digests") or ()),
+            tuple(r for r in (ContainerSnapshot.from_json(x) for x in raw.get("replicas") or ()) if r),
         )
 
 

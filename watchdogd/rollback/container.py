@@ -1,16 +1,11 @@
-"""The container step: back to the previous image, the bad container kept for forensics.
+"""The container step: back to the previous image, the bad containers kept for forensics.
 
-What is recreated. A snapshot holds a container's own ``docker run``
-configuration: the inspect fields, minus what its image already supplies (an
-env var, label, command... equal to the image's is left out). Recreating on
-the previous image therefore lets that image bring its own defaults instead of
-inheriting the new image's (``APP_VERSION=v2`` baked into v2 must not leak
-into v1). The configuration used is the *previous* container's snapshot when
-it has one: it is what last ran healthy on that image, and a deploy often
-changes env or command along with the image. Without it (only the previous
-image is known), the bad container's configuration is used with the previous
-image. Anonymous volumes are not carried over: the new container gets fresh
-ones, the bad container keeps its own.
+The step acts on the service's target (see :mod:`watchdogd.rollback.targets`):
+one container, or every replica of a Compose service, rolled back together.
+Each container is recreated from its snapshot (see
+:mod:`watchdogd.rollback.recreate`): the *previous* container's when there is
+one (what last ran healthy on that image), else the bad container's
+configuration on the previous image.
 
 Which image. ``P`` is an image watchdogd saw running for the service (its
 snapshot has the image ID and ``RepoDigests``), started by that ID when its
@@ -20,40 +15,54 @@ is pulled only with ``pull: true`` and only from a repository ``images``
 names (a recorded one by its digest first, then checked against its ID);
 otherwise the step fails before it stops anything.
 
-Every state a crash can leave is a starting point (``N`` is the service's
-container name, ``F`` is ``N-failed-<deployment>``, ``P`` the previous image)::
+Every state a crash can leave is a starting point, for each container ``N``
+(``F`` is ``N-failed-<deployment>``)::
 
     N runs P, running                -> check health; already_done when healthy
     N has P, created or exited       -> start it, wait until healthy
-    N has another image, no F        -> (image check) stop, rename to F, create, start, wait
+    N has another image, no F        -> (image check) stop, keep as F, create, start, wait
     N has another image, F exists    -> refuse: two bad candidates, nothing touched
     no N, F exists                   -> create, start, wait (the rename happened)
     no N, no F                       -> create, start, wait (nothing left to keep)
 
-When ``P`` does not become healthy, its container is removed and ``F`` goes
-back to ``N`` and is started; the step fails with the reason and P's last logs.
-A crash in the middle of that restore (P removed, F not yet renamed back)
-leaves "no N, F exists": the next run tries the rollback again, and restores
-again if P is still not healthy.
+The kept container ``F`` is stopped with its own ``StopTimeout`` (Compose's
+``stop_grace_period``) when it has one, gets restart policy ``no``, and is
+copied first when it has ``AutoRemove`` (see :mod:`watchdogd.rollback.kept`).
+Replicas a scaled-up deploy added are kept the same way.
+
+The service is never left down: when a previous container cannot be created
+or started, or does not become healthy, every container the step made is
+removed and every kept one goes back to its name, with its restart policy,
+and is started; the step fails with the reason and P's last logs (the plan
+stops there). A crash in the middle of that restore leaves "no N, F exists":
+the next run tries the rollback again, and restores again if P still fails.
+
+After a successful rollback of a Compose service, each kept container leaves
+the project (a copy without its labels), so the next ``docker compose up``
+sees only the rolled-back containers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import structlog
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound
 from requests.exceptions import RequestException
 
 from watchdogd.config.models import ContainerStepConfig
 from watchdogd.imageref import allowed
+from watchdogd.rollback import kept
 from watchdogd.rollback.base import ContainerSnapshot, RollbackTarget, StepResult, StepStatus
+from watchdogd.rollback.recreate import capture as capture_one
+from watchdogd.rollback.recreate import create_body, parse_time, snapshot_of
+from watchdogd.rollback.targets import ComposeService, OneContainer, Target, failed_name, target_of
+
+__all__ = ["ContainerStep", "capture", "capture_target", "failed_name"]
 
 log = structlog.get_logger("watchdogd.rollback.container")
 
@@ -68,129 +77,91 @@ LOG_TAIL_LINES = 20
 LOG_TAIL_CHARS = 2000
 """Bound on the logs quoted in a failure, so a chatty container cannot flood the journal."""
 
-# Fields of ``Config`` an image may set: kept only where the container differs.
-_IMAGE_FIELDS = ("Cmd", "Entrypoint", "WorkingDir", "User", "Healthcheck", "StopSignal")
-# Fields of ``Config`` only a container has.
-_CONTAINER_FIELDS = ("Tty", "OpenStdin", "StdinOnce", "StopTimeout")
-_HOST_FIELDS = (
-    "Binds", "Mounts", "VolumesFrom", "Tmpfs", "NetworkMode", "PortBindings", "PublishAllPorts",
-    "ExtraHosts", "Dns", "DnsOptions", "DnsSearch", "Links", "RestartPolicy", "LogConfig",
-    "Memory", "MemoryReservation", "MemorySwap", "MemorySwappiness", "NanoCpus", "CpuShares",
-    "CpuPeriod", "CpuQuota", "CpusetCpus", "CpusetMems", "PidsLimit", "OomKillDisable", "Ulimits",
-    "CapAdd", "CapDrop", "Privileged", "ReadonlyRootfs", "SecurityOpt", "Devices", "GroupAdd",
-    "IpcMode", "PidMode", "UTSMode", "UsernsMode", "ShmSize", "Sysctls", "Init", "Runtime",
-    "CgroupParent", "AutoRemove",
-)  # fmt: skip
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
 
 def _api(client: Any) -> Any:
     """The low-level API client of a ``docker.DockerClient`` (or the API client itself)."""
     return getattr(client, "api", client)
 
 
-def _own_items(values: Mapping[str, Any] | None, image: Mapping[str, Any] | None) -> dict[str, Any]:
-    image = image or {}
-    return {k: v for k, v in (values or {}).items() if k not in image or image[k] != v}
-
-
-def _snapshot_from(attrs: Mapping[str, Any], image: Mapping[str, Any], daemon_host: str) -> dict[str, Any]:
-    cfg = attrs.get("Config") or {}
-    host = attrs.get("HostConfig") or {}
-    img = image.get("Config") or {}
-    out: dict[str, Any] = {}
-    image_env = set(img.get("Env") or ())
-    out["Env"] = [e for e in cfg.get("Env") or () if e not in image_env]
-    out["Labels"] = _own_items(cfg.get("Labels"), img.get("Labels"))
-    for key in _IMAGE_FIELDS:
-        if cfg.get(key) != img.get(key):
-            out[key] = cfg.get(key)
-    if "Entrypoint" in out:
-        # A new entrypoint resets the image's command: keep the command as the container had it.
-        out["Cmd"] = cfg.get("Cmd")
-    out["ExposedPorts"] = _own_items(cfg.get("ExposedPorts"), img.get("ExposedPorts"))
-    bind_targets = {m.get("Destination") for m in attrs.get("Mounts") or () if m.get("Type") == "bind"}
-    out["Volumes"] = {
-        path: {} for path in _own_items(cfg.get("Volumes"), img.get("Volumes")) if path not in bind_targets
-    }
-    for key in _CONTAINER_FIELDS:
-        if cfg.get(key) is not None:
-            out[key] = cfg[key]
-    # Docker fills the hostname in (short id, or the host's name on the host network): keep a chosen one.
-    hostname = cfg.get("Hostname") or ""
-    if hostname and not str(attrs.get("Id", "")).startswith(hostname) and hostname != daemon_host:
-        out["Hostname"] = hostname
-    if cfg.get("Domainname"):
-        out["Domainname"] = cfg["Domainname"]
-    host_config = {key: host[key] for key in _HOST_FIELDS if host.get(key) is not None}
-    networks: dict[str, Any] = {}
-    mode = str(host.get("NetworkMode") or "")
-    if mode not in ("host", "none", "default", "bridge") and not mode.startswith("container:"):
-        short_id = str(attrs.get("Id", ""))[:12]
-        for net, endpoint in ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).items():
-            aliases = [a for a in (endpoint or {}).get("Aliases") or () if a != short_id]
-            networks[net] = {"Aliases": aliases or None}
-    return {
-        "Config": {k: v for k, v in out.items() if v not in ({}, [])},
-        "HostConfig": host_config,
-        "Networks": networks,
-    }
-
-
 async def capture(client: Any, name: str) -> ContainerSnapshot:
     """The configuration of container ``name`` as it runs now (call it at deploy time)."""
+    return await capture_one(_api(client), name)
+
+
+async def capture_target(client: Any, target: Target) -> ContainerSnapshot | None:
+    """The target's containers as they are now: the first, its replicas after; None when there is none."""
     api = _api(client)
-    attrs = await asyncio.to_thread(api.inspect_container, name)
-    image = await asyncio.to_thread(api.inspect_image, attrs["Image"])
-    info = await asyncio.to_thread(api.info)
-    config = _snapshot_from(attrs, image, str(info.get("Name", "")))
+    shots = []
+    for name in await target.names(api):
+        attrs = await kept.inspect(api, name)
+        if attrs is not None:
+            shots.append(await snapshot_of(api, attrs))
+    if not shots:
+        return None
+    first, *others = shots
     return ContainerSnapshot(
-        name=str(attrs.get("Name", name)).lstrip("/"),
-        image=str((attrs.get("Config") or {}).get("Image") or attrs["Image"]),
-        image_id=str(attrs["Image"]),
-        config=config,
-        digests=tuple(str(d) for d in image.get("RepoDigests") or ()),
+        first.name, first.image, first.image_id, first.config, first.digests, tuple(others)
     )
-
-
-def failed_name(name: str, deployment_id: str) -> str:
-    """Where the bad container is kept: ``<name>-failed-<deployment>``, a valid container name."""
-    return f"{name}-failed-{_NAME_UNSAFE.sub('-', deployment_id)}"
 
 
 @dataclass
 class _Run:
     """One run's facts and what it did, in order."""
 
-    name: str
-    failed: str
+    units: list[_Unit]
+    target: OneContainer | ComposeService
     ref: str
     image_id: str
-    config: dict[str, Any]
-    config_from: str
     images: tuple[str, ...] = ()
     """The service's allow-list: what may be started by name alone, and pulled."""
     digests: tuple[str, ...] = ()
+    deployment_id: str = ""
     actions: list[str] = field(default_factory=list)
+    extras: list[_Unit] = field(default_factory=list)
+    """Bad containers beyond the previous replicas (a scaled-up deploy), kept too."""
+    logs: dict[str, str] = field(default_factory=dict)
+    """Last logs of bad containers replaced by a copy."""
+    current: tuple[ContainerSnapshot, ...] = ()
+    """The bad containers as deployed."""
 
     def data(self, **extra: Any) -> dict[str, Any]:
-        return {
-            "container": self.name,
-            "failed_container": self.failed,
+        first = self.units[0]
+        out = {
+            "container": first.name,
+            "failed_container": first.failed,
             "image": self.ref,
             "image_id": self.image_id,
-            "config_from": self.config_from,
+            "config_from": first.config_from,
             "actions": list(self.actions),
             **extra,
         }
+        if len(self.units) > 1 or self.extras:
+            out["containers"] = [u.name for u in self.units]
+            out["failed_containers"] = [u.failed for u in (*self.units, *self.extras)]
+        if self.logs:
+            out["kept_logs"] = dict(self.logs)
+        return out
 
 
 class _Refused(Exception):
     """A reason to stop before touching anything (or anything more)."""
 
 
+@dataclass
+class _Unit:
+    """One container of the target: its name, where the bad one is kept, what recreates it."""
+
+    name: str
+    failed: str
+    config: dict[str, Any]
+    config_from: str
+    live: dict[str, Any] | None = None
+    policy: dict[str, Any] | None = None
+    """The bad container's restart policy, given back if it is put back."""
+
+
 class ContainerStep:
-    """Recreates the service's container from the previous image; see the module docstring."""
+    """Recreates the service's containers from the previous image; see the module docstring."""
 
     name = "container"
 
@@ -212,11 +183,7 @@ class ContainerStep:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
     async def _inspect(self, ref: str) -> dict[str, Any] | None:
-        try:
-            attrs: dict[str, Any] = await self._call(self.api.inspect_container, ref)
-        except NotFound:
-            return None
-        return attrs
+        return await kept.inspect(self.api, ref)
 
     def _prepare(self, target: RollbackTarget) -> _Run | StepResult:
         """The run's facts, or the result when there is nothing to do or nothing to go on."""
@@ -227,36 +194,53 @@ class ContainerStep:
             )
         if current is not None and current.image_id and current.image_id == previous.image_id:
             return StepResult("skipped", "the deploy kept the previous image: no container to roll back")
-        name = target.config.container or (current.name if current else previous.name)
-        if previous.config:
-            config, source = previous.config, "previous"
-        elif current is not None and current.config:
-            config, source = current.config, "current"
-        else:
-            return StepResult("failed", "no configuration captured for the previous or the current container")
         if not previous.image_id and allowed(previous.image, target.config.images) is None:
             return StepResult(
                 "failed",
                 f"previous image {previous.image} never ran for {target.service} as far as watchdogd saw "
                 f"and services.{target.service}.images does not allow it: not started, nothing touched",
             )
-        failed = failed_name(name, target.deployment_id)
+        where = target_of(target.config)
+        units: list[_Unit] = []
+        if isinstance(where, ComposeService):
+            pairs = [(s.name, s) for s in previous.containers if s.config]
+            if not pairs and current is not None:
+                pairs = [(s.name, s) for s in current.containers if s.config]
+                source = "current"
+            else:
+                source = "previous"
+            if not pairs:
+                return StepResult(
+                    "failed", "no configuration captured for the previous or the current replicas"
+                )
+            units = [_Unit(n, failed_name(n, target.deployment_id), s.config, source) for n, s in pairs]
+        else:
+            name = target.config.container or (current.name if current else previous.name)
+            if previous.config:
+                config, source = previous.config, "previous"
+            elif current is not None and current.config:
+                config, source = current.config, "current"
+            else:
+                return StepResult(
+                    "failed", "no configuration captured for the previous or the current container"
+                )
+            units = [_Unit(name, failed_name(name, target.deployment_id), config, source)]
         return _Run(
-            name,
-            failed,
+            units,
+            where or OneContainer(units[0].name),
             previous.image,
             previous.image_id,
-            config,
-            source,
             target.config.images,
             previous.digests,
+            deployment_id=target.deployment_id,
+            current=current.containers if current is not None else (),
         )
 
     async def run(self, target: RollbackTarget) -> StepResult:
         run = self._prepare(target)
         if isinstance(run, StepResult):
             return run
-        bound = log.bind(service=target.service, deployment=target.deployment_id, container=run.name)
+        bound = log.bind(service=target.service, deployment=target.deployment_id, target=run.target.label)
         try:
             result = await self._run(run, target)
         except _Refused as exc:
@@ -268,42 +252,101 @@ class ContainerStep:
 
     async def _run(self, run: _Run, target: RollbackTarget) -> StepResult:
         settings = self._settings(target)
-        live = await self._inspect(run.name)
-        kept = await self._inspect(run.failed)
-        if live is None or not self._is_previous(live, run):
+        todo: list[_Unit] = []
+        for unit in run.units:
+            live = await self._inspect(unit.name)
+            if live is not None and self._is_previous(live, run):
+                unit.live = live
+                continue
             if live is not None:
-                if kept is not None:
+                if await self._inspect(unit.failed) is not None:
                     raise _Refused(
-                        f"both {run.name} ({live['Config'].get('Image')}) and {run.failed} exist: "
+                        f"both {unit.name} ({live['Config'].get('Image')}) and {unit.failed} exist: "
                         "refusing to guess which one is the bad container"
                     )
                 current = target.current
-                if current is not None and current.image_id and live["Image"] != current.image_id:
+                deployed = {c.image_id for c in current.containers} if current is not None else set()
+                if deployed and "" not in deployed and live["Image"] not in deployed:
                     raise _Refused(
-                        f"{run.name} runs {live['Config'].get('Image')} ({live['Image'][:19]}), neither the "
+                        f"{unit.name} runs {live['Config'].get('Image')} ({live['Image'][:19]}), neither the "
                         "deployed image nor the previous one: a newer deploy? nothing touched"
                     )
+            todo.append(unit)
+        names = {u.name for u in run.units}
+        extras = [n for n in await run.target.names(self.api) if n not in names] if run.target.grouped else []
+        if todo:
             await self._ensure_image(run, settings)
-            if live is not None:
-                await self._call(self.api.stop, live["Id"], timeout=math.ceil(settings.stop_timeout))
-                run.actions.append(f"stopped {run.name}")
-                await self._call(self.api.rename, live["Id"], run.failed)
-                run.actions.append(f"renamed {run.name} to {run.failed}")
-            try:
-                live = await self._create(run)
-            except (DockerException, RequestException) as exc:
-                # The engine refused the previous container: the bad one is still better than none.
-                explanation = getattr(exc, "explanation", None) or exc
-                return await self._put_back(run, f"creating {run.name} from {run.ref} failed: {explanation}")
-        if not live["State"].get("Running"):
-            await self._call(self.api.start, live["Id"])
-            run.actions.append(f"started {run.name}")
-        healthy, why = await self._wait_healthy(live["Id"], settings)
-        if healthy:
-            status: StepStatus = "done" if run.actions else "already_done"
-            detail = f"{run.name} runs {run.ref}" + (f"; {why}" if why else "")
-            return StepResult(status, detail, run.data(container_id=live["Id"]))
-        return await self._restore(run, live["Id"], why)
+        try:
+            for unit in todo:
+                live = await self._inspect(unit.name)
+                if live is not None:
+                    await self._keep(run, unit, live, settings)
+                unit.live = await self._create(run, unit)
+            for name in extras:
+                extra = _Unit(name, failed_name(name, run.deployment_id), {}, "")
+                live = await self._inspect(name)
+                if live is not None and not self._is_previous(live, run):
+                    await self._keep(run, extra, live, settings)
+                    run.extras.append(extra)
+            for unit in run.units:
+                assert unit.live is not None
+                if not unit.live["State"].get("Running"):
+                    await self._call(self.api.start, unit.live["Id"])
+                    run.actions.append(f"started {unit.name}")
+        except (DockerException, RequestException) as exc:
+            # The engine refused a previous container: the bad ones are still better than none.
+            explanation = getattr(exc, "explanation", None) or exc
+            return await self._restore(run, f"recreating from {run.ref} failed: {explanation}", "")
+        verdicts = await asyncio.gather(
+            *(self._wait_healthy(str(u.live["Id"]), settings) for u in run.units if u.live is not None)
+        )
+        bad = [(u, why) for u, (ok, why) in zip(run.units, verdicts, strict=True) if not ok]
+        if bad:
+            unit, why = bad[0]
+            assert unit.live is not None
+            logs = await self._tail(str(unit.live["Id"]))
+            reason = f"previous image {run.ref} did not become healthy in {unit.name}: {why}"
+            return await self._restore(run, reason, logs)
+        if run.target.grouped:
+            for unit in (*run.units, *run.extras):
+                done = await kept.leave_group(self.api, unit.failed)
+                if done:
+                    run.actions.append(done)
+        status: StepStatus = "done" if run.actions else "already_done"
+        whys = sorted({why for _, why in verdicts if why})
+        names_text = ", ".join(u.name for u in run.units)
+        detail = f"{names_text} run{'s' if len(run.units) == 1 else ''} {run.ref}"
+        detail += f"; {'; '.join(whys)}" if whys else ""
+        ids = [str(u.live["Id"]) for u in run.units if u.live is not None]
+        return StepResult(status, detail, run.data(container_id=ids[0], container_ids=ids))
+
+    async def _keep(
+        self, run: _Run, unit: _Unit, live: dict[str, Any], settings: ContainerStepConfig
+    ) -> None:
+        """Stop the bad container and keep it as ``unit.failed``, never restarted by the engine."""
+        unit.policy = (live.get("HostConfig") or {}).get("RestartPolicy")
+        timeout = kept.stop_timeout(live, settings.stop_timeout)
+        if (live.get("HostConfig") or {}).get("AutoRemove"):
+            run.logs[unit.name] = await self._tail(live["Id"])
+            await kept.copy(self.api, live, unit.failed, leave_group=False)
+            run.actions.append(f"copied {unit.name} to {unit.failed} (it removes itself when stopped)")
+            await self._call(self.api.stop, live["Id"], timeout=timeout)
+            run.actions.append(f"stopped {unit.name}")
+            await self._gone(live["Id"])
+            return
+        await self._call(self.api.stop, live["Id"], timeout=timeout)
+        run.actions.append(f"stopped {unit.name}")
+        await kept.never_restart(self.api, live["Id"])
+        await self._call(self.api.rename, live["Id"], unit.failed)
+        run.actions.append(f"renamed {unit.name} to {unit.failed} (restart policy no)")
+
+    async def _gone(self, container_id: str) -> None:
+        """Wait for an auto-removed container to be gone, so its name is free (bounded)."""
+        for _ in range(100):
+            if await self._inspect(container_id) is None:
+                return
+            await asyncio.sleep(POLL_INTERVAL)
+        await self._call(self.api.remove_container, container_id, force=True)
 
     def _is_previous(self, attrs: Mapping[str, Any], run: _Run) -> bool:
         if run.image_id:
@@ -365,22 +408,30 @@ class ContainerStep:
             return None
         return str(attrs["Id"])
 
-    async def _create(self, run: _Run) -> dict[str, Any]:
-        networks: dict[str, Any] = dict(run.config.get("Networks") or {})
-        host = dict(run.config.get("HostConfig") or {})
-        body: dict[str, Any] = {**(run.config.get("Config") or {}), "Image": run.ref, "HostConfig": host}
-        primary = host.get("NetworkMode")
-        if primary in networks:
-            body["NetworkingConfig"] = {"EndpointsConfig": {primary: networks.pop(primary)}}
-        created = await self._call(self.api.create_container_from_config, body, run.name)
-        run.actions.append(f"created {run.name} from {run.ref} ({run.config_from} configuration)")
-        for net, endpoint in networks.items():
-            await self._call(
-                self.api.connect_container_to_network, created["Id"], net, aliases=endpoint.get("Aliases")
-            )
+    async def _create(self, run: _Run, unit: _Unit) -> dict[str, Any]:
+        """Create ``unit``'s container from the previous image; a half-made one is removed on failure."""
+        body, networks = create_body(unit.config, run.ref)
+        created = await self._call(self.api.create_container_from_config, body, unit.name)
+        run.actions.append(f"created {unit.name} from {run.ref} ({unit.config_from} configuration)")
+        try:
+            for net, endpoint in networks.items():
+                await self._call(
+                    self.api.connect_container_to_network,
+                    created["Id"],
+                    net,
+                    ipv4_address=(endpoint.get("IPAMConfig") or {}).get("IPv4Address"),
+                    ipv6_address=(endpoint.get("IPAMConfig") or {}).get("IPv6Address"),
+                    aliases=endpoint.get("Aliases"),
+                    links=endpoint.get("Links"),
+                    driver_opt=endpoint.get("DriverOpts"),
+                )
+        except (DockerException, RequestException):
+            await self._call(self.api.remove_container, created["Id"], force=True)
+            run.actions.append(f"removed {unit.name} (half-made)")
+            raise
         attrs = await self._inspect(created["Id"])
         if attrs is None:
-            raise _Refused(f"{run.name} vanished right after it was created")
+            raise _Refused(f"{unit.name} vanished right after it was created")
         return attrs
 
     async def _wait_healthy(self, container_id: str, settings: ContainerStepConfig) -> tuple[bool, str]:
@@ -419,7 +470,7 @@ class ContainerStep:
                 except Exception as exc:  # the probe is the caller's code; its failure is a "no"
                     last = f"health probe raised {type(exc).__name__}: {exc}"
             else:
-                up = (datetime.now(UTC) - _parse_time(state.get("StartedAt", ""))).total_seconds()
+                up = (datetime.now(UTC) - parse_time(state.get("StartedAt", ""))).total_seconds()
                 if up >= settings.settle:
                     return True, f"running for {settings.settle:g}s"
                 last = f"running for {up:.1f}s of {settings.settle:g}s"
@@ -427,36 +478,41 @@ class ContainerStep:
                 return False, f"not healthy within {settings.healthy_timeout:g}s ({last})"
             await asyncio.sleep(min(POLL_INTERVAL, max(0.0, deadline - loop.time())))
 
-    async def _restore(self, run: _Run, new_id: str, why: str) -> StepResult:
-        """Remove the previous image's container and put the bad one back, running.
+    async def _restore(self, run: _Run, reason: str, logs: str) -> StepResult:
+        """Remove what the step made and put every kept bad container back, running; the step failed.
 
-        Without a kept bad container there is nothing better to run: the
-        previous image's container is left as it is, and the step fails.
+        A container is removed only when its kept bad one is there to take its
+        place: without it there is nothing better to run, and it is left as it is.
         """
-        logs = await self._tail(new_id)
-        reason = f"previous image {run.ref} did not become healthy: {why}"
-        kept = await self._inspect(run.failed)
-        if kept is None:
-            reason += f"; no {run.failed} to put back, {run.name} left as it is"
-        else:
-            await self._call(self.api.remove_container, new_id, force=True)
-            run.actions.append(f"removed {run.name} ({run.ref}, not healthy)")
-            reason = (await self._put_back(run, reason)).detail
+        notes: list[str] = []
+        for unit in (*run.units, *run.extras):
+            bad = await self._inspect(unit.failed)
+            if bad is None:
+                if unit in run.units:
+                    notes.append(f"no {unit.failed} to put back, {unit.name} left as it is")
+                continue
+            made = await self._inspect(unit.name)
+            if made is not None:
+                await self._call(self.api.remove_container, made["Id"], force=True)
+                run.actions.append(f"removed {unit.name} ({run.ref})")
+            await self._call(self.api.rename, bad["Id"], unit.name)
+            policy = unit.policy or _policy_of(unit, run)
+            if policy and policy.get("Name") not in (None, "", "no"):
+                await self._call(self.api.update_container, bad["Id"], restart_policy=policy)
+            await self._call(self.api.start, bad["Id"])
+            run.actions.append(f"renamed {unit.failed} back to {unit.name} and started it")
+        back = [
+            u.name for u in (*run.units, *run.extras) if f"renamed {u.failed} back" in " ".join(run.actions)
+        ]
+        if back:
+            notes.append(
+                f"the deployed container{'s are' if len(back) > 1 else ' is'} back and running: "
+                + ", ".join(back)
+            )
+        reason = "; ".join([reason, *notes])
         if logs:
             reason += f"\n--- last logs of {run.ref} ---\n{logs}"
-        return StepResult("failed", reason, run.data(logs=logs))
-
-    async def _put_back(self, run: _Run, reason: str) -> StepResult:
-        """Rename the kept bad container back to the service's name and start it; the step failed."""
-        kept = await self._inspect(run.failed)
-        if kept is None:
-            return StepResult("failed", f"{reason}; no {run.failed} to put back", run.data())
-        await self._call(self.api.rename, kept["Id"], run.name)
-        run.actions.append(f"renamed {run.failed} back to {run.name}")
-        await self._call(self.api.start, kept["Id"])
-        run.actions.append(f"started {run.name} (the deployed image) again")
-        reason += f"; the deployed container is back under {run.name} and running"
-        return StepResult("failed", reason, run.data())
+        return StepResult("failed", reason, run.data(logs=logs) if logs else run.data())
 
     async def _tail(self, container_id: str) -> str:
         raw = await self._call(self.api.logs, container_id, stdout=True, stderr=True, tail=LOG_TAIL_LINES)
@@ -472,30 +528,40 @@ class ContainerStep:
         check = "its Docker healthcheck if it has one, else " + (
             f"running for {s.settle:g}s" if self.probe is None else "the service's health probe"
         )
-        wait = f"wait up to {s.healthy_timeout:g}s until {run.name} is healthy: {check}"
-        restore = f"if it is not healthy: remove it, rename {run.failed} back to {run.name} and start it"
+        names = ", ".join(u.name for u in run.units)
+        wait = f"wait up to {s.healthy_timeout:g}s until {names} {'is' if len(run.units) == 1 else 'are'} "
+        wait += f"healthy: {check}"
+        restore = (
+            "if it is not healthy: remove it, rename "
+            + ", ".join(f"{u.failed} back to {u.name}" for u in run.units)
+            + " and start it"
+        )
+        lines: list[str] = []
         try:
-            live = await self._inspect(run.name)
-            kept = await self._inspect(run.failed)
+            states = [(u, await self._inspect(u.name), await self._inspect(u.failed)) for u in run.units]
             if run.image_id:
                 local = await self._image_id(run.ref) == run.image_id or (
                     await self._image_id(run.image_id) == run.image_id
                 )
             else:
                 local = await self._image_id(run.ref) is not None
+            unknown = False
         except (DockerException, RequestException) as exc:
-            live, kept, local, unknown = None, None, True, True
-            lines = [
-                f"(Docker engine unreachable: {type(exc).__name__}; assuming {run.name} runs the deploy)"
+            states, local, unknown = [(u, None, None) for u in run.units], True, True
+            lines.append(
+                f"(Docker engine unreachable: {type(exc).__name__}; assuming {names} runs the deploy)"
+            )
+        if all(
+            live is not None and self._is_previous(live, run) and live["State"].get("Running")
+            for _, live, _ in states
+        ):
+            return [
+                f"{names} already run{'s' if len(run.units) == 1 else ''} {run.ref}: {wait}; nothing else",
+                restore,
             ]
-        else:
-            lines, unknown = [], False
-        if live is not None and self._is_previous(live, run):
-            if live["State"].get("Running"):
-                return [f"{run.name} already runs {run.ref}: {wait}; nothing else", restore]
-            return [f"start {run.name} (already created from {run.ref})", wait, restore]
-        if live is not None and kept is not None:
-            return [f"fail: both {run.name} and {run.failed} exist; nothing touched"]
+        for unit, live, bad in states:
+            if live is not None and bad is not None and not self._is_previous(live, run):
+                return [f"fail: both {unit.name} and {unit.failed} exist; nothing touched"]
         if not local:
             if not s.pull:
                 return [f"fail: previous image {run.ref} ({run.image_id[:19]}) is not local; nothing touched"]
@@ -505,25 +571,32 @@ class ContainerStep:
                 return [f"fail: {exc}"]
             expected = run.image_id[:19] or "there after it"
             lines.append(f"pull {source}; fail, touching nothing, if it is not {expected}")
-        if live is not None or unknown:
+        for unit, live, _ in states:
+            if live is not None and self._is_previous(live, run):
+                if not live["State"].get("Running"):
+                    lines.append(f"start {unit.name} (already created from {run.ref})")
+                continue
+            if live is not None or unknown:
+                lines += [
+                    f"stop {unit.name} (SIGTERM, "
+                    f"{kept.stop_timeout(live, s.stop_timeout) if live else s.stop_timeout:g}s before SIGKILL)",
+                    f"rename {unit.name} to {unit.failed} and keep it stopped (restart policy no)",
+                ]
             lines += [
-                f"stop {run.name} (SIGTERM, {s.stop_timeout:g}s before SIGKILL)",
-                f"rename {run.name} to {run.failed} and keep it stopped",
+                f"create {unit.name} from {run.ref} with the {unit.config_from} container's configuration",
+                f"start {unit.name}",
             ]
-        return [
-            *lines,
-            f"create {run.name} from {run.ref} with the {run.config_from} container's configuration",
-            f"start {run.name}",
-            wait,
-            restore,
-        ]
+        if run.target.grouped:
+            lines.append(
+                f"once healthy: the kept containers leave {run.target.label} (copies without its labels)"
+            )
+        return [*lines, wait, restore]
 
 
-def _parse_time(text: str) -> datetime:
-    """Docker's RFC 3339 time with nanoseconds, as an aware datetime (epoch when unparseable)."""
-    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text)
-    if not match:
-        return datetime.fromtimestamp(0, UTC)
-    base, fraction, zone = match.groups()
-    micro = (fraction or "0")[:6].ljust(6, "0")
-    return datetime.fromisoformat(f"{base}.{micro}{'+00:00' if zone == 'Z' else zone}")
+def _policy_of(unit: _Unit, run: _Run) -> dict[str, Any] | None:
+    """The restart policy a bad container was deployed with (from its snapshot), to give it back."""
+    for snap in run.current:
+        if snap.name == unit.name:
+            policy = (snap.config.get("HostConfig") or {}).get("RestartPolicy")
+            return dict(policy) if isinstance(policy, dict) else None
+    return None
