@@ -45,6 +45,7 @@ def test_schema_command_prints_the_schema(capsys: pytest.CaptureFixture[str]) ->
         "notify",
         "sources",
         "services",
+        "templates",
     }
 
 
@@ -64,11 +65,15 @@ def test_example_fits_the_schema_shape(path: Path) -> None:
     services = _resolve(schema, schema["properties"]["services"])
     ((name_pattern, service_ref),) = services["patternProperties"].items()
     service_schema = _resolve(schema, service_ref)
-    rule_schema = _resolve(schema, service_schema["properties"]["rules"]["items"])
+    written, used = service_schema["properties"]["rules"]["items"]["anyOf"]
     for name, service in data["services"].items():
         assert re.fullmatch(name_pattern, name), name
         assert set(service) <= set(service_schema["properties"])
         for rule in service.get("rules", []):
+            rule_schema = _resolve(schema, used if "use" in rule else written)
+            if "use" in rule:
+                assert set(rule_schema["required"]) <= set(rule), rule["name"]
+                continue
             assert set(rule) <= set(rule_schema["properties"]), rule["name"]
             assert set(rule_schema["required"]) <= set(rule), rule["name"]
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from watchdogd.config.checks import Loc, check_config
 from watchdogd.config.models import Config, ExecSource, FileSource, Model, StateConfig
+from watchdogd.config.templates import expand as expand_templates
 from watchdogd.config.types import SecretUrl, redact_url
 from watchdogd.errors import ConfigError, ConfigProblem
 
@@ -50,16 +51,20 @@ def load_config_text(text: str, filename: str, base_dir: Path | None = None) -> 
         raise ConfigError([ConfigProblem(filename, 1, "", "the config is empty")])
     if not isinstance(data, dict):
         raise ConfigError([ConfigProblem(filename, 1, "", "the config must be a mapping of keys")])
+    data, expansion = expand_templates(data, lines, filename)
+    if expansion.problems:
+        raise ConfigError(_in_file_order(expansion.problems))
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_in_file_order(pydantic_problems(exc, data, lines, filename))) from None
+        found = pydantic_problems(exc, data, lines, filename)
+        raise ConfigError(_in_file_order([expansion.note(p) for p in found])) from None
     problems = check_config(config)
     if problems:
         raise ConfigError(
             _in_file_order(
                 [
-                    ConfigProblem(filename, _line(loc, data, lines), _field(loc, data), msg)
+                    expansion.note(ConfigProblem(filename, _line(loc, data, lines), _field(loc, data), msg))
                     for loc, msg in problems
                 ]
             )

@@ -35,6 +35,7 @@ _SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "dependentSchemas
 def config_json_schema() -> dict[str, Any]:
     schema = Config.model_json_schema(by_alias=True, mode="validation")
     _standardise(schema)
+    _templates(schema)
     schema["$schema"] = DIALECT
     schema["$id"] = SCHEMA_ID
     schema["title"] = "watchdogd config"
@@ -76,3 +77,47 @@ def _bound_duration(node: dict[str, Any]) -> None:
         node.update(_DURATION_STRING)
         node["not"] = {"pattern": ZERO_DURATION_PATTERN}
         node["description"] = "A duration longer than 0: 500ms, 15s, 5m, 2h, 1h30m."
+
+
+_SCALAR = {"type": ["string", "number", "boolean"]}
+
+
+def _templates(schema: dict[str, Any]) -> None:
+    """``templates:`` and a rule that ``use``s one: expanded before validation, so not in the models."""
+    defs = schema["$defs"]
+    defs["RuleTemplate"] = {
+        "type": "object",
+        "title": "RuleTemplate",
+        "description": "A rule body with ${args.NAME} placeholders; rules use it with use: and args:.",
+        "properties": {
+            "description": {"type": "string"},
+            "args": {
+                "anyOf": [
+                    {"type": "array", "items": {"type": "string"}},
+                    {"type": "object", "additionalProperties": {"anyOf": [_SCALAR, {"type": "null"}]}},
+                ],
+                "description": "Argument names; as a mapping, each with its default (null: required).",
+            },
+            "rule": {"type": "object", "description": "A rule without its name."},
+        },
+        "required": ["rule"],
+        "additionalProperties": False,
+    }
+    defs["RuleUse"] = {
+        "type": "object",
+        "title": "RuleUse",
+        "description": "A rule made from a template; keys written here replace the template's.",
+        "properties": {
+            "name": {"type": "string"},
+            "use": {"type": "string", "description": "The template's name."},
+            "args": {"type": "object", "additionalProperties": _SCALAR},
+        },
+        "required": ["name", "use"],
+    }
+    rules = defs["ServiceConfig"]["properties"]["rules"]
+    rules["items"] = {"anyOf": [rules["items"], {"$ref": "#/$defs/RuleUse"}]}
+    schema["properties"]["templates"] = {
+        "type": "object",
+        "title": "Templates",
+        "additionalProperties": {"$ref": "#/$defs/RuleTemplate"},
+    }
