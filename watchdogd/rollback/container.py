@@ -491,15 +491,20 @@ class ContainerStep:
                 if unit in run.units:
                     notes.append(f"no {unit.failed} to put back, {unit.name} left as it is")
                 continue
-            made = await self._inspect(unit.name)
-            if made is not None:
-                await self._call(self.api.remove_container, made["Id"], force=True)
-                run.actions.append(f"removed {unit.name} ({run.ref})")
-            await self._call(self.api.rename, bad["Id"], unit.name)
-            policy = unit.policy or _policy_of(unit, run)
-            if policy and policy.get("Name") not in (None, "", "no"):
-                await self._call(self.api.update_container, bad["Id"], restart_policy=policy)
-            await self._call(self.api.start, bad["Id"])
+            try:
+                made = await self._inspect(unit.name)
+                if made is not None:
+                    await self._call(self.api.remove_container, made["Id"], force=True)
+                    run.actions.append(f"removed {unit.name} ({run.ref})")
+                await self._call(self.api.rename, bad["Id"], unit.name)
+                policy = unit.policy or _policy_of(unit, run)
+                if policy and policy.get("Name") not in (None, "", "no"):
+                    await self._call(self.api.update_container, bad["Id"], restart_policy=policy)
+                await self._call(self.api.start, bad["Id"])
+            except (DockerException, RequestException) as exc:
+                explanation = getattr(exc, "explanation", None) or exc
+                notes.append(f"putting {unit.failed} back as {unit.name} failed too: {explanation}")
+                continue
             run.actions.append(f"renamed {unit.failed} back to {unit.name} and started it")
         back = [
             u.name for u in (*run.units, *run.extras) if f"renamed {u.failed} back" in " ".join(run.actions)
@@ -577,9 +582,9 @@ class ContainerStep:
                     lines.append(f"start {unit.name} (already created from {run.ref})")
                 continue
             if live is not None or unknown:
+                grace = kept.stop_timeout(live, s.stop_timeout) if live else s.stop_timeout
                 lines += [
-                    f"stop {unit.name} (SIGTERM, "
-                    f"{kept.stop_timeout(live, s.stop_timeout) if live else s.stop_timeout:g}s before SIGKILL)",
+                    f"stop {unit.name} (SIGTERM, {grace:g}s before SIGKILL)",
                     f"rename {unit.name} to {unit.failed} and keep it stopped (restart policy no)",
                 ]
             lines += [
