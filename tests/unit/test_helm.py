@@ -300,3 +300,24 @@ def test_the_chart_sets_the_api_bounds_and_they_load() -> None:
     assert server["header_timeout"] and server["keepalive_timeout"]
     config = load_config_text(text.replace("/etc/watchdogd/tokens/tokens.yaml", "tokens.yaml"), "chart.yaml")
     assert config.server.max_streams_per_token <= config.server.max_streams
+
+
+def test_secrets_are_mounted_from_secrets_and_never_written_into_the_configmap(tmp_path: Path) -> None:
+    config = {
+        "sources": {"db": {"type": "postgres", "dsn_file": "/etc/watchdogd/secrets/app-db/dsn"}},
+        "services": {},
+    }
+    objects = manifests(values_file(tmp_path, {"secretMounts": [{"name": "app-db"}], "config": config}))
+    volumes = {v["name"]: v for v in objects["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["secret-app-db"] == {"name": "secret-app-db", "secret": {"secretName": "app-db"}}
+    mounts = {m["name"]: m for m in container(objects)["volumeMounts"]}
+    assert mounts["secret-app-db"]["mountPath"] == "/etc/watchdogd/secrets/app-db"
+    assert mounts["secret-app-db"]["readOnly"] is True
+    text = objects["ConfigMap"]["data"]["watchdogd.yaml"]
+    assert "dsn_file: /etc/watchdogd/secrets/app-db/dsn" in text
+    # what the pod reads: the file the Secret puts there, never a value in the ConfigMap
+    secret = tmp_path / "app-db"
+    secret.mkdir()
+    (secret / "dsn").write_text("postgresql://app:pw@127.0.0.1/app\n")
+    loaded = load_config_text(text.replace("/etc/watchdogd/secrets/app-db", str(secret)), "w.yaml", tmp_path)
+    assert loaded.sources["db"].dsn.secret() == "postgresql://app:pw@127.0.0.1/app"

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from watchdogd.config.checks import Loc, check_config
 from watchdogd.config.models import Config, ExecSource, FileSource, Model, StateConfig
+from watchdogd.config.secrets import resolve as resolve_secrets
 from watchdogd.config.templates import expand as expand_templates
 from watchdogd.config.types import SecretUrl, redact_url
 from watchdogd.errors import ConfigError, ConfigProblem
@@ -54,6 +55,9 @@ def load_config_text(text: str, filename: str, base_dir: Path | None = None) -> 
     data, expansion = expand_templates(data, lines, filename)
     if expansion.problems:
         raise ConfigError(_in_file_order(expansion.problems))
+    data, secret_problems = resolve_secrets(data, lines, filename, base_dir or Path.cwd())
+    if secret_problems:
+        raise ConfigError(_in_file_order(secret_problems))
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -36,6 +36,7 @@ def config_json_schema() -> dict[str, Any]:
     schema = Config.model_json_schema(by_alias=True, mode="validation")
     _standardise(schema)
     _templates(schema)
+    _secret_sources(schema)
     schema["$schema"] = DIALECT
     schema["$id"] = SCHEMA_ID
     schema["title"] = "watchdogd config"
@@ -121,3 +122,40 @@ def _templates(schema: dict[str, Any]) -> None:
         "title": "Templates",
         "additionalProperties": {"$ref": "#/$defs/RuleTemplate"},
     }
+
+
+def _secret_sources(schema: dict[str, Any]) -> None:
+    """``X_file`` and ``X_env`` beside every secret field ``X``: resolved before validation."""
+    from pydantic import BaseModel
+
+    from watchdogd.config import models
+    from watchdogd.config.secrets import secret_fields
+
+    for name, node in schema["$defs"].items():
+        model = getattr(models, name, None)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        properties = node.get("properties", {})
+        for field, mapping in secret_fields(model).items():
+            for suffix, what in (("_file", "a file holding"), ("_env", "an environment variable holding")):
+                key = field + suffix
+                if key in properties:
+                    continue
+                text = f"Instead of {field}: {what} it, read at load and on every reload."
+                if mapping:
+                    properties[key] = {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "description": text,
+                    }
+                else:
+                    properties[key] = {"type": "string", "description": text}
+            required = node.get("required", [])
+            if field in required:
+                # written inline, or from a file, or from the environment
+                required.remove(field)
+                node.setdefault("allOf", []).append(
+                    {"anyOf": [{"required": [field + suffix]} for suffix in ("", "_file", "_env")]}
+                )
+        if "required" in node and not node["required"]:
+            del node["required"]
