@@ -23,7 +23,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from watchdogd import openapi
+from watchdogd import openapi, ui
 from watchdogd.auth import Principal, Rejections, Role, Throttle, Tokens
 from watchdogd.config.types import DURATION_PATTERN, parse_duration
 from watchdogd.daemon import Daemon
@@ -33,6 +33,7 @@ from watchdogd.model import Deployment, RollbackRecord, jsonable_number
 from watchdogd.rollback.migrations import MigrationRequest
 from watchdogd.sources.alertmanager import MAX_PAYLOAD_BYTES, WebhookPayload
 from watchdogd.watch.deployments import Registration
+from watchdogd.watch.freezes import freeze_json
 from watchdogd.watch.live import RuleView
 
 log = structlog.get_logger("watchdogd.api")
@@ -132,8 +133,18 @@ class VetoBody(ReasonBody):
         return _duration(value)
 
 
+class FreezeBody(ReasonBody):
+    for_: str = Field(alias="for", pattern=DURATION_PATTERN, description="2h, 1d; at most 366d")
+
+    @field_validator("for_")
+    @classmethod
+    def _for(cls, value: str) -> str:
+        return _duration(value, positive=True) or value
+
+
 BODIES: dict[str, type[BaseModel]] = {
-    m.__name__: m for m in (EmptyBody, MigrationBody, DeploymentBody, ReasonBody, VetoBody, WebhookPayload)
+    m.__name__: m
+    for m in (EmptyBody, MigrationBody, DeploymentBody, ReasonBody, VetoBody, FreezeBody, WebhookPayload)
 }
 
 
@@ -177,6 +188,10 @@ def create_app(
         ("POST", "/v1/rollbacks/{id}/approve", api.approve, "operator"),
         ("POST", "/v1/rollbacks/{id}/retry", api.retry, "operator"),
         ("GET", "/v1/audit", api.audit, "viewer"),
+        ("GET", "/v1/freezes", api.list_freezes, "viewer"),
+        ("POST", "/v1/services/{service}/freeze", api.freeze, "operator"),
+        ("DELETE", "/v1/services/{service}/freeze", api.unfreeze, "operator"),
+        ("GET", "/v1/whoami", api.whoami, "viewer"),
         ("GET", "/v1/events", events_handler(hub), "viewer"),
         ("POST", "/v1/deployments/{id}/rehearse", api.rehearse, "operator"),
         ("POST", "/v1/alertmanager", api.alertmanager, "deployer"),
@@ -184,6 +199,8 @@ def create_app(
     for method, path, handler, role in routes:
         route = app.router.add_route(method, path, handler)
         api.roles[route] = role
+    for method, path, handler in ui.ROUTES:
+        app.router.add_route(method, path, handler)  # open: the page holds no data, its calls a token
     return app
 
 
@@ -204,7 +221,7 @@ class _Api:
             _check_headers(request)
             return await handler(request)
         except RequestError as exc:
-            return _error(exc.status, exc.code, str(exc))
+            return _error(exc.status, exc.code, str(exc), fields=getattr(exc, "fields", None))
         except StoreError as exc:
             # contention (SQLite "database is locked") or an unreachable PostgreSQL: the client may
             # retry; readyz says so until the store answers again
@@ -313,6 +330,9 @@ class _Api:
             rehearse=body.rehearse,
             idempotency_key=_idempotency_key(request),
         )
+        key = registration.idempotency_key
+        if key is None or await self.daemon.store.deployment_for_key(key) is None:
+            await self.daemon.freezes.check(body.service)  # a replay of one registered before still answers
         deployment, registered = await self.daemon.deployments.register(registration, _actor(request))
         return web.json_response({**self._deployment(deployment), **registered.to_json()}, status=201)
 
@@ -343,6 +363,23 @@ class _Api:
             request.match_info["id"], _actor(request), body.reason
         )
         return web.json_response(_rollback(record), status=202)
+
+    # --- freezes -------------------------------------------------------------------------
+
+    async def list_freezes(self, request: web.Request) -> web.Response:
+        return web.json_response({"items": [freeze_json(f) for f in await self.daemon.freezes.list()]})
+
+    async def freeze(self, request: web.Request) -> web.Response:
+        body = await _body(request, FreezeBody)
+        freeze = await self.daemon.freezes.set(
+            request.match_info["service"], body.reason, parse_duration(body.for_), _actor(request)
+        )
+        return web.json_response(freeze_json(freeze), status=201)
+
+    async def unfreeze(self, request: web.Request) -> web.Response:
+        await _body(request, EmptyBody, optional=True)
+        lifted = await self.daemon.freezes.lift(request.match_info["service"], _actor(request))
+        return web.json_response({"lifted": freeze_json(lifted)})
 
     # --- rollbacks -----------------------------------------------------------------------
 
@@ -409,6 +446,11 @@ class _Api:
             actor=_actor(request),
         )
         return web.json_response({"status": "ok", "alerts": len(body.alerts), "sources": sources})
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        """The token's name and role: what the operator page shows and which buttons it offers."""
+        principal: Principal = request["principal"]
+        return web.json_response({"name": principal.name, "role": principal.role})
 
     async def audit(self, request: web.Request) -> web.Response:
         """Newest first, ``limit`` at a time; ``next`` is the ``before`` that gets the page after."""
@@ -581,11 +623,19 @@ def _time(at: float | None) -> str | None:
     return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _error(status: int, code: str, message: str, retry_after: int | None = None) -> web.Response:
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    retry_after: int | None = None,
+    fields: dict[str, Any] | None = None,
+) -> web.Response:
+    """``fields``: what the client acts on besides the words (a freeze's reason and end)."""
     if retry_after is None and status in (429, 503):
         retry_after = 1
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+    body = {"code": code, "message": message, **(fields or {})}
+    return web.json_response({"error": body}, status=status, headers=headers)
 
 
 def _check_headers(request: web.Request) -> None:
@@ -611,6 +661,8 @@ def _count(query: Any, name: str, low: int, high: int) -> int | None:
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
+    if response.status == 200 and ui.serves(request):
+        response.headers.update(ui.HEADERS)  # the operator page: its own script and styles, nothing else
 
 
 def _dumps(data: Any) -> str:

@@ -394,13 +394,51 @@ def _status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         open_ones = [d for d in deployments if d["state"] in ("watching", "rolling_back")]
         finished = [d for d in deployments if d not in open_ones][:RECENT]
         deployments = [d for d in deployments if d in open_ones or d in finished]
+    try:
+        freezes = client.get("/v1/freezes")["items"]
+    except Refused as exc:
+        if exc.status != 404:  # a daemon older than freezes has none to show
+            raise
+        freezes = []
     if args.json:
         shown = {d["id"] for d in deployments}
         items = [r for r in rollbacks if r["deployment_id"] in shown]
-        _dump({"deployments": deployments, "rollbacks": items}, out)
+        _dump({"deployments": deployments, "rollbacks": items, "freezes": freezes}, out)
         return EXIT_OK
-    for line in status_lines(deployments, rollbacks, time.time()):
+    now = time.time()
+    for line in [*freeze_lines(freezes, now), *status_lines(deployments, rollbacks, now)]:
         say(line, out)
+    return EXIT_OK
+
+
+def freeze_lines(freezes: list[dict[str, Any]], now: float) -> list[str]:
+    """One line per freeze in force: no deployment of the service is taken until it ends or is lifted."""
+    return [
+        printable(
+            f"FROZEN {f['service']}: no deployments for {left(f['until'], now)} (until {f['until']},"
+            f" by {f['by']}): {f['reason']}"
+        )
+        for f in freezes
+    ]
+
+
+def _freeze(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    freeze = client.post(
+        f"/v1/services/{_quote(args.service)}/freeze", {"reason": args.reason, "for": args.for_}
+    )
+    if args.json:
+        _dump(freeze, out)
+    else:
+        say(freeze_lines([freeze], time.time())[0], out)
+    return EXIT_OK
+
+
+def _unfreeze(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    answer = client.call("DELETE", f"/v1/services/{_quote(args.service)}/freeze")
+    if args.json:
+        _dump(answer, out)
+    else:
+        say(printable(f"unfrozen {args.service} (was: {answer['lifted']['reason']})"), out)
     return EXIT_OK
 
 
@@ -659,6 +697,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     rollback = add("rollback", _rollback, "propose rolling a deployment back")
     rollback.add_argument("deployment", metavar="DEPLOYMENT")
     rollback.add_argument("--reason", required=True)
+
+    freeze = add("freeze", _freeze, "refuse new deployments of a service for a while")
+    freeze.add_argument("service", metavar="SERVICE")
+    freeze.add_argument("--for", dest="for_", required=True, type=_duration, metavar="DURATION", help="2h")
+    freeze.add_argument("--reason", required=True)
+    unfreeze = add("unfreeze", _unfreeze, "lift a service's deploy freeze")
+    unfreeze.add_argument("service", metavar="SERVICE")
 
     promote = add("promote", _promote, "end a deployment's window now, as healthy")
     promote.add_argument("deployment", metavar="DEPLOYMENT")

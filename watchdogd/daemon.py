@@ -36,6 +36,7 @@ from watchdogd.telemetry import Metrics
 from watchdogd.watch.deployments import Containers, Deployments
 from watchdogd.watch.evaluation import Evaluator
 from watchdogd.watch.execution import Executions, Plans
+from watchdogd.watch.freezes import Freezes
 from watchdogd.watch.leadership import Leadership
 from watchdogd.watch.live import Watched
 from watchdogd.watch.operators import Operators
@@ -74,6 +75,7 @@ class Daemon:
     deployments: Deployments
     operators: Operators
     leadership: Leadership
+    freezes: Freezes
     make_source: SourceFactory
     polling: bool
     tick: float = TICK
@@ -147,9 +149,10 @@ class Daemon:
 
         watched = Watched(store, world, clock, on_new=arm)
         plans = Plans(world, watched, client, session, clock, steps, store=store)
+        freezes = Freezes(store, report, world, clock)
         executions = Executions(
             store=store, report=report, supervisor=supervisor, health=health, world=world,
-            watched=watched, plans=plans, metrics=metrics, clock=clock, leading=leading,
+            watched=watched, plans=plans, metrics=metrics, clock=clock, leading=leading, freezes=freezes,
         )  # fmt: skip
         proposer = Proposer(
             store=store, report=report, supervisor=supervisor, health=health, world=world,
@@ -176,7 +179,7 @@ class Daemon:
         daemon = cls(
             world, clock, store, registry, metrics, election, session, scheduler, jobs, notifier,
             supervisor, health, report, watched, proposer, evaluator, deployments, operators,
-            leadership, make_source, polling, tick,
+            leadership, freezes, make_source, polling, tick,
         )  # fmt: skip
         await daemon._start()
         return daemon
@@ -187,7 +190,7 @@ class Daemon:
         if self.election.shared:
             self.supervisor.service("election", every(POLL, self.leadership.campaign, "election"))
         self.supervisor.service("ticker", every(self.tick, self._tick, "ticker"))
-        if any(s.container for s in self.config.services.values()):
+        if any(s.container or s.compose for s in self.config.services.values()):
             self.supervisor.service("docker-events", self.deployments.watch_docker())
         self.health.started = True
         log.info("started", services=len(self.config.services), sources=len(self.config.sources))

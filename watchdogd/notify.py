@@ -10,7 +10,6 @@ newest says most about where things stand.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,8 @@ from typing import Any, Literal, get_args
 import aiohttp
 import structlog
 
-from watchdogd.config.models import WebhookNotify
+from watchdogd.config.notify import TargetBase
+from watchdogd.config.types import SecretUrl
 from watchdogd.httppost import mask_urls, post_json
 from watchdogd.telemetry import Metrics
 
@@ -33,6 +33,8 @@ EventKind = Literal[
     "rollback_started",
     "rollback_succeeded",
     "rollback_failed",
+    "dry_run_proposal",
+    "dry_run",
     "promotion",
     "unverified",
     "cancelled",
@@ -40,6 +42,8 @@ EventKind = Literal[
     "rule_firing",
     "rule_resolved",
     "rule_blind",
+    "freeze",
+    "unfreeze",
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
@@ -51,10 +55,14 @@ _FAMILY: dict[str, str] = {
     "rollback_started": "rollback",
     "rollback_succeeded": "rollback",
     "rollback_failed": "rollback",
+    "dry_run_proposal": "proposal",
+    "dry_run": "rollback",
     "promotion": "promotion",
     "unverified": "promotion",
     "cancelled": "rollback",
     "retry": "rollback",
+    "freeze": "rollback",
+    "unfreeze": "rollback",
     "rule_firing": "notify",
     "rule_resolved": "notify",
     "rule_blind": "notify",
@@ -103,6 +111,9 @@ def text(event: Event) -> str:
     if event.rollback_id:
         line += f", rollback {event.rollback_id}"
     line += f"): {event.summary}"
+    if event.kind.startswith("dry_run"):
+        # said first, where a chat preview or a pager title cuts the line
+        line = "dry run: " + line.replace("): dry run: ", "): ", 1)
     if details:
         line += f" [{', '.join(details)}]"
     line = " ".join(line.split())  # one line, whatever the summary held
@@ -164,9 +175,9 @@ def _jsonable(value: Any) -> Any:
 class _Webhook:
     """One receiver: its config, its queue and the task that empties it."""
 
-    def __init__(self, config: WebhookNotify, queue_size: int) -> None:
+    def __init__(self, config: TargetBase, queue_size: int) -> None:
         self.config = config
-        self.label = str(config.url)  # password and query values masked
+        self.label = config.label()  # password and query values masked
         self.queue: asyncio.Queue[Event] = asyncio.Queue(queue_size)
         self.task: asyncio.Task[None] | None = None
         self.sending: Event | None = None
@@ -182,7 +193,7 @@ class Notifier:
 
     def __init__(
         self,
-        configs: Sequence[WebhookNotify],
+        configs: Sequence[TargetBase],
         metrics: Metrics | None = None,
         *,
         backoff: float = 1.0,
@@ -271,16 +282,24 @@ class Notifier:
             deployment=event.deployment_id,
             rollback=event.rollback_id,
         )
+        from watchdogd.notifiers import outgoing
+
         try:
-            body = json.dumps(payload(event, config.format), allow_nan=False).encode()
-            result = await post_json(
-                session,
-                config.url,
-                body,
-                attempt_timeout=config.timeout,
-                attempts=ATTEMPTS,
-                backoff=self._backoff,
-            )
+            requests = outgoing(config, event)
+            if not requests:
+                return  # a pager hears only about what opens and ends an incident
+            for request in requests:
+                result = await post_json(
+                    session,
+                    SecretUrl(request.url),
+                    request.body,
+                    attempt_timeout=config.timeout,
+                    attempts=ATTEMPTS,
+                    backoff=self._backoff,
+                    headers=request.headers,
+                )
+                if not result.ok:
+                    break
         except Exception as exc:  # one bad event must not stop the deliveries after it
             self._count("failed")
             bound.error("notification_failed", reason=mask_urls(f"{type(exc).__name__}: {exc}"))

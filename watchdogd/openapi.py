@@ -21,15 +21,38 @@ Role = Literal["viewer", "deployer", "operator", "admin"]
 REF = "#/components/schemas/{model}"
 ALWAYS_OPEN = "v1/openapi.json"
 """This document needs no token, whatever the config opens."""
+UI_OPEN = ("ui", "ui/{file}")
+"""The operator page's files need no token either: they hold no data."""
 
 
 class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Freeze(_Out):
+    service: str
+    reason: str
+    since: str
+    until: str
+    by: str
+    rollback_id: str | None = None
+
+
+class Freezes(_Out):
+    """The freezes in force, soonest to end first."""
+
+    items: list[Freeze]
+
+
+class Unfrozen(_Out):
+    lifted: Freeze
+
+
 class ErrorDetail(_Out):
     code: str
     message: str
+    freeze: Freeze | None = None
+    """With code ``frozen`` (409 to POST /v1/deployments): the freeze, its reason and its end."""
 
 
 class Error(_Out):
@@ -62,6 +85,11 @@ class RuleView(_Out):
     """A number; non-finite values are sent as strings (``"inf"``, ``"nan"``)."""
     since: str | None
     reason: str | None
+
+
+class Principal(_Out):
+    name: str
+    role: Role
 
 
 class Deployment(_Out):
@@ -197,6 +225,23 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         body="DeploymentBody",
         errors=(400, 401, 403, 409, 422, 503),
     ),
+    ("GET", "/v1/freezes"): Operation("Deploy freezes in force", "viewer", answer=Freezes, errors=_VIEW),
+    ("POST", "/v1/services/{service}/freeze"): Operation(
+        "Freeze a service: POST /v1/deployments for it answers 409 frozen until then",
+        "operator",
+        ok=201,
+        answer=Freeze,
+        body="FreezeBody",
+        errors=_VOTE,
+    ),
+    ("DELETE", "/v1/services/{service}/freeze"): Operation(
+        "Lift a service's freeze",
+        "operator",
+        answer=Unfrozen,
+        body="EmptyBody",
+        body_optional=True,
+        errors=_VOTE,
+    ),
     ("GET", "/v1/deployments"): Operation(
         "Deployments, newest first", "viewer", answer=Deployments, errors=_VIEW
     ),
@@ -271,6 +316,16 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         query=(("last_event_id", "Resume after this event (or send Last-Event-ID)", None),),
         media_type="text/event-stream",
     ),
+    ("GET", "/v1/whoami"): Operation("The token's name and role", "viewer", answer=Principal, errors=_VIEW),
+    ("GET", "/ui"): Operation(
+        "The operator page (HTML; the token is typed into the page)", None, media_type="text/html"
+    ),
+    ("GET", "/ui/{file}"): Operation(
+        "The operator page's script (app.js), style sheet (app.css) and icon (favicon.svg)",
+        None,
+        errors=(404,),
+        media_type="text/plain",
+    ),
     ("GET", "/v1/audit"): Operation(
         "Who did what when",
         "viewer",
@@ -298,7 +353,7 @@ def document(bodies: dict[str, type[BaseModel]], open_endpoints: Iterable[str]) 
         return {"$ref": REF.format(model=model.__name__)}
 
     error = ref(Error, "serialization")
-    opened = {*open_endpoints, ALWAYS_OPEN}
+    opened = {*open_endpoints, ALWAYS_OPEN, *UI_OPEN}
     paths: dict[str, dict[str, Any]] = {}
     for (method, path), op in OPERATIONS.items():
         entry: dict[str, Any] = {

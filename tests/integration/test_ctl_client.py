@@ -74,7 +74,7 @@ class Server:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_GET = do_POST = _any
+            do_GET = do_POST = do_DELETE = _any
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -143,6 +143,10 @@ EVENT = {"at": 1_767_578_400, "service": "api" + NASTY, "deployment_id": "d1", "
          "from": "ok", "to": "firing" + NASTY, "value": 1.0, "reason": NASTY}  # fmt: skip
 
 
+FREEZE = {"service": "api" + NASTY, "reason": NASTY, "since": "2026-01-05T02:05:00Z",
+          "until": "2026-01-05T04:05:00Z", "by": "alice" + NASTY, "rollback_id": None}  # fmt: skip
+
+
 def hostile(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
     if path.startswith("/v1/events"):
         body = f"id: 1\nevent: rule_state\ndata: {json.dumps(EVENT)}\n\n".encode()
@@ -157,6 +161,12 @@ def hostile(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
                             "rehearsal": {"status": NASTY, "detail": NASTY}}, 201)  # fmt: skip
     if path == "/v1/rollbacks":
         return json_answer({"items": [ROLLBACK]})
+    if path == "/v1/freezes":
+        return json_answer({"items": [FREEZE]})
+    if path.endswith("/freeze"):
+        return json_answer(
+            FREEZE if method == "POST" else {"lifted": FREEZE}, 201 if method == "POST" else 200
+        )
     if path.endswith("/rehearse"):
         return json_answer({"status": "ok" + NASTY, "detail": NASTY})
     if path.endswith("/promote"):
@@ -179,6 +189,8 @@ COMMANDS = [
     ("rehearse", "d1"),
     ("events", "--count", "2"),
     ("audit",),
+    ("freeze", "api", "--for", "2h", "--reason", "incident"),
+    ("unfreeze", "api"),
 ]
 
 

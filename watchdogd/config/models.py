@@ -13,6 +13,14 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from watchdogd.config.notify import (  # noqa: F401 (WebhookNotify: kept importable from here)
+    NotifyTarget,
+    OpsgenieNotify,
+    PagerDutyNotify,
+    SlackNotify,
+    TeamsNotify,
+    WebhookNotify,
+)
 from watchdogd.config.types import Condition, Duration, Percent, SecretUrl
 from watchdogd.imageref import parse_pattern
 
@@ -148,6 +156,12 @@ class DefaultsConfig(Model):
         description="A window that ends while a rollback rule had no data: hold (unverified until an"
         " operator promotes or rolls back), rollback (propose one), or promote.",
     )
+    freeze_after_rollback: Duration = Field(
+        0.0,
+        ge=0,
+        description="After a rollback (succeeded or failed) the service takes no new deployment for this"
+        " long: POST /v1/deployments answers 409 frozen until an operator lifts it (0s: no freeze).",
+    )
 
 
 class LoggingConfig(Model):
@@ -155,16 +169,6 @@ class LoggingConfig(Model):
     format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: JSON lines unless stdout is a terminal."
     )
-
-
-class WebhookNotify(Model):
-    type: Literal["webhook"]
-    url: SecretUrl
-    format: Literal["slack", "json"] = Field(
-        "slack", description="slack: a Slack-compatible payload with a text field."
-    )
-    timeout: Duration = Field(5.0, gt=0)
-    events: tuple[Literal["proposal", "rollback", "veto", "promotion", "notify"], ...] | None = None
 
 
 # --- sources ---------------------------------------------------------------------
@@ -646,6 +650,7 @@ class ServiceConfig(Model):
     blind_after: Duration | None = Field(None, gt=0)
     min_data: Percent | None = None
     on_unverified: OnUnverified | None = None
+    freeze_after_rollback: Duration | None = Field(None, ge=0, description="Default: defaults'.")
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     rules: tuple[RuleConfig, ...] = ()
 
@@ -692,7 +697,7 @@ class Config(Model):
     state: StateConfig = Field(default_factory=StateConfig)
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
-    notify: tuple[WebhookNotify, ...] = ()
+    notify: tuple[NotifyTarget, ...] = ()
     sources: dict[Name, SourceConfig] = Field(default_factory=dict)
     services: dict[Name, ServiceConfig] = Field(default_factory=dict)
 

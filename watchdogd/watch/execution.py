@@ -8,6 +8,7 @@ starts from ``executing`` itself; anything else would run the plan twice.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,6 +35,7 @@ from watchdogd.sources import Measure
 from watchdogd.sources.http import HttpProbe
 from watchdogd.store import Store
 from watchdogd.telemetry import Metrics
+from watchdogd.watch.freezes import Freezes
 from watchdogd.watch.live import Watched
 from watchdogd.watch.report import Reporter
 from watchdogd.watch.tasks import Health, Supervisor
@@ -96,7 +98,7 @@ class Plans:
         svc = self.world().service(service)
         steps: dict[str, Step] = {"sql": SqlStep()}
         probe = self.health_probe(svc)
-        if svc.container and "container" not in self.overrides:
+        if (svc.container or svc.compose) and "container" not in self.overrides:
             from watchdogd.rollback.container import ContainerStep
 
             steps["container"] = ContainerStep(self.docker(), probe=probe)
@@ -175,7 +177,10 @@ class Executions:
         metrics: Metrics,
         clock: Callable[[], float],
         leading: Callable[[], bool],
+        freezes: Freezes | None = None,
     ) -> None:
+        self.freezes = freezes
+        """Freezes the service after a rollback (None: no freezes, as in-memory tests of plans)."""
         self.store = store
         self.report = report
         self.supervisor = supervisor
@@ -257,7 +262,10 @@ class Executions:
         else:
             current = await store.get(record.id) or record
             executor = Executor(store, self.plans.steps(service, self.clock()), self.metrics)
-            done = await executor.execute(current, target_from_json(current.target, svc))
+            target = dataclasses.replace(
+                target_from_json(current.target, svc), approved_by=await self._approver(record)
+            )
+            done = await executor.execute(current, target)
         ok = done.state is RollbackState.SUCCEEDED
         await store.set_deployment_state(
             deployment.id,
@@ -272,6 +280,16 @@ class Executions:
             detail={"steps": steps, "error": done.error, "state": done.state},
             summary=f"rollback of {service} " + ("succeeded" if ok else f"failed: {done.error}"),
         )
+        if self.freezes is not None:
+            await self.freezes.after_rollback(done, ok)
+
+    async def _approver(self, record: RollbackRecord) -> str | None:
+        """The operator who approved or retried this rollback, from the audit (None: none did)."""
+        entries = await self.store.audit_entries(deployment_id=record.deployment_id)
+        for entry in entries:  # newest first
+            if entry.rollback_id == record.id and entry.action in ("approve", "retry"):
+                return entry.actor
+        return None
 
     async def dry_run(self, record: RollbackRecord) -> bool:
         """Record what the plan would have run, touching nothing; False when no longer proposed."""

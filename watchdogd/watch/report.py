@@ -40,6 +40,8 @@ class Spec:
     log_as: str | None = None
     """The log line's event name, when it differs from the audit action."""
     notify: EventKind | None = None
+    notify_dry: EventKind | None = None
+    """The notification kind instead of ``notify`` when the proposal is a dry run (``mode: dry-run``)."""
     stream: str | None = None
     """The event-stream kind (``GET /v1/events``)."""
     outcome: str | None = None
@@ -69,7 +71,12 @@ SPECS: dict[str, Spec] = {
     "rule_blind": Spec(level="warning", notify="rule_blind", stream="rule_state"),
     "rule_sees": Spec(stream="rule_state"),
     "proposed": Spec(
-        level="warning", log_as="rollback_proposed", notify="proposal", stream="proposal", outcome="proposed"
+        level="warning",
+        log_as="rollback_proposed",
+        notify="proposal",
+        notify_dry="dry_run_proposal",
+        stream="proposal",
+        outcome="proposed",
     ),
     "reason_added": Spec(stream="proposal"),
     "plan_updated": Spec(stream="proposal"),
@@ -78,7 +85,7 @@ SPECS: dict[str, Spec] = {
     "ack": Spec(stream="rollback"),
     "expired": Spec(level="warning", notify="cancelled", stream="rollback", outcome="expired"),
     "cancelled": Spec(level="warning", notify="cancelled", stream="rollback", outcome="cancelled"),
-    "dry_run": Spec(notify="rollback_started", stream="rollback", outcome="dry_run"),
+    "dry_run": Spec(notify="dry_run", stream="rollback", outcome="dry_run"),
     "rollback_started": Spec(
         level="warning", notify="rollback_started", stream="rollback", outcome="executed"
     ),
@@ -91,6 +98,8 @@ SPECS: dict[str, Spec] = {
     "promoted": Spec(notify="promotion", stream="deployment"),
     "unverified": Spec(level="warning", notify="unverified", stream="deployment"),
     "rehearsal": Spec(),
+    "frozen": Spec(level="warning", notify="freeze", stream="freeze"),
+    "unfrozen": Spec(notify="unfreeze", stream="freeze"),
 }
 
 
@@ -133,9 +142,12 @@ class Reporter:
         getattr(log, spec.level)(spec.log_as or kind, actor=actor, **ids, **detail)
         if spec.outcome is not None:
             self.metrics.rollback_proposals.labels(service, spec.outcome).inc()
-        if spec.notify is not None and deployment_id is not None:
+        notify = spec.notify
+        if spec.notify_dry is not None and detail.get("mode") == "dry-run":
+            notify = spec.notify_dry
+        if notify is not None and deployment_id is not None:
             event = Event(
-                kind=spec.notify,
+                kind=notify,
                 service=service,
                 deployment_id=deployment_id,
                 rollback_id=rollback_id,
