@@ -239,10 +239,14 @@ async def test_dry_run_proposes_and_touches_nothing(
         return [b["watchdogd"]["event"] for b in receiver.bodies]
 
     wd.wait_for(
-        "the proposal and the dry run notified", lambda: {"proposal", "rollback_started"} <= set(kinds()), 10
+        "the proposal and the dry run notified", lambda: {"dry_run_proposal", "dry_run"} <= set(kinds()), 10
     )
-    proposal = next(b for b in receiver.bodies if b["watchdogd"]["event"] == "proposal")
+    assert not {"proposal", "rollback_started"} & set(kinds())
+    proposal = next(b for b in receiver.bodies if b["watchdogd"]["event"] == "dry_run_proposal")
     assert "error-rate" in proposal["text"]
+    assert all(
+        b["text"].startswith("dry run: ") for b in receiver.bodies if "dry_run" in b["watchdogd"]["event"]
+    )
     _, audit = wd.get(f"/v1/audit?deployment={done['deployment_id']}")
     would = next(e for e in audit["items"] if e["action"] == "dry_run")
     assert any("container" in line for line in would["detail"]["would_run"])

@@ -112,8 +112,9 @@ async def test_every_kind_is_delivered_with_text_and_fields(fake_server: Server,
     for n, (kind, body) in enumerate(zip(EVENT_KINDS, receiver.bodies, strict=True)):
         text = body["text"]
         assert "\n" not in text
+        dry = "dry run: " if kind.startswith("dry_run") else ""  # said first for a dry run
         assert text == (
-            f"watchdogd: api {kind} (deployment d{n}, rollback r{n}): error rate 20% above 5% "
+            f"{dry}watchdogd: api {kind} (deployment d{n}, rollback r{n}): error rate 20% above 5% "
             f"for 5m (event {n}) [rule=error-rate, value=0.2, threshold=0.05]"
         )
         assert body["watchdogd"] == {
@@ -164,6 +165,7 @@ async def test_events_filter_keeps_only_the_families_asked_for(fake_server: Serv
         "rollback_started",
         "rollback_succeeded",
         "rollback_failed",
+        "dry_run",
         "cancelled",
         "retry",
     ]

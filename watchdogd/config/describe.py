@@ -19,7 +19,8 @@ def describe_config(config: Config) -> list[str]:
         f"veto window {fd(d.grace)}, mode {d.mode}",
     ]
     for hook in config.notify:
-        lines.append(f"notify: {hook.type} {hook.url} ({hook.format})")
+        fmt = getattr(hook, "format", None)
+        lines.append(f"notify: {hook.label()}" + (f" ({fmt})" if fmt else ""))
     lines.append(f"sources ({len(config.sources)}):")
     for name, source in config.sources.items():
         lines.append(f"  {name}: {describe_source(source)}")
@@ -121,6 +122,8 @@ def describe_trigger(rule: RuleConfig) -> str:
             f"the value is more than {b.tolerance * 100:g}% {direction} "
             f"the pre-deploy mean of the {fd(b.before)} before the deploy"
         )
+        if b.min is not None:
+            what += f" and above the floor {b.min:g}"
     else:
         what = f"the value is {condition.describe()}"
     if rule.immediate:
