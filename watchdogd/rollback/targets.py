@@ -36,10 +36,15 @@ def failed_name(name: str, deployment_id: str) -> str:
 class Target(Protocol):
     """The containers a service's rollback acts on."""
 
-    label: str
-    """How messages name it: ``container api`` or ``compose shop/api``."""
-    grouped: bool
-    """Its containers are found by label: a kept one must leave the group (see :func:`kept_labels`)."""
+    @property
+    def label(self) -> str:
+        """How messages name it: ``container api`` or ``compose shop/api``."""
+        ...
+
+    @property
+    def grouped(self) -> bool:
+        """Its containers are found by label: a kept one must leave the group (see :func:`kept_labels`)."""
+        ...
 
     async def names(self, api: Any) -> list[str]:
         """The names of the target's containers now, running or not, kept ones excluded."""
