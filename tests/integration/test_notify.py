@@ -168,6 +168,8 @@ async def test_events_filter_keeps_only_the_families_asked_for(fake_server: Serv
         "dry_run",
         "cancelled",
         "retry",
+        "freeze",
+        "unfreeze",
     ]
 
 
