@@ -339,7 +339,8 @@ async def test_the_sql_step_runs_as_a_least_privilege_role(tmp_path: Path, seede
             await admin.execute(f'ALTER TYPE public."{name}" OWNER TO {role}')
 
         def target(dsn: str, **database: Any) -> RollbackTarget:
-            config = ServiceConfig.model_validate({"database": {"dsn": dsn, "lock_wait": "1s", **database}})
+            settings = {"lock_wait": "1s", "destructive": "auto", **database}
+            config = ServiceConfig.model_validate({"database": {"dsn": dsn, **settings}})
             migration = Migration(MIGRATION_ID, SEED_ROLLBACK, SEED_VERIFY)
             return RollbackTarget("api", "dep-1", config, migrations=(migration,))
 

@@ -51,6 +51,7 @@ def target(
         "lock_wait": "1s",
         "retry_backoff": "50ms",
         "allow_superuser": True,
+        "destructive": "auto",  # the assessment at execution: tests/integration/test_sql_decided.py
     }
     settings.update(database)
     config = ServiceConfig.model_validate({"database": {"dsn": dsn, **settings}})
@@ -283,15 +284,21 @@ async def test_golang_migrate_version_goes_back_to_the_previous_one(
     assert [tuple(r) for r in rows] == [(20251201000000, False)]
 
 
-async def test_alembic_row_is_deleted_without_a_down_revision(pg_dsn: str, db: asyncpg.Connection) -> None:
+async def test_alembic_version_goes_back_to_the_down_revision(pg_dsn: str, db: asyncpg.Connection) -> None:
     await db.execute(UP_MIGRATION)
     await db.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
     await db.execute("INSERT INTO alembic_version VALUES ('ae1027a6acf')")
-    result = await SqlStep().run(
+    without = await SqlStep().run(
         target(pg_dsn, migration_id="ae1027a6acf", migrations_table={"kind": "alembic"})
     )
+    assert without.status == "failed" and "previous-version" in without.detail
+    assert await db.fetchval("SELECT version_num FROM alembic_version") == "ae1027a6acf"
+    down = "-- watchdogd:previous-version 1975ea83b712\n" + SEED_ROLLBACK
+    result = await SqlStep().run(
+        target(pg_dsn, down, migration_id="ae1027a6acf", migrations_table={"kind": "alembic"})
+    )
     assert result.status == "done", result.detail
-    assert await db.fetchval("SELECT count(*) FROM alembic_version") == 0
+    assert await db.fetchval("SELECT version_num FROM alembic_version") == "1975ea83b712"
 
 
 async def test_rehearsal_proves_the_rollback_and_leaves_the_database_unchanged(
@@ -330,7 +337,7 @@ async def test_assessment_counts_the_rows_the_rollback_would_destroy(
     pg_dsn: str, db: asyncpg.Connection
 ) -> None:
     await db.execute(UP_MIGRATION)
-    assessment = await SqlStep().assess(target(pg_dsn))
+    assessment = await SqlStep().assess(target(pg_dsn, destructive="approve"))
     counted = {(f.table, f.column): f.rows for f in assessment.findings}
     assert counted[("product_import_jobs", None)] == 1
     assert counted[("product_images", None)] == 0
@@ -344,4 +351,4 @@ async def test_assessment_counts_the_rows_the_rollback_would_destroy(
     await db.execute(
         'DELETE FROM product_import_jobs; UPDATE products SET "externalId" = NULL, "importSource" = NULL'
     )
-    assert (await SqlStep().assess(target(pg_dsn))).action == "run"
+    assert (await SqlStep().assess(target(pg_dsn, destructive="approve"))).action == "run"

@@ -32,6 +32,9 @@ class RollbackTarget:
     migrations: tuple[Migration, ...] = ()
     fired_rules: tuple[str, ...] = ()
     reason: str = ""
+    approved_by: str | None = None
+    """The operator who approved or retried this rollback (None: it runs on its own): the sql step
+    runs SQL whose assessment at execution needs approval only when one did."""
 
 
 @dataclass(frozen=True, slots=True)

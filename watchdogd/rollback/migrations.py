@@ -147,7 +147,23 @@ def resolve_now(
                 "to read its rollback SQL from",
                 "no_migrations_dir",
             )
+        _check_previous(database, out[-1])
     return tuple(out)
+
+
+def _check_previous(database: DatabaseConfig, migration: Migration) -> None:
+    """Alembic and golang-migrate keep one version row: the down SQL must name the one to go back to."""
+    from watchdogd.rollback import sqltables
+
+    table = database.migrations_table
+    if table is None or table.kind not in sqltables.NEEDS_PREVIOUS:
+        return
+    try:
+        script = sqlsplit.parse_script(migration.down_sql)
+    except ScriptError as exc:
+        raise Invalid(f"migration {migration.id}: {exc}", "invalid_migration") from None
+    if script.previous_version is None:
+        raise Invalid(sqltables.missing_previous(table, migration.id), "invalid_migration")
 
 
 async def resolve(

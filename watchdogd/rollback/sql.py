@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,10 +43,15 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import structlog
 
-from watchdogd.config.models import DatabaseConfig, MigrationsTable
-from watchdogd.rollback import migrations, sqlsplit
+from watchdogd.config.models import DatabaseConfig
+from watchdogd.rollback import migrations, sqlassess, sqlclass, sqlledger, sqlrisk, sqlsplit
 from watchdogd.rollback.base import Migration, RollbackTarget, StepResult, StepStatus
+from watchdogd.rollback.sqlassess import Assessment, Finding
+from watchdogd.rollback.sqlledger import INSERT as LEDGER_INSERT
+from watchdogd.rollback.sqlledger import LEDGER, LEDGER_DDL, LEDGER_STATEMENTS, advisory_key
+from watchdogd.rollback.sqlrisk import Risk
 from watchdogd.rollback.sqlsplit import Script, ScriptError, Statement
+from watchdogd.rollback.sqltables import PRISMA_LOCK, quote_ident, rows_touched, table_update
 
 log = structlog.get_logger("watchdogd.rollback")
 
@@ -60,39 +64,6 @@ RETRYABLE = {
     "40001": "serialization_failure",
     "40P01": "deadlock_detected",
 }
-LEDGER = "watchdogd.rollback_ledger"
-LEDGER_STATEMENTS = "watchdogd.rollback_ledger_statements"
-# One fixed key serialises the ledger's creation between services (CREATE ... IF NOT EXISTS races).
-_DDL_LOCK = (0x77646F67, 1)
-LEDGER_DDL = (
-    "CREATE SCHEMA IF NOT EXISTS watchdogd",
-    f"""CREATE TABLE IF NOT EXISTS {LEDGER} (
-    service text NOT NULL,
-    migration_id text NOT NULL,
-    deployment_id text NOT NULL,
-    sql_sha256 text NOT NULL,
-    rolled_back_at timestamptz NOT NULL DEFAULT now(),
-    phase text NOT NULL CHECK (phase IN ('no_transaction_pending', 'complete')),
-    deferred_statements integer NOT NULL DEFAULT 0,
-    completed_at timestamptz,
-    PRIMARY KEY (service, migration_id)
-)""",
-    f"""CREATE TABLE IF NOT EXISTS {LEDGER_STATEMENTS} (
-    service text NOT NULL,
-    migration_id text NOT NULL,
-    ordinal integer NOT NULL,
-    line integer NOT NULL,
-    statement_sha256 text NOT NULL,
-    done_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (service, migration_id, ordinal),
-    FOREIGN KEY (service, migration_id) REFERENCES {LEDGER} ON DELETE CASCADE
-)""",
-)
-LEDGER_INSERT = (
-    f"INSERT INTO {LEDGER} (service, migration_id, deployment_id, sql_sha256, phase, "
-    "deferred_statements, completed_at) VALUES ($1, $2, $3, $4, $5, $6, "
-    "CASE WHEN $5 = 'complete' THEN now() END) ON CONFLICT (service, migration_id) DO NOTHING RETURNING 1"
-)
 _LOCK_HOLDER = """
 SELECT a.pid, a.application_name, a.client_addr::text AS addr, a.backend_start, a.state, a.query
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -100,6 +71,16 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.classid::int8 = $1 AND l.objid::int8 = $2
 """
+_PRISMA_HOLDER = """
+SELECT a.pid, a.application_name, a.client_addr::text AS addr, a.backend_start, a.state, a.query
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.objid::int8 = $1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+REHEARSAL_LOCK_TIMEOUT = 0.2
+"""A rehearsal's lock_timeout (at most the configured one): it never blocks the app's queries longer."""
+KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
+"""The server notices a vanished watchdogd within about a minute and rolls its transaction back."""
 SUPERUSER = """
 SELECT current_user::text, current_setting('is_superuser') = 'on'
     OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
@@ -111,10 +92,11 @@ _LOCK_POLL_MAX = 1.0
 class _Failed(Exception):
     """A failure with a reason fit for the operator; ``sqlstate`` when the server gave one."""
 
-    def __init__(self, reason: str, sqlstate: str | None = None) -> None:
+    def __init__(self, reason: str, sqlstate: str | None = None, retryable: bool | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.sqlstate = sqlstate
+        self.retryable = sqlstate in RETRYABLE if retryable is None else retryable
 
 
 LOST = "connection_lost"
@@ -123,15 +105,6 @@ LOST = "connection_lost"
 
 class _CommitLost(Exception):
     """The connection went away while COMMIT was in flight: only the ledger knows the outcome."""
-
-
-def advisory_key(service: str, database: str) -> tuple[int, int]:
-    """The advisory lock's two int32s for ``service`` in ``database`` (see the module docstring)."""
-    return _int32(zlib.crc32(f"watchdogd:{service}".encode())), _int32(zlib.crc32(database.encode()))
-
-
-def _int32(value: int) -> int:
-    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def database_name(dsn: str) -> str:
@@ -154,10 +127,6 @@ def literal(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 @dataclass(frozen=True, slots=True)
 class Plan:
     """One migration ready to run: its script read and its table update built."""
@@ -166,39 +135,12 @@ class Plan:
     script: Script
     sql_sha256: str
     table_update: tuple[str, tuple[object, ...]] | None
+    risks: tuple[Risk, ...] = ()
+    """Each statement's verdict, read by PostgreSQL's parser (sqlrisk)."""
 
     @property
     def phase(self) -> str:
         return "no_transaction_pending" if self.script.deferred else "complete"
-
-
-def table_update(
-    table: MigrationsTable, migration_id: str, previous: str | None
-) -> tuple[str, tuple[object, ...]]:
-    """The app's migration table update (see MigrationsTable) with its parameters."""
-    name = f"{quote_ident(table.schema_)}.{quote_ident(table.table_name)}"
-    if table.kind == "prisma":
-        return (
-            f"UPDATE {name} SET rolled_back_at = now() WHERE migration_name = $1 AND rolled_back_at IS NULL",
-            (migration_id,),
-        )
-    if table.kind == "flyway":
-        return f"DELETE FROM {name} WHERE version = $1", (migration_id,)
-    if table.kind == "alembic":
-        if previous is not None:
-            return f"UPDATE {name} SET version_num = $2 WHERE version_num = $1", (migration_id, previous)
-        return f"DELETE FROM {name} WHERE version_num = $1", (migration_id,)
-    version = _version(migration_id, "migration id")
-    if previous is not None:
-        prev = _version(previous, "previous-version")
-        return f"UPDATE {name} SET version = $2, dirty = false WHERE version = $1", (version, prev)
-    return f"DELETE FROM {name} WHERE version = $1", (version,)
-
-
-def _version(text: str, what: str) -> int:
-    if not text.isdigit():
-        raise ScriptError(f"golang-migrate versions are integers; {what} '{text}' is not")
-    return int(text)
 
 
 def plan(target: RollbackTarget, database: DatabaseConfig) -> list[Plan]:
@@ -212,18 +154,35 @@ def plan(target: RollbackTarget, database: DatabaseConfig) -> list[Plan]:
                 if database.migrations_table is not None
                 else None
             )
+            found = tuple(sqlrisk.risks(migration.down_sql))
+        except sqlclass.SqlSyntaxError as exc:
+            raise ScriptError(f"migration {migration.id}: PostgreSQL would not parse it: {exc}") from exc
         except ScriptError as exc:
+            if str(exc).startswith(f"migration {migration.id}:"):
+                raise
             raise ScriptError(f"migration {migration.id}: {exc}") from exc
-        plans.append(Plan(migration, script, sha256(migration.down_sql), update))
+        plans.append(Plan(migration, script, sha256(migration.down_sql), update, found))
     return plans
 
 
-def set_locals(database: DatabaseConfig, local: bool = True) -> list[str]:
+def set_locals(database: DatabaseConfig, local: bool = True, lock_timeout: float | None = None) -> list[str]:
+    """The transaction's (``local``) or the session's time bounds."""
     scope = "SET LOCAL" if local else "SET"
+    lock = database.lock_timeout if lock_timeout is None else lock_timeout
+    idle = max(database.lock_timeout, database.statement_timeout) + 30.0
     return [
-        f"{scope} lock_timeout = '{round(database.lock_timeout * 1000)}ms'",
+        f"{scope} lock_timeout = '{round(lock * 1000)}ms'",
         f"{scope} statement_timeout = '{round(database.statement_timeout * 1000)}ms'",
+        f"{scope} idle_in_transaction_session_timeout = '{round(idle * 1000)}ms'",
     ]
+
+
+def _retryable(exc: asyncpg.PostgresError) -> bool:
+    """A lock or statement timeout, a serialization failure, a deadlock: not a cancel by someone else."""
+    state = exc.sqlstate or ""
+    if state == "57014":
+        return "statement timeout" in str(exc)
+    return state in RETRYABLE
 
 
 _QUOTING_CLASSES = ("22", "38", "39", "P0")
@@ -258,49 +217,6 @@ class _Session:
     key: tuple[int, int]
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """Data the rollback SQL would destroy."""
-
-    migration_id: str
-    kind: str
-    """table, column or truncate."""
-    table: str
-    column: str | None
-    rows: int | None
-    """Rows (table, truncate) or non-null values (column); None when it could not be counted."""
-    line: int
-    note: str = ""
-
-    def __str__(self) -> str:
-        what = f"column {self.table}.{self.column}" if self.column else f"table {self.table}"
-        verb = "empties" if self.kind == "truncate" else "drops"
-        count = "an unknown number of" if self.rows is None else str(self.rows)
-        unit = "non-null values" if self.column else "rows"
-        return f"migration {self.migration_id} line {self.line} {verb} {what} holding {count} {unit}"
-
-
-@dataclass(frozen=True, slots=True)
-class Assessment:
-    """What the rollback SQL would destroy, and what the config says to do about it."""
-
-    findings: tuple[Finding, ...]
-    policy: str
-    """DatabaseConfig.destructive: auto, approve or refuse."""
-    problems: tuple[str, ...] = ()
-
-    @property
-    def destroys_data(self) -> bool:
-        return any(f.rows is None or f.rows > 0 for f in self.findings)
-
-    @property
-    def action(self) -> str:
-        """run, approve (an operator must approve first) or refuse (container-only rollback)."""
-        if self.problems:
-            return "refuse"
-        return "run" if not self.destroys_data or self.policy == "auto" else self.policy
-
-
 @dataclass
 class SqlStep:
     """The sql rollback step; ``fault`` is a hook for tests to break things at named points."""
@@ -326,6 +242,28 @@ class SqlStep:
             return StepResult("failed", str(exc))
         for change in drift:  # the registered text runs: it is what was assessed and is in the ledger
             log.warning("migration_file_changed", service=target.service, change=change)
+        try:
+            assessment = await self._assess(session.conn, database, plans)
+        except BaseException:
+            await self._close(session)
+            raise
+        counts = assessment.to_json()
+        if assessment.action == "refuse":
+            await self._close(session)
+            why = (
+                assessment.summary()
+                if assessment.problems
+                else f"database.destructive is refuse and it {assessment.summary()}"
+            )
+            return StepResult("skipped", f"down SQL not run: {why}", {"assessment": counts})
+        if assessment.action == "approve" and target.approved_by is None:
+            await self._close(session)
+            return StepResult(
+                "failed",
+                f"needs an operator's approval: assessed when the rollback ran, it {assessment.summary()}; "
+                "retry the rollback to approve it (database.destructive: approve)",
+                {"assessment": counts},
+            )
         outcomes: list[dict[str, Any]] = []
         try:
             for item in reversed(plans):
@@ -342,7 +280,10 @@ class SqlStep:
             "failed" if "failed" in statuses else "already_done" if statuses == {"already_done"} else "done"
         )
         detail = "; ".join(f"{o['migration_id']}: {o['detail']}" for o in outcomes)
-        data: dict[str, Any] = {"migrations": outcomes}
+        if assessment.findings:
+            approved = f" (approved by {target.approved_by})" if target.approved_by else ""
+            detail += f"; assessed at execution{approved}: it {assessment.summary()}"
+        data: dict[str, Any] = {"migrations": outcomes, "assessment": counts}
         if drift:
             detail += "; ran the SQL as registered, though " + "; ".join(drift)
             data["files_changed"] = drift
@@ -363,7 +304,7 @@ class SqlStep:
                     return "failed", "connection lost during COMMIT; the ledger shows it did not commit", {}
                 break
             except _Failed as exc:
-                retryable = exc.sqlstate in RETRYABLE or exc.sqlstate == LOST
+                retryable = exc.retryable or exc.sqlstate == LOST
                 if retryable and attempts <= database.retries:
                     await self.sleep(database.retry_backoff * 2 ** (attempts - 1))
                     if exc.sqlstate == LOST or session.conn.is_closed():
@@ -405,6 +346,7 @@ class SqlStep:
         try:
             for text in set_locals(database):
                 await conn.execute(text)
+            await conn.execute(sqlledger.ARCHIVE, target.service, item.migration.id, target.deployment_id)
             inserted = await conn.fetchval(
                 LEDGER_INSERT,
                 target.service,
@@ -427,7 +369,7 @@ class SqlStep:
             if not conn.is_closed() and conn.is_in_transaction():
                 await conn.execute("ROLLBACK")
             if isinstance(exc, asyncpg.PostgresError):
-                raise _Failed(_postgres_reason(exc), exc.sqlstate) from exc
+                raise _Failed(_postgres_reason(exc), exc.sqlstate, _retryable(exc)) from exc
             raise
         try:
             await self._hook("commit", conn)
@@ -439,7 +381,9 @@ class SqlStep:
             if not conn.is_closed() and conn.is_in_transaction():
                 await conn.execute("ROLLBACK")
             if isinstance(exc, asyncpg.PostgresError):
-                raise _Failed(f"COMMIT failed: {_postgres_reason(exc)}", exc.sqlstate) from exc
+                raise _Failed(
+                    f"COMMIT failed: {_postgres_reason(exc)}", exc.sqlstate, _retryable(exc)
+                ) from exc
             raise
         return True
 
@@ -450,21 +394,31 @@ class SqlStep:
                 await conn.execute(stmt.text)
             except asyncpg.PostgresError as exc:
                 raise _Failed(
-                    f"line {stmt.line} failed: {_postgres_reason(exc)} ({stmt.short()})", exc.sqlstate
+                    f"line {stmt.line} failed: {_postgres_reason(exc)} ({stmt.short()})",
+                    exc.sqlstate,
+                    _retryable(exc),
                 ) from exc
         if item.table_update is not None:
             query, args = item.table_update
             try:
-                await conn.execute(query, *args)
+                touched = rows_touched(await conn.execute(query, *args))
             except asyncpg.PostgresError as exc:
                 raise _Failed(
-                    f"migration table update failed: {_postgres_reason(exc)}", exc.sqlstate
+                    f"migration table update failed: {_postgres_reason(exc)}", exc.sqlstate, _retryable(exc)
                 ) from exc
+            if touched != 1:
+                table = query.split(" ")[1] if query.startswith("UPDATE") else query.split(" ")[2]
+                raise _Failed(
+                    f"the migration table update touched {touched} rows of {table}, not 1: it does not "
+                    f"record migration {item.migration.id} as applied"
+                )
         for query in item.migration.verify:
             try:
                 value = await conn.fetchval(query)
             except asyncpg.PostgresError as exc:
-                raise _Failed(f"verify query failed: {_postgres_reason(exc)}: {query}", exc.sqlstate) from exc
+                raise _Failed(
+                    f"verify query failed: {_postgres_reason(exc)}: {query}", exc.sqlstate, _retryable(exc)
+                ) from exc
             if value is not True:  # what it returned stays in the database: it may be a row's data
                 raise _Failed(f"verify query was not true: {query}")
 
@@ -513,7 +467,7 @@ class SqlStep:
                     await conn.execute(stmt.text)
                     break
                 except asyncpg.PostgresError as exc:
-                    if exc.sqlstate in RETRYABLE and attempts <= database.retries:
+                    if _retryable(exc) and attempts <= database.retries:
                         await self.sleep(database.retry_backoff * 2 ** (attempts - 1))
                         continue
                     extra.update(statements_done=len(done) + ran, invalid_indexes_dropped=dropped)
@@ -562,17 +516,35 @@ class SqlStep:
             return StepResult("skipped", "no database configured for this service")
         try:
             plans = await asyncio.to_thread(plan, target, database)
+        except ScriptError as exc:
+            return StepResult("failed", str(exc))
+        leaks = [
+            f"migration {p.migration.id} line {r.line} calls {', '.join(r.sequences)}"
+            for p in plans
+            for r in p.risks
+            if r.sequences
+        ]
+        if leaks:
+            return StepResult(
+                "failed",
+                "not rehearsed: "
+                + "; ".join(leaks)
+                + ": a sequence change survives the rehearsal's rollback",
+            )
+        try:
             session = await self._open(target.service, database)
-        except (ScriptError, _Failed) as exc:
+        except _Failed as exc:
             return StepResult("failed", str(exc))
         conn = session.conn
+        short = min(database.lock_timeout, REHEARSAL_LOCK_TIMEOUT)
         try:
             for item in reversed(plans):
                 await conn.execute("BEGIN")
                 try:
-                    for text in set_locals(database):
+                    for text in set_locals(database, lock_timeout=short):
                         await conn.execute(text)
                     await self._body(conn, item)
+                    await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred checks run now
                 except _Failed as exc:
                     return StepResult("failed", f"rehearsal of {item.migration.id}: {exc.reason}")
                 except asyncpg.PostgresError as exc:
@@ -632,21 +604,37 @@ class SqlStep:
             plans = await asyncio.to_thread(plan, target, database)
         except ScriptError as exc:
             return Assessment((), database.destructive, (str(exc),))
-        drops = await asyncio.to_thread(_drops, plans)
-        if not drops:
+        refused = [r for p in plans for r in sqlassess.refused(p.migration.id, p.risks)]
+        if refused:
+            return Assessment((), database.destructive, tuple(refused))
+        if not any(r.verdict in ("count", "approve") for p in plans for r in p.risks):
             return Assessment((), database.destructive)
         try:
             conn = await self._connect(database)
         except _Failed as exc:
-            return Assessment((), database.destructive, (str(exc),))
-        findings = []
+            if exc.sqlstate != LOST:
+                return Assessment((), database.destructive, (str(exc),))
+            return Assessment(
+                (), database.destructive, unreachable=f"{exc.reason}; assessed again when the rollback runs"
+            )
         try:
-            async with conn.transaction(readonly=True):
-                await conn.execute(set_locals(database)[1])
-                for migration_id, drop in drops:
-                    findings.append(await _count(conn, migration_id, drop))
+            return await self._assess(conn, database, plans)
         finally:
             await conn.close()
+
+    async def _assess(
+        self, conn: asyncpg.Connection, database: DatabaseConfig, plans: Sequence[Plan]
+    ) -> Assessment:
+        """The assessment counted now on ``conn``, in a read-only transaction."""
+        refused = [r for p in plans for r in sqlassess.refused(p.migration.id, p.risks)]
+        if refused:
+            return Assessment((), database.destructive, tuple(refused))
+        findings: list[Finding] = []
+        async with conn.transaction(readonly=True):
+            for text in set_locals(database):  # a table locked by the app is "not counted", not waited on
+                await conn.execute(text)
+            for item in plans:
+                findings.extend(await sqlassess.count(conn, item.migration.id, item.risks))
         return Assessment(tuple(findings), database.destructive)
 
     # --- connection ------------------------------------------------------------
@@ -657,14 +645,17 @@ class SqlStep:
             conn: asyncpg.Connection = await asyncpg.connect(
                 dsn,
                 timeout=self.connect_timeout,
-                server_settings={"application_name": "watchdogd"},
+                # every call is bounded on this side too: the server's timeouts plus a margin
+                command_timeout=database.lock_timeout + database.statement_timeout + self.connect_timeout,
+                server_settings={"application_name": "watchdogd", **KEEPALIVES},
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             message = str(exc)
             password = urlsplit(dsn).password
             if password:
                 message = message.replace(password, "***")
-            raise _Failed(f"cannot connect to {database.dsn}: {type(exc).__name__}: {message}") from exc
+            lost = None if isinstance(exc, asyncpg.PostgresError) else LOST
+            raise _Failed(f"cannot connect to {database.dsn}: {type(exc).__name__}: {message}", lost) from exc
         if not database.allow_superuser:
             try:
                 row = await conn.fetchrow(SUPERUSER)
@@ -686,12 +677,12 @@ class SqlStep:
         """Connects, makes sure the ledger exists and takes the advisory lock."""
         conn = await self._connect(database)
         try:
-            async with conn.transaction():
-                await conn.execute(f"SELECT pg_advisory_xact_lock({_DDL_LOCK[0]}, {_DDL_LOCK[1]})")
-                for ddl in LEDGER_DDL:
-                    await conn.execute(ddl)
+            await sqlledger.ensure(conn)
             key = advisory_key(service, await conn.fetchval("SELECT current_database()"))
             await self._lock(conn, key, database.lock_wait)
+            table = database.migrations_table
+            if table is not None and table.kind == "prisma":
+                await self._prisma_lock(conn, database.lock_wait)
         except BaseException as exc:
             conn.terminate()
             if isinstance(exc, asyncpg.PostgresError):
@@ -726,12 +717,28 @@ class SqlStep:
             await self.sleep(min(delay, left))
             delay = min(delay * 2, _LOCK_POLL_MAX)
 
+    async def _prisma_lock(self, conn: asyncpg.Connection, wait: float) -> None:
+        """Prisma's own migration lock, held for the session: no ``migrate deploy`` runs meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        delay = _LOCK_POLL_FIRST
+        while not await conn.fetchval(f"SELECT pg_try_advisory_lock({PRISMA_LOCK})"):
+            left = deadline - loop.time()
+            if left <= 0:
+                holders = await conn.fetch(_PRISMA_HOLDER, PRISMA_LOCK)
+                raise _Failed(
+                    f"Prisma's migration lock (advisory lock {PRISMA_LOCK}) still busy after {wait:g}s: "
+                    f"a migrate is running; {_holders(holders)}"
+                )
+            await self.sleep(min(delay, left))
+            delay = min(delay * 2, _LOCK_POLL_MAX)
+
     async def _close(self, session: _Session) -> None:
         conn = session.conn
         if conn.is_closed():
             return
         try:
-            await conn.execute("SELECT pg_advisory_unlock($1, $2)", *session.key)
+            await conn.execute("SELECT pg_advisory_unlock_all()")
             await conn.close(timeout=self.connect_timeout)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
             conn.terminate()  # the server releases the session lock with the session
@@ -755,15 +762,6 @@ def _holders(rows: Sequence[asyncpg.Record]) -> str:
     return "; ".join(parts)
 
 
-def _drops(plans: Sequence[Plan]) -> list[tuple[str, sqlsplit.Drop]]:
-    return [
-        (item.migration.id, drop)
-        for item in plans
-        for stmt in (*item.script.transactional, *item.script.deferred)
-        for drop in sqlsplit.destructive(stmt)
-    ]
-
-
 def _render(query: str, args: Sequence[object]) -> str:
     """``query`` with ``$n`` replaced by literals, highest first so that $1 does not eat $10."""
     for index in range(len(args), 0, -1):
@@ -784,28 +782,3 @@ def _concurrent_index_name(stmt: Statement) -> str | None:
     if token is None or token.kind not in ("word", "ident") or token.text == "on":
         return None
     return token.text
-
-
-async def _count(conn: asyncpg.Connection, migration_id: str, drop: sqlsplit.Drop) -> Finding:
-    table = ".".join(quote_ident(p) for p in drop.table)
-    shown = ".".join(drop.table)
-    if await conn.fetchval("SELECT to_regclass($1)", table) is None:
-        return Finding(migration_id, drop.kind, shown, drop.column, 0, drop.line, "does not exist")
-    if drop.column is not None:
-        exists = await conn.fetchval(
-            "SELECT true FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = $2 "
-            "AND NOT attisdropped",
-            table,
-            drop.column,
-        )
-        if not exists:
-            return Finding(migration_id, drop.kind, shown, drop.column, 0, drop.line, "does not exist")
-        query = f"SELECT count({quote_ident(drop.column)}) FROM {table}"
-    else:
-        query = f"SELECT count(*) FROM {table}"
-    try:
-        async with conn.transaction():
-            rows = await conn.fetchval(query)
-    except asyncpg.PostgresError as exc:
-        return Finding(migration_id, drop.kind, shown, drop.column, None, drop.line, _postgres_reason(exc))
-    return Finding(migration_id, drop.kind, shown, drop.column, int(rows), drop.line)

@@ -234,6 +234,9 @@ def parse_script(sql: str) -> Script:
     transactional = statements if cut is None else statements[:cut]
     deferred = [] if cut is None else statements[cut:]
     for stmt in statements:
+        psql = psql_only(stmt)
+        if psql:
+            raise ScriptError(f"line {stmt.line}: {psql}: {stmt.short()}")
         control = transaction_control(stmt)
         if control:
             raise ScriptError(
@@ -248,6 +251,22 @@ def parse_script(sql: str) -> Script:
                 "put it after a line '-- watchdogd:no-transaction'"
             )
     return Script(tuple(transactional), tuple(deferred), previous)
+
+
+def psql_only(stmt: Statement) -> str | None:
+    """What in ``stmt`` only psql understands, which watchdogd (sending SQL to the server) cannot run."""
+    text = stmt.text.lstrip()
+    if text.startswith("\\"):
+        command = text.split(None, 1)[0]
+        return f"psql meta-command {command}: watchdogd sends SQL to the server, not through psql; remove it"
+    words = stmt.words
+    if words[:1] == ("copy",) and "stdin" in words:
+        return "COPY ... FROM STDIN reads data psql would send, which the rollback has not; use INSERT"
+    if any(words[i : i + 2] == ("begin", "atomic") for i in range(len(words) - 1)):
+        return (
+            "a BEGIN ATOMIC function body cannot be split here; write the body dollar-quoted (AS $$ ... $$)"
+        )
+    return None
 
 
 def transaction_control(stmt: Statement) -> str | None:
