@@ -538,9 +538,71 @@ class ContainerStepConfig(Model):
     pull: bool = Field(False, description="Pull the previous image when it is not local.")
 
 
+REDIS_GLOB = "*?[]\\"
+
+
+class QueuePurge(Model):
+    """A queue whose jobs the purge removes, by its library's key layout."""
+
+    layout: Literal["bull", "celery"] = Field(
+        description="bull: Bull/BullMQ (`PREFIX:QUEUE:ID` job hashes, `:wait`, `:active`, `:delayed`, "
+        "`:paused`, ...); celery: Celery's Redis broker (the list `QUEUE`, its priority lists, "
+        "its messages in `unacked`)."
+    )
+    queue: str = Field(min_length=1, max_length=200, description="The queue's name.")
+    prefix: str | None = Field(
+        None,
+        description="Key prefix: Bull's `prefix` option (default `bull`); Celery's `global_keyprefix` "
+        "(default none).",
+    )
+    since_deploy: bool = Field(
+        False,
+        description="Only jobs created after the deploy started (Bull only: its job hashes carry "
+        "`timestamp`; Celery messages carry no creation time).",
+    )
+
+    @model_validator(mode="after")
+    def _honest(self) -> QueuePurge:
+        if any(ch in self.queue for ch in REDIS_GLOB) or not self.queue.strip():
+            raise ValueError(f"queue: '{self.queue}' is a queue name, not a pattern (no * ? [ ] \\)")
+        if self.layout == "bull" and ":" in self.queue:
+            raise ValueError(f"queue: a Bull queue name has no ':' ('{self.queue}')")
+        if self.since_deploy and self.layout == "celery":
+            raise ValueError(
+                "since_deploy: Celery messages carry no creation time; purge the whole queue instead"
+            )
+        return self
+
+
 class RedisPurgeConfig(Model):
+    """Keys the rollback removes: exact keys, patterns (SCAN MATCH, then UNLINK) and queues by layout."""
+
     url: SecretUrl = Field(default_factory=lambda: SecretUrl("redis://127.0.0.1:6379/0"))
-    keys: tuple[str, ...] = Field(min_length=1)
+    keys: tuple[str, ...] = Field((), description="Exact key names.")
+    patterns: tuple[str, ...] = Field(
+        (),
+        description="Glob patterns (Redis MATCH syntax), each with a literal prefix of at least 3 "
+        "characters before its first wildcard; found by SCAN, never KEYS.",
+    )
+    queues: tuple[QueuePurge, ...] = ()
+    batch: int = Field(500, ge=1, le=10000, description="Keys per SCAN COUNT and per UNLINK.")
+    max_keys: int = Field(
+        1_000_000, ge=1, description="The step fails rather than remove more keys than this."
+    )
+    timeout: Duration = Field(120.0, gt=0, description="The whole purge; then the step fails.")
+
+    @model_validator(mode="after")
+    def _something_safe(self) -> RedisPurgeConfig:
+        if not (self.keys or self.patterns or self.queues):
+            raise ValueError("redis_purge needs keys, patterns or queues")
+        for pattern in self.patterns:
+            literal = re.split(r"[*?\[\\]", pattern, maxsplit=1)[0]
+            if len(literal) < 3:
+                raise ValueError(
+                    f"patterns: '{pattern}' needs a literal prefix of at least 3 characters before its "
+                    "first wildcard (a pattern that broad could remove another application's keys)"
+                )
+        return self
 
 
 class CommandStepConfig(Model):

@@ -95,6 +95,7 @@ TITLES = {
     "RollbackConfig": "services.NAME.rollback",
     "ContainerStepConfig": "services.NAME.rollback.container",
     "RedisPurgeConfig": "services.NAME.rollback.redis_purge",
+    "QueuePurge": "services.NAME.rollback.redis_purge.queues[]",
     "CommandStepConfig": "services.NAME.rollback.commands.NAME",
     "WebhookStepConfig": "services.NAME.rollback.webhook",
     "VerifyStepConfig": "services.NAME.rollback.verify",

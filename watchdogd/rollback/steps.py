@@ -1,6 +1,6 @@
-"""The small steps: redis_purge, webhook and verify.
+"""The small steps: webhook and verify (redis_purge has its own module, re-exported here).
 
-Each is idempotent: purging keys already gone deletes nothing, a webhook
+Each is idempotent: a webhook
 receiver gets an idempotency key so a repeated POST after a crash is
 recognisable, and verifying twice only checks twice.
 """
@@ -14,40 +14,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from watchdogd.config.models import RedisPurgeConfig, VerifyStepConfig, WebhookStepConfig
+from watchdogd.config.models import VerifyStepConfig, WebhookStepConfig
 from watchdogd.httppost import post_json
 from watchdogd.rollback.base import RollbackTarget, StepResult
+from watchdogd.rollback.redis_purge import RedisPurgeStep
+
+__all__ = ["Check", "RedisPurgeStep", "VerifyStep", "WebhookStep"]
 
 Check = Callable[[RollbackTarget], Awaitable[tuple[bool | None, str]]]
 """An async check: (passed, what it saw); None: nothing to judge by yet (it does not fail the step)."""
-
-
-class RedisPurgeStep:
-    """Deletes the configured keys (the new release's queued jobs), reporting how many existed."""
-
-    name = "redis_purge"
-
-    def __init__(self, config: RedisPurgeConfig) -> None:
-        self.config = config
-
-    async def run(self, target: RollbackTarget) -> StepResult:
-        client = aioredis.Redis.from_url(self.config.url.secret(), socket_timeout=5, socket_connect_timeout=5)
-        try:
-            existing = [key for key in self.config.keys if await client.exists(key)]
-            removed = int(await client.delete(*self.config.keys))
-        except (RedisError, OSError) as exc:
-            return StepResult("failed", f"redis {self.config.url}: {type(exc).__name__}: {exc}")
-        finally:
-            await client.aclose()
-        if not existing:
-            return StepResult("already_done", "no key to purge: " + ", ".join(self.config.keys))
-        return StepResult("done", f"deleted {removed} key(s): {', '.join(existing)}", {"deleted": existing})
-
-    async def describe(self, target: RollbackTarget) -> list[str]:
-        return [f"DEL {' '.join(self.config.keys)} on {self.config.url}"]
 
 
 class WebhookStep:

@@ -28,8 +28,9 @@ from watchdogd.model import (
 from watchdogd.rollback.base import RollbackTarget, Step
 from watchdogd.rollback.command import CommandStep
 from watchdogd.rollback.plan import Executor, target_from_json, target_to_json
+from watchdogd.rollback.redis_purge import RedisPurgeStep
 from watchdogd.rollback.sql import SqlStep
-from watchdogd.rollback.steps import RedisPurgeStep, VerifyStep, WebhookStep
+from watchdogd.rollback.steps import VerifyStep, WebhookStep
 from watchdogd.rules import condition_now
 from watchdogd.sources import Measure
 from watchdogd.sources.http import HttpProbe
@@ -103,7 +104,7 @@ class Plans:
 
             steps["container"] = ContainerStep(self.docker(), probe=probe)
         if svc.rollback.redis_purge is not None:
-            steps["redis_purge"] = RedisPurgeStep(svc.rollback.redis_purge)
+            steps["redis_purge"] = RedisPurgeStep(svc.rollback.redis_purge, self.deployed_at)
         if svc.rollback.webhook is not None:
             steps["webhook"] = WebhookStep(svc.rollback.webhook)
         for name, command in svc.rollback.commands.items():
@@ -119,6 +120,11 @@ class Plans:
 
         steps["verify"] = VerifyStep(svc.rollback.verify, health if probe else None, rules, poll=VERIFY_POLL)
         return {**steps, **self.overrides}
+
+    async def deployed_at(self, deployment_id: str) -> float | None:
+        """When a deployment started (redis_purge's ``since_deploy``); None without a store."""
+        deployment = await self.store.deployment(deployment_id) if self.store is not None else None
+        return deployment.started_at if deployment is not None else None
 
     def judge(self, service: str, fired: Sequence[str], since: float) -> tuple[bool | None, str]:
         """Are the fired rules' conditions false again, on values evaluated after ``since``?
