@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from watchdogd.clock import Clock
+from watchdogd.config.models import ServiceConfig
 from watchdogd.decisions import may_register, may_rehearse, window_end
 from watchdogd.errors import Conflict, Invalid
 from watchdogd.imageref import allowed, same_image_name
@@ -35,6 +36,7 @@ from watchdogd.model import (
 )
 from watchdogd.rollback.migrations import MigrationRequest, resolve
 from watchdogd.rollback.sql import SqlStep
+from watchdogd.rollback.targets import target_of
 from watchdogd.store import Store
 from watchdogd.telemetry import Metrics
 from watchdogd.watch.execution import rollback_target
@@ -112,13 +114,17 @@ class Containers:
             others = [s for s in self.ran.get(service, ()) if s.image_id != snapshot.image_id]
             self.ran[service] = [snapshot, *others][:RAN_KEPT]
 
-    async def capture(self, name: str) -> ContainerSnapshot | None:
-        from watchdogd.rollback.container import capture
+    async def capture(self, svc: ServiceConfig) -> ContainerSnapshot | None:
+        """The service's target as it runs now: its container, or every replica of its Compose service."""
+        from watchdogd.rollback.container import capture_target
 
+        target = target_of(svc)
+        if target is None:
+            return None
         try:
-            return await capture(self.docker(), name)
+            return await capture_target(self.docker(), target)
         except Exception as exc:  # no engine, no container: the deployment is still watched
-            log.warning("capture_failed", container=name, error=str(exc))
+            log.warning("capture_failed", target=target.label, error=str(exc))
             return None
 
     def previous_of(self, service: str, current: ContainerSnapshot | None) -> ContainerSnapshot | None:
@@ -186,11 +192,18 @@ class Deployments:
         refusal = may_register(live.deployment.state if live else None)
         if refusal is not None:
             raise Conflict(refusal, "rolling_back")
-        running = await self.containers.capture(svc.container) if svc.container else None
+        running = await self.containers.capture(svc)
         asked = await self._asked_previous(request, running)
         if live is not None and self._completes(live.deployment, request, running):
             return await self._complete(live.deployment, request, actor)
-        previous = self.containers.previous_of(request.service, running) or asked
+        previous: ContainerSnapshot | None
+        if running is not None and request.image and not _names(running, request.image):
+            # Registered before the swap: what runs now is the previous container; the Docker event of
+            # the new one completes this deployment (see ``_noticed``).
+            self.containers.remember(request.service, running)
+            previous, running = running, None
+        else:
+            previous = self.containers.previous_of(request.service, running) or asked
         facts = DeploymentFacts("api", previous, running, request.migrations)
         facts, registered = await self._assess(request.service, facts, request.rehearse)
         deployment, superseded = await self.store.add_deployment(
@@ -234,13 +247,13 @@ class Deployments:
         svc = self.world().service(request.service)
         if named is None:
             return None
-        if svc.container is None:  # no container step: only a label
+        if target_of(svc) is None:  # no container step: only a label
             return ContainerSnapshot(request.service, named, "", {})
         for snapshot in await self._ran(request.service, running):
             if _names(snapshot, named):
                 return snapshot
         if allowed(named, svc.images) is not None:
-            return ContainerSnapshot(svc.container, named, "", {})
+            return ContainerSnapshot(svc.container or request.service, named, "", {})
         patterns = ", ".join(svc.images) if svc.images else "none"
         raise Invalid(
             f"previous_image '{named}' never ran for service '{request.service}' on this host as far as "
@@ -326,7 +339,7 @@ class Deployments:
             registered = Registered(
                 sql_policy=policy,
                 destroys=tuple(str(f) for f in assessment.findings),
-                assessment_error="; ".join(assessment.problems) or None,
+                assessment_error=assessment.error,
             )
         if rehearse:
             _may_rehearse(svc.plan(), policy)
@@ -355,7 +368,11 @@ class Deployments:
     async def watch_docker(self) -> None:
         """Deployments noticed from Docker: a service's container started with another image."""
         loop = asyncio.get_running_loop()
-        names = {svc.container: name for name, svc in self.world().config.services.items() if svc.container}
+        targets = [
+            (name, target)
+            for name, svc in self.world().config.services.items()
+            if (target := target_of(svc)) is not None
+        ]
         stop = threading.Event()
 
         def follow() -> None:
@@ -365,9 +382,10 @@ class Deployments:
                     for event in client.events(decode=True, filters={"type": "container", "event": "start"}):
                         if stop.is_set():
                             return
-                        name = (event.get("Actor") or {}).get("Attributes", {}).get("name")
-                        if name in names:
-                            asyncio.run_coroutine_threadsafe(self.started(names[name]), loop)
+                        attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                        for service, target in targets:
+                            if target.matches(attributes):
+                                asyncio.run_coroutine_threadsafe(self.started(service), loop)
                 except Exception as exc:
                     log.warning("docker_events_lost", error=str(exc))
                     stop.wait(2.0)
@@ -385,12 +403,19 @@ class Deployments:
 
     async def _noticed(self, service: str) -> None:
         svc = self.world().config.services.get(service)
-        if svc is None or svc.container is None:
+        if svc is None or target_of(svc) is None:
             return
-        snapshot = await self.containers.capture(svc.container)
-        if snapshot is None:
-            return
+        snapshot = await self.containers.capture(svc)
+        if snapshot is not None:
+            await self._noticed_running(service, snapshot)
+
+    async def _noticed_running(self, service: str, snapshot: ContainerSnapshot) -> None:
+        """``snapshot`` runs for ``service`` now: a deployment when it replaced the last container seen."""
         seen = self.containers.known.get(service)
+        if seen is None:  # not captured at start (the engine was away): the store's last one
+            seen = await self.last_seen(service)
+            if seen is not None:
+                self.containers.remember(service, seen)
         changed = seen is not None and seen.image_id != snapshot.image_id
         previous = self.containers.previous_of(service, snapshot)
         live = self.watched.get(service)
@@ -399,6 +424,8 @@ class Deployments:
         current = live.deployment.facts.current if live is not None else None
         if current is not None and current.image_id == snapshot.image_id:
             return  # already registered through the API
+        if live is not None and await self._swapped(live.deployment, snapshot):
+            return
         if previous is None or not self.leading():
             return
         latest = await self.store.deployments(limit=1)
@@ -432,13 +459,61 @@ class Deployments:
         )
         await self.watched.refresh(service)
 
+    async def _swapped(self, deployment: Deployment, snapshot: ContainerSnapshot) -> bool:
+        """A deployment registered before its container swap gets the new container as its current one."""
+        facts = deployment.facts
+        if deployment.state is not DeploymentState.WATCHING or facts.current is not None:
+            return False
+        if facts.previous is None or facts.previous.image_id == snapshot.image_id:
+            return False
+        await self.store.update_facts(deployment.id, dataclasses.replace(facts, current=snapshot))
+        await self.report(
+            "deployment_completed",
+            service=deployment.service,
+            deployment_id=deployment.id,
+            detail={"image": snapshot.image, "image_id": snapshot.image_id, "origin": "docker"},
+        )
+        await self.watched.refresh(deployment.service)
+        return True
+
     async def remember_containers(self) -> None:
-        """The containers running now: what a deploy noticed later replaced."""
+        """The containers running now: what a deploy noticed later replaced.
+
+        The last container seen for a service before this start is the store's
+        (see :meth:`last_seen`): one that runs another image now was deployed
+        while watchdogd was not watching, and is a deployment like one noticed live.
+        """
         for name, svc in self.world().config.services.items():
-            if svc.container and name not in self.containers.known:
-                snapshot = await self.containers.capture(svc.container)
-                if snapshot is not None:
-                    self.containers.remember(name, snapshot)
+            if target_of(svc) is None or name in self.containers.known:
+                continue
+            snapshot = await self.containers.capture(svc)
+            if snapshot is None:
+                continue
+            last = await self.last_seen(name)
+            if last is None or not snapshot.image_id or last.image_id == snapshot.image_id:
+                self.containers.remember(name, snapshot)
+                continue
+            self.containers.remember(name, last)
+            async with self.lock:
+                await self._noticed_running(name, snapshot)
+
+    async def last_seen(self, service: str) -> ContainerSnapshot | None:
+        """The container the store's deployment history last saw run for ``service``.
+
+        After a rollback that is the container rolled back to; else the deployed
+        one (or, registered before its swap, the one it replaces).
+        """
+        for deployment in await self.store.deployments(limit=HISTORY_DEPLOYMENTS):
+            if deployment.service != service:
+                continue
+            facts = deployment.facts
+            if deployment.state is DeploymentState.ROLLED_BACK:
+                seen = facts.previous
+            else:
+                seen = facts.current or facts.previous
+            if seen is not None and seen.image_id:
+                return seen
+        return None
 
     # --- windows ---------------------------------------------------------------------------------
 
