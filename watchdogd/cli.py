@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
+import pathlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from watchdogd import __version__, ctl
+from watchdogd.clihelp import decorate
 from watchdogd.config import describe_config, format_duration, load_config, parse_duration
 from watchdogd.config.models import Config
 from watchdogd.errors import ConfigError
@@ -23,7 +28,10 @@ def _check(args: argparse.Namespace) -> int:
     from watchdogd.preflight import check_files, check_tokens, warnings
 
     status = EXIT_OK
+    report: list[dict[str, Any]] = []
     for path in args.config:
+        entry: dict[str, Any] = {"path": str(path), "valid": False, "problems": [], "warnings": []}
+        report.append(entry)
         try:
             config = load_config(path)
             # the files are the host's: read where it runs (--live), not where the config is written
@@ -31,22 +39,33 @@ def _check(args: argparse.Namespace) -> int:
             if problems:
                 raise ConfigError(problems)
         except ConfigError as exc:
-            print(exc, file=sys.stderr)
+            entry["problems"] = [dataclasses.asdict(p) for p in exc.problems]
+            if not args.json:
+                print(exc, file=sys.stderr)
             status = EXIT_CONFIG
             continue
-        print(f"{path}: valid")
-        for warning in warnings(config, str(path)):
-            print(warning, file=sys.stderr)
-        if not args.quiet:
-            for line in describe_config(config):
-                print(f"  {line}")
-        if args.live and _check_live(config) != EXIT_OK:
-            status = EXIT_FAILED
+        entry["valid"] = True
+        entry["warnings"] = warnings(config, str(path))
+        entry["summary"] = describe_config(config)
+        if not args.json:
+            print(f"{path}: valid")
+            for warning in entry["warnings"]:
+                print(warning, file=sys.stderr)
+            if not args.quiet:
+                for line in entry["summary"]:
+                    print(f"  {line}")
+        if args.live:
+            live_status, entry["live"] = _check_live(config, quiet_output=args.json)
+            if live_status != EXIT_OK:
+                status = max(status, EXIT_FAILED)
+    if args.json:
+        document = {"valid": status == EXIT_OK, "exit_code": status, "files": report}
+        print(json.dumps(document, indent=2))
     return status
 
 
-def _check_live(config: Config) -> int:
-    """One poll of every source; EXIT_FAILED when a rollback rule cannot see."""
+def _check_live(config: Config, quiet_output: bool = False) -> tuple[int, dict[str, Any]]:
+    """One poll of every source; EXIT_FAILED when a rollback rule cannot see. Prints unless told not to."""
     import asyncio
     import logging
 
@@ -62,22 +81,33 @@ def _check_live(config: Config) -> int:
         databases = asyncio.run(check_databases(config))
     finally:
         structlog.configure(**saved)  # the caller's logging as it was
-    print("  live:")
-    for rule in seen:
-        print(f"    {rule.line}")
-    for database in databases:
-        print(f"    {database.line}")
+    out: list[tuple[str, bool]] = [("  live:", False)]
+    out += [(f"    {rule.line}", False) for rule in seen]
+    out += [(f"    {database.line}", False) for database in databases]
     status = EXIT_OK
     blind = [s for s in seen if s.verdict == "blind" and s.action == "rollback"]
     if blind:
         names = ", ".join(f"{s.service}/{s.rule}" for s in blind)
-        print(f"  {len(blind)} rollback rule(s) cannot see: {names}", file=sys.stderr)
+        out.append((f"  {len(blind)} rollback rule(s) cannot see: {names}", True))
         status = EXIT_FAILED
     refused = [d.service for d in databases if d.refused]
     if refused:
-        print(f"  the sql step cannot run for: {', '.join(refused)}", file=sys.stderr)
+        out.append((f"  the sql step cannot run for: {', '.join(refused)}", True))
         status = EXIT_FAILED
-    return status
+    if not quiet_output:
+        for line, problem in out:
+            print(line, file=sys.stderr if problem else sys.stdout)
+    data = {
+        "ok": status == EXIT_OK,
+        "rules": [
+            {"service": s.service, "rule": s.rule, "action": s.action, "verdict": s.verdict, "line": s.line}
+            for s in seen
+        ],
+        "databases": [{"service": d.service, "refused": d.refused, "line": d.line} for d in databases],
+        "blind": [f"{s.service}/{s.rule}" for s in blind],
+        "sql_refused": refused,
+    }
+    return status, data
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -142,17 +172,21 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _test_rules(args: argparse.Namespace) -> int:
+    from watchdogd.junit import FileResult, render
     from watchdogd.ruletests import run_file
 
     status = EXIT_OK
     passed = failed = 0
+    results: list[FileResult] = []
     for path in args.files:
         try:
-            outcomes = run_file(path)
+            outcomes = run_file(path, args.k)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
+            results.append(FileResult(str(path), error=str(exc)))
             status = EXIT_CONFIG
             continue
+        results.append(FileResult(str(path), outcomes))
         for outcome in outcomes:
             if outcome.passed:
                 passed += 1
@@ -164,10 +198,27 @@ def _test_rules(args: argparse.Namespace) -> int:
             for block in outcome.failures:
                 for number, line in enumerate(block):
                     print(f"  {line}" if number == 0 else f"    {line}")
-    print(f"{passed} passed, {failed} failed")
+    print(f"{passed} passed, {failed} failed" + (f" (selected by -k {args.k!r})" if args.k else ""))
+    if args.junit is not None:
+        try:
+            args.junit.write_text(render(results), encoding="utf-8")
+        except OSError as exc:
+            print(f"watchdogd test-rules: cannot write {args.junit}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    if args.k and passed + failed == 0 and status == EXIT_OK:
+        # a filter that selects nothing tests nothing: CI must not go green on a typo
+        print(f"no test matches -k {args.k!r}", file=sys.stderr)
+        return EXIT_FAILED
     if status == EXIT_OK and failed:
         status = EXIT_FAILED
     return status
+
+
+def _completion(args: argparse.Namespace) -> int:
+    from watchdogd.completion import script
+
+    sys.stdout.write(script(build_parser(), args.shell))
+    return EXIT_OK
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -265,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--quiet", "-q", action="store_true", help="only say whether each file is valid")
     check.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document: each file's validity, problems (file, line, field, message),"
+        " warnings, summary and --live results",
+    )
+    check.add_argument(
         "--live",
         action="store_true",
         help="on the host it runs on: read the files the config names, poll each source once and"
@@ -297,6 +354,15 @@ def build_parser() -> argparse.ArgumentParser:
     test_rules = commands.add_parser("test-rules", help="run offline rule tests (series and expectations)")
     test_rules.add_argument("files", nargs="+", metavar="FILE", help="rule test file")
     test_rules.add_argument("--verbose", "-v", action="store_true", help="list passing tests too")
+    test_rules.add_argument(
+        "-k",
+        metavar="PATTERN",
+        help="run only the tests whose name contains PATTERN, or matches it as a glob (*, ?, [...]);"
+        " case ignored",
+    )
+    test_rules.add_argument(
+        "--junit", type=pathlib.Path, metavar="FILE", help="also write a JUnit XML report to FILE (for CI)"
+    )
     test_rules.set_defaults(handler=_test_rules)
 
     replay = commands.add_parser("replay", help="evaluate a rule over a recorded series")
@@ -325,8 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--clock", action="store_true", help="print UTC times instead of offsets")
     replay.set_defaults(handler=_replay)
 
+    completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell")
+    completion.set_defaults(handler=_completion)
+
     ctl.add_parser(commands)
-    return parser
+    return decorate(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,9 @@ the daemon would do with those values.
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +97,8 @@ class Outcome:
 
     name: str
     failures: list[list[str]] = field(default_factory=list)
+    seconds: float = 0.0
+    """How long it took to run (for JUnit reports)."""
 
     @property
     def passed(self) -> bool:
@@ -315,7 +319,29 @@ def _timeline(replay: Replay, around: float, interval: float | None) -> Iterator
         yield line
 
 
-def run_file(path: str | Path) -> list[Outcome]:
-    """Every test of a file; ConfigError when the file or its config cannot be used."""
+def selected(name: str, pattern: str | None) -> bool:
+    """Whether a test named ``name`` is picked by ``-k PATTERN``.
+
+    A pattern with ``*``, ``?`` or ``[`` is a glob on the whole name; any other
+    is a substring. Both ignore case.
+    """
+    if pattern is None:
+        return True
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name.casefold(), pattern.casefold())
+    return pattern.casefold() in name.casefold()
+
+
+def run_file(path: str | Path, pattern: str | None = None) -> list[Outcome]:
+    """The tests of a file that ``pattern`` selects (default: all); ConfigError when the file or its config
+    cannot be used."""
     tests, config = load_test_file(path)
-    return [run_test(test, config, tests.interval) for test in tests.tests]
+    outcomes = []
+    for test in tests.tests:
+        if not selected(test.name, pattern):
+            continue
+        started = time.perf_counter()
+        outcome = run_test(test, config, tests.interval)
+        outcome.seconds = time.perf_counter() - started
+        outcomes.append(outcome)
+    return outcomes
