@@ -20,7 +20,6 @@ from typing import Any
 import structlog
 
 from watchdogd.clock import Clock
-from watchdogd.config.models import ServiceConfig
 from watchdogd.decisions import may_register, may_rehearse, window_end
 from watchdogd.errors import Conflict, Invalid
 from watchdogd.imageref import allowed, same_image_name
@@ -39,6 +38,7 @@ from watchdogd.rollback.sql import SqlStep
 from watchdogd.rollback.targets import target_of
 from watchdogd.store import Store
 from watchdogd.telemetry import Metrics
+from watchdogd.watch.containers import Containers as Containers  # re-exported: the daemon builds it
 from watchdogd.watch.execution import rollback_target
 from watchdogd.watch.live import Watched
 from watchdogd.watch.proposals import Proposer
@@ -48,10 +48,12 @@ from watchdogd.watch.world import World
 log = structlog.get_logger("watchdogd")
 
 UNVERIFIED_REASON = "the window ended unverified"
-RAN_KEPT = 20
-"""Images remembered per service as having run there (besides those in the store's deployments)."""
+EVENT_FILTERS = {"type": ["container", "service"], "event": ["start", "update"]}
+"""Container starts (a container or Compose deploy) and Swarm service updates; other pairs are skipped."""
 HISTORY_DEPLOYMENTS = 200
 """How many of the latest deployments are searched for a previous image that ran."""
+HOLD_SWEEP = 15.0
+"""How often (seconds) held previous images are checked for release: a window's end, a rollback's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,50 +97,6 @@ class Registered:
         return out
 
 
-class Containers:
-    """The containers seen for each service: what a deploy replaced, to roll back to."""
-
-    def __init__(self, docker: Callable[[], Any]) -> None:
-        self.docker = docker
-        self.known: dict[str, ContainerSnapshot] = {}
-        """The last container seen for each service."""
-        self.before: dict[str, ContainerSnapshot] = {}
-        """For each service, the last container seen with another image than the current one."""
-        self.ran: dict[str, list[ContainerSnapshot]] = {}
-        """For each service, the images seen running: one snapshot per image ID, the newest first."""
-
-    def remember(self, service: str, snapshot: ContainerSnapshot) -> None:
-        """``snapshot`` is the service's container now: what it runs ran on this host for the service."""
-        self.known[service] = snapshot
-        if snapshot.image_id:
-            others = [s for s in self.ran.get(service, ()) if s.image_id != snapshot.image_id]
-            self.ran[service] = [snapshot, *others][:RAN_KEPT]
-
-    async def capture(self, svc: ServiceConfig) -> ContainerSnapshot | None:
-        """The service's target as it runs now: its container, or every replica of its Compose service."""
-        from watchdogd.rollback.container import capture_target
-
-        target = target_of(svc)
-        if target is None:
-            return None
-        try:
-            return await capture_target(self.docker(), target)
-        except Exception as exc:  # no engine, no container: the deployment is still watched
-            log.warning("capture_failed", target=target.label, error=str(exc))
-            return None
-
-    def previous_of(self, service: str, current: ContainerSnapshot | None) -> ContainerSnapshot | None:
-        """The container that ran before ``current``: the last one seen with another image."""
-        if current is None:
-            return None
-        known = self.known.get(service)
-        if known is not None and known.image_id != current.image_id:
-            self.before[service] = known
-        self.remember(service, current)
-        before = self.before.get(service)
-        return before if before is not None and before.image_id != current.image_id else None
-
-
 class Deployments:
     def __init__(
         self,
@@ -163,6 +121,8 @@ class Deployments:
         self.clock = clock
         self.leading = leading
         self.lock = asyncio.Lock()
+        self.swept = float("-inf")
+        """When previous images were last released (see :meth:`release_images`)."""
 
     # --- registration ---------------------------------------------------------------------------
 
@@ -215,6 +175,7 @@ class Deployments:
             facts,
             request.idempotency_key,
         )
+        await self.containers.hold(deployment)
         await self._superseded(superseded, deployment)
         self.metrics.unverified.labels(deployment.service).set(0)
         await self.report(
@@ -379,13 +340,19 @@ class Deployments:
             while not stop.is_set():
                 try:
                     client = self.containers.docker()
-                    for event in client.events(decode=True, filters={"type": "container", "event": "start"}):
+                    for event in client.events(decode=True, filters=EVENT_FILTERS):
                         if stop.is_set():
                             return
+                        kind = event.get("Type")
+                        if (kind, event.get("Action")) not in (("container", "start"), ("service", "update")):
+                            continue
                         attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                        # A Swarm service update that is a rollback (Swarm's own or asked for) is no deploy.
+                        rollback = str(attributes.get("updatestate.new", "")).startswith("rollback")
                         for service, target in targets:
-                            if target.matches(attributes):
-                                asyncio.run_coroutine_threadsafe(self.started(service), loop)
+                            mine = getattr(target, "event_type", "container") == kind
+                            if mine and target.matches(attributes):
+                                asyncio.run_coroutine_threadsafe(self.started(service, rollback), loop)
                 except Exception as exc:
                     log.warning("docker_events_lost", error=str(exc))
                     stop.wait(2.0)
@@ -397,15 +364,22 @@ class Deployments:
         finally:
             stop.set()
 
-    async def started(self, service: str) -> None:
+    async def started(self, service: str, rollback: bool = False) -> None:
+        """``rollback``: the event was a Swarm service rolled back, by Swarm or on request."""
         async with self.lock:
-            await self._noticed(service)
+            await self._noticed(service, rollback)
 
-    async def _noticed(self, service: str) -> None:
+    async def _noticed(self, service: str, rollback: bool = False) -> None:
         svc = self.world().config.services.get(service)
         if svc is None or target_of(svc) is None:
             return
         snapshot = await self.containers.capture(svc)
+        if snapshot is not None and rollback:
+            # Back on an image that ran before: what runs now, not a deployment (never rolled back "to" the
+            # bad one). A watched deployment's own rollback step finds it done and waits for the tasks.
+            self.containers.remember(service, snapshot)
+            log.info("swarm_service_rolled_back", service=service, image=snapshot.image_id)
+            return
         if snapshot is not None:
             await self._noticed_running(service, snapshot)
 
@@ -445,6 +419,7 @@ class Deployments:
         deployment, superseded = await self.store.add_deployment(
             service, snapshot.image, previous.image, self.clock(), self.world().window(service), facts
         )
+        await self.containers.hold(deployment)
         await self._superseded(superseded, deployment)
         await self.report(
             "deployment",
@@ -497,6 +472,12 @@ class Deployments:
             async with self.lock:
                 await self._noticed_running(name, snapshot)
 
+    async def release_images(self) -> list[str]:
+        """Release the previous images held for deployments that nothing can roll back any more."""
+        if not any(target_of(svc) is not None for svc in self.world().config.services.values()):
+            return []
+        return await self.containers.release(await self.store.deployments(limit=HISTORY_DEPLOYMENTS))
+
     async def last_seen(self, service: str) -> ContainerSnapshot | None:
         """The container the store's deployment history last saw run for ``service``.
 
@@ -518,9 +499,12 @@ class Deployments:
     # --- windows ---------------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Window ends and the remaining-time gauge."""
+        """Window ends, the remaining-time gauge, and previous images nothing can roll back to released."""
         now = self.clock()
         world = self.world()
+        if self.leading() and now - self.swept >= HOLD_SWEEP:
+            self.swept = now
+            await self.release_images()
         for live in self.watched:
             deployment = live.deployment
             remaining = max(0.0, deployment.window_ends_at - now)
