@@ -93,6 +93,12 @@ class Metrics:
         self.rule_value = Gauge(
             "watchdogd_rule_value", "Last value a rule evaluated.", ["service", "rule"], registry=registry
         )
+        self.rule_threshold = Gauge(
+            "watchdogd_rule_threshold",
+            "The threshold a rule's value was last compared with (a relative rule's from its baseline).",
+            ["service", "rule"],
+            registry=registry,
+        )
         self.rule_evaluations = Counter(
             "watchdogd_rule_evaluations",
             "Rule evaluations, by result.",
@@ -133,6 +139,12 @@ class Metrics:
         self.window_remaining = Gauge(
             "watchdogd_deployment_window_remaining_seconds",
             "Seconds left in the watch window of the service's current deployment.",
+            ["service"],
+            registry=registry,
+        )
+        self.deployment_started = Gauge(
+            "watchdogd_deployment_started_timestamp_seconds",
+            "When the service's current (or last) watched deployment started, in Unix seconds.",
             ["service"],
             registry=registry,
         )

@@ -61,6 +61,8 @@ def queried_names() -> set[str]:
     for panel in panels():
         for target in panel["targets"]:
             names |= metric_names(target["expr"])
+    for annotation in dashboard()["annotations"]["list"]:
+        names |= metric_names(annotation.get("expr", ""))
     return names
 
 

@@ -509,6 +509,7 @@ class Deployments:
             deployment = live.deployment
             remaining = max(0.0, deployment.window_ends_at - now)
             self.metrics.window_remaining.labels(deployment.service).set(remaining)
+            self.metrics.deployment_started.labels(deployment.service).set(deployment.started_at)
             if deployment.state is not DeploymentState.WATCHING or remaining > 0 or not self.leading():
                 continue
             latest = await self.store.latest_for(deployment.id)
