@@ -220,7 +220,7 @@ class Daemon:
             if not users:
                 continue
             interval = source_config.interval or min(world.interval(r.service) for r in users)
-            keep = max((r.rule.baseline_before or 0.0) for r in users)
+            keep = max(r.rule.learns_from for r in users)
             source = (kept or {}).get(name) or self.make_source(name, source_config, self.session)
             if isinstance(source, ExecCommand):
                 source.gate = lambda: self.election.leading  # a smoke test runs on the leader only

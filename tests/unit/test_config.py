@@ -145,13 +145,13 @@ INVALID = [
     pytest.param(
         edit("source: prom\n        query: up", "source: app"),
         "config/api.yaml:12: services.api.rules[0]: "
-        "a rule on scrape source 'app' needs exactly one of metric, rate, ratio, quantile",
+        "a rule on scrape source 'app' needs exactly one of metric, rate, ratio, quantile, sequential",
         id="scrape-rule-measures-nothing",
     ),
     pytest.param(
         edit("steps: [container, verify]", "steps: [container, rewind]"),
         "config/api.yaml:10: services.api.rollback.steps[1]: "
-        "must be 'container', 'sql', 'redis_purge', 'webhook', 'verify' or 'command:NAME', not 'rewind'",
+        "must be 'container', 'sql', 'restore', 'redis_purge', 'webhook', 'verify' or 'command:NAME', not 'rewind'",
         id="unknown-rollback-step",
     ),
     pytest.param(

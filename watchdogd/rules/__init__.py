@@ -21,6 +21,7 @@ See docs/rules.md for every semantic with a timeline.
 
 from watchdogd.rules.engine import condition_now, evaluate
 from watchdogd.rules.rule import MissingResult, Rule, compile_rule, fingerprint
+from watchdogd.rules.sequential_rule import start_sequential
 from watchdogd.rules.state import (
     EvalState,
     baseline_mean,
@@ -45,4 +46,5 @@ __all__ = [
     "load_state",
     "resume",
     "start",
+    "start_sequential",
 ]

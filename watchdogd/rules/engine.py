@@ -6,6 +6,7 @@ from watchdogd.errors import RuleError
 from watchdogd.model import RuleState, Sample, Transition
 from watchdogd.rules.explain import _explain, _missing_reason
 from watchdogd.rules.rule import _EPS, FIRING, NO_DATA, OK, PENDING, Rule
+from watchdogd.rules.sequential_rule import evaluate_sequential
 from watchdogd.rules.state import EvalState
 
 
@@ -32,6 +33,8 @@ def evaluate(
         raise RuleError(
             f"rule '{rule.name}': sample at {at:g} is older than the previous one at {state.last_sample:g}"
         )
+    if rule.sequential is not None:
+        return evaluate_sequential(rule, state, sample, now)
     state = _skip_held(rule, state, now)
     value = sample.value
     why_missing = sample.reason

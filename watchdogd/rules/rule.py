@@ -14,6 +14,7 @@ from watchdogd.config.models import RuleConfig
 from watchdogd.config.types import Condition
 from watchdogd.errors import RuleError
 from watchdogd.model import RuleState
+from watchdogd.rules.sequential import Sequential
 
 OK = RuleState.OK
 PENDING = RuleState.PENDING
@@ -66,6 +67,8 @@ class Rule:
     """An absolute floor: the threshold of a ``>``/``>=`` baseline rule is never below it."""
     absent_for: float | None = None
     over: float | None = None
+    sequential: Sequential | None = None
+    """A sequential rule's settings: it fires on the evidence of its counts (rules/sequential.py)."""
     _compare: Callable[[float, float], bool] = field(init=False, repr=False, compare=False)
     _clear: Callable[[float, float], bool] | None = field(init=False, repr=False, compare=False)
     _clear_threshold: float = field(init=False, repr=False, compare=False)
@@ -84,6 +87,12 @@ class Rule:
     @property
     def needs_baseline(self) -> bool:
         return self.baseline_before is not None
+
+    @property
+    def learns_from(self) -> float:
+        """How long before a deploy the rule learns from: what a source must keep."""
+        own = self.baseline_before or 0.0
+        return max(own, self.sequential.history) if self.sequential is not None else own
 
 
 def _problem(rule: Rule) -> str:
@@ -104,9 +113,23 @@ def _problem(rule: Rule) -> str:
     return ""
 
 
-def compile_rule(config: RuleConfig) -> Rule:
-    """The engine's form of a rule from the config; RuleError if it cannot be evaluated."""
+DEFAULT_INTERVAL = 1.0
+"""The poll interval a sequential rule counts its window in when not told (more polls: a safer bound)."""
+DEFAULT_WINDOW = 7200.0
+
+
+def compile_rule(config: RuleConfig, *, interval: float | None = None, window: float | None = None) -> Rule:
+    """The engine's form of a rule from the config; RuleError if it cannot be evaluated.
+
+    ``interval`` (its source's poll interval) and ``window`` (its service's watch
+    window) size a sequential rule's bound: how many polls the false-rollback
+    probability is spread over.
+    """
     condition = config.condition
+    sequential = None
+    if config.sequential is not None:
+        sequential = _sequential(config, interval or DEFAULT_INTERVAL, window or DEFAULT_WINDOW)
+        condition = Condition(">=", sequential.bound)
     if config.absent_for is not None:
         condition = Condition(">=", config.absent_for)
     elif condition is None:
@@ -132,6 +155,23 @@ def compile_rule(config: RuleConfig) -> Rule:
         baseline_min=baseline.min if baseline else None,
         absent_for=config.absent_for,
         over=config.over,
+        sequential=sequential,
+    )
+
+
+def _sequential(config: RuleConfig, interval: float, window: float) -> Sequential:
+    spec = config.sequential
+    if spec is None:
+        raise RuleError(f"rule '{config.name}': not a sequential rule")
+    span = spec.window or window
+    return Sequential(
+        bad=spec.bad,
+        healthy=spec.healthy,
+        history=spec.history,
+        dispersion=spec.dispersion,
+        false_rollback=spec.false_rollback,
+        evaluations=max(1, math.ceil(span / interval - 1e-9)),
+        min_requests=spec.min_requests,
     )
 
 
@@ -141,13 +181,16 @@ _MEANING_FREE = frozenset({"name", "description", "severity", "action"})
 def fingerprint(config: RuleConfig) -> str:
     """What a rule means, as a short digest: a stored state is reused only under the same one.
 
-    Its source, signal, condition, timers, failures, baseline and missing-data
-    policy count; its name, description, severity and action do not.
+    Its source, signal (a sequential rule's counters, rates, history and
+    false-rollback probability included), condition, timers, failures, baseline
+    and missing-data policy count; its name, description, severity and action do not.
     """
     meaning = config.model_dump(mode="json", by_alias=True, exclude=set(_MEANING_FREE))
     baseline = meaning.get("baseline")
     if isinstance(baseline, dict) and baseline.get("min") is None:
         # a rule written before floors existed keeps its fingerprint, and its stored state
         baseline.pop("min", None)
+    if meaning.get("sequential") is None:
+        meaning.pop("sequential", None)  # likewise for every rule written before sequential ones
     text = json.dumps(meaning, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -25,6 +25,12 @@ Over a watch window of ``M`` polls there are at most ``M`` starting points,
 so ``h = log(M / alpha)`` bounds the probability of any false alarm in the
 window by ``alpha`` (a union bound, not an asymptotic approximation).
 
+**Big steps fast, small ones surely.** A CUSUM tuned to ``p1 = 2%`` weighs
+each error by ``log(2% / p0)`` only, and takes seconds to see a step to 20%.
+So ``K`` CUSUMs run side by side, at ``bad``, ``4 * bad``, ``16 * bad`` ... up to
+50%, and the rule fires when any reaches ``h = log(K * M / alpha)``: the union
+bound again, at the price of ``log K`` (about 1) in the bound.
+
 **Overdispersion and time-varying traffic.** Real errors are burstier than
 binomial and the traffic changes by the hour. The counts are conditioned on
 ``n`` poll by poll, so a varying traffic is no problem for the bound; bursts
@@ -86,9 +92,18 @@ class Sequential:
     min_requests: int
 
     @property
+    def alternatives(self) -> tuple[float, ...]:
+        """The bad rates weighed side by side: ``bad``, then four times as much, up to 50%."""
+        rates = [self.bad]
+        while rates[-1] * 4 <= 0.5:
+            rates.append(rates[-1] * 4)
+        return tuple(rates)
+
+    @property
     def bound(self) -> float:
         """``h``: the evidence (natural log) that fires the rule."""
-        return threshold(self.false_rollback / (1 if self.healthy is not None else 2), self.evaluations)
+        alpha = self.false_rollback / (1 if self.healthy is not None else 2)
+        return threshold(alpha / len(self.alternatives), self.evaluations)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,9 @@ class EvalState(NamedTuple):
     failed_values: tuple[float | None, ...] = ()
     """The values of the latest failing evaluations, at most M: the evidence."""
     last_match: float | None = None
+    evidence: tuple[float, ...] = ()
+    """A sequential rule's: (dispersion, pre-deploy rate, errors, requests, since) of its
+    current stretch of evidence (rules/sequential_rule.py); empty for every other rule."""
 
 
 def start(rule: Rule, started_at: float, baseline: float | None = None) -> EvalState:
@@ -115,6 +118,7 @@ def dump_state(state: EvalState) -> dict[str, Any]:
     data = state._asdict()
     data["state"] = state.state.value
     data["failed_values"] = list(state.failed_values)
+    data["evidence"] = list(state.evidence)
     return data
 
 
@@ -169,6 +173,10 @@ def load_state(data: Mapping[str, Any]) -> EvalState:
     if not isinstance(failed, list | tuple):
         raise RuleError(f"not a stored rule state: failed_values is {failed!r}, not a list")
     fields["failed_values"] = tuple(None if v is None else _number("failed_values", v) for v in failed)
+    evidence = data.get("evidence", ())
+    if not isinstance(evidence, list | tuple):
+        raise RuleError(f"not a stored rule state: evidence is {evidence!r}, not a list")
+    fields["evidence"] = tuple(_number("evidence", v, finite=True) for v in evidence)
     return EvalState(**fields)
 
 

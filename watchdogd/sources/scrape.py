@@ -20,10 +20,11 @@ from watchdogd.model import Sample
 from watchdogd.selector import Selector, parse_selector
 from watchdogd.sources import promrate
 from watchdogd.sources.base import Measure, read_body
+from watchdogd.sources.counts import counts
 from watchdogd.sources.promrate import MAX_SERIES, Answer, Scrape, SeriesKey, SeriesStore, series_key
 
 MAX_BODY = 16 << 20
-KINDS = ("metric", "rate", "ratio", "quantile")
+KINDS = ("metric", "rate", "ratio", "quantile", "counts")
 _ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 
 
@@ -71,13 +72,20 @@ class MetricsScrape:
         wanted = [_series_read(m, s) for m, plan in plans.items() for s in plan]
         text = await self.get()
         scrape = await asyncio.to_thread(parse_exposition, text, wanted, self.max_series)
+        previous = self.store.last_at
+        horizon = self._horizon(plans)
+        if previous is not None and any(m.kind == "counts" for m in plans):
+            horizon = max(horizon, at - previous + 1e-3)  # counts are taken against the previous scrape
         try:
-            self.store.ingest(at, scrape, self._horizon(plans))
+            self.store.ingest(at, scrape, horizon)
         except ValueError as exc:
             raise SourceError(str(exc)) from exc
         if self.first_at is None:
             self.first_at = at
         for measure, selectors in plans.items():
+            if measure.kind == "counts":
+                answers[measure] = counts(self.store, selectors[0], selectors[1], at, previous)
+                continue
             answer = self._answer(measure, selectors, at)
             answers[measure] = Sample(at, answer.value, answer.reason)
         return answers
@@ -116,7 +124,7 @@ class MetricsScrape:
         retention = self.config.retention
         if measure.kind != "metric" and retention is not None and measure.over > retention:
             return f"window {measure.over:g}s is longer than the retention of {retention:g}s"
-        texts = [measure.expr, measure.denominator] if measure.kind == "ratio" else [measure.expr]
+        texts = [measure.expr, measure.denominator] if measure.kind in ("ratio", "counts") else [measure.expr]
         selectors: list[Selector] = []
         for text in texts:
             selector = self._selector(text)
