@@ -39,8 +39,12 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 
 # --- packages -----------------------------------------------------------
 apt_install docker.io docker-compose busybox-static prometheus prometheus-alertmanager postgresql redis-server ca-certificates
+# a local image registry: a pruned previous image pulled back by its digest
+apt_install docker-registry
 # the operator page's browser tests: Playwright drives this Chromium (no browser download)
 apt_install chromium
+# the completion tests load the generated scripts in the shells they are for
+apt_install bash-completion zsh
 
 # --- Docker engine --------------------------------------------------------
 DOCKER_SOCK=/var/run/docker.sock
@@ -57,6 +61,39 @@ else
     --ip-masq=false --ip6tables=false >/var/log/watchdogd-testbed-dockerd.log 2>&1 < /dev/null &
   wait_for 60 "dockerd" docker version || { tail -20 /var/log/watchdogd-testbed-dockerd.log; exit 1; }
   log "docker engine: up ($DOCKER_SOCK)"
+fi
+
+# --- Docker Swarm (one manager on 127.0.0.1; host networking only) ----------
+# The Swarm test services use --network host. Swarm makes an "ingress" overlay
+# (10.0.0.0/24) and the docker_gwbridge bridge on init: both are removed at once
+# and never used, so no traffic leaves 127.0.0.1; the manager's ports (2377,
+# 7946) listen on 127.0.0.1 only. Never publish ports through the routing mesh.
+swarm_new=0
+swarm_state=$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown)
+if [ "$swarm_state" = "active" ]; then
+  log "docker swarm: already active"
+else
+  log "docker swarm: init on 127.0.0.1"
+  swarm_new=1
+  docker swarm init --advertise-addr 127.0.0.1 --listen-addr 127.0.0.1:2377 \
+    --data-path-addr 127.0.0.1 >/dev/null
+fi
+if docker network inspect ingress >/dev/null 2>&1; then
+  log "docker swarm: removing the ingress overlay (unused: host networking only)"
+  echo y | docker network rm ingress >/dev/null
+fi
+for _ in 1 2 3 4 5 6 7 8 9 10; do  # made just after init: wait for it to remove it
+  [ $swarm_new -eq 1 ] || break
+  docker network inspect docker_gwbridge >/dev/null 2>&1 && break
+  sleep 0.5
+done
+if docker network inspect docker_gwbridge >/dev/null 2>&1; then
+  if [ "$(docker network inspect docker_gwbridge --format '{{len .Containers}}')" = "0" ]; then
+    log "docker swarm: removing the unused docker_gwbridge bridge"
+    docker network rm docker_gwbridge >/dev/null
+  else
+    log "WARNING: docker_gwbridge has endpoints; left as it is"
+  fi
 fi
 
 # --- PostgreSQL -------------------------------------------------------------

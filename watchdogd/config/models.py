@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from watchdogd.config.detection import SequentialSpec
 from watchdogd.config.notify import (  # noqa: F401 (WebhookNotify: kept importable from here)
     NotifyTarget,
     OpsgenieNotify,
@@ -22,6 +23,7 @@ from watchdogd.config.notify import (  # noqa: F401 (WebhookNotify: kept importa
     WebhookNotify,
 )
 from watchdogd.config.types import Condition, Duration, Percent, SecretUrl
+from watchdogd.config.webhook import WebhookStepConfig
 from watchdogd.imageref import parse_pattern
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -29,14 +31,15 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
 Mode = Literal["auto", "manual", "dry-run"]
 Action = Literal["rollback", "notify"]
 Severity = Literal["info", "warning", "critical"]
-STEP_NAMES: tuple[str, ...] = ("container", "sql", "redis_purge", "webhook", "verify")
-STEP_PATTERN = r"^(container|sql|redis_purge|webhook|verify|command:[A-Za-z0-9][A-Za-z0-9_.-]*)$"
+STEP_NAMES: tuple[str, ...] = ("container", "sql", "restore", "redis_purge", "webhook", "verify")
+STEP_PATTERN = r"^(container|sql|restore|redis_purge|webhook|verify|command:[A-Za-z0-9][A-Za-z0-9_.-]*)$"
 
 
 def _step_name(value: str) -> str:
     if not re.fullmatch(STEP_PATTERN, value):
         raise ValueError(
-            f"must be 'container', 'sql', 'redis_purge', 'webhook', 'verify' or 'command:NAME', not {value!r}"
+            "must be 'container', 'sql', 'restore', 'redis_purge', 'webhook', 'verify' or 'command:NAME', "
+            f"not {value!r}"
         )
     return value
 
@@ -46,7 +49,8 @@ StepName = Annotated[
     AfterValidator(_step_name),
     Field(
         json_schema_extra={"pattern": STEP_PATTERN},
-        description="container, sql, redis_purge, webhook, verify, or command:NAME (of rollback.commands)",
+        description="container, sql, restore, redis_purge, webhook, verify, or command:NAME (of "
+        "rollback.commands)",
     ),
 ]
 
@@ -130,6 +134,7 @@ class StateConfig(Model):
 
 
 OnUnverified = Literal["hold", "rollback", "promote"]
+OnKnownBad = Literal["notify", "rollback"]
 
 
 class DefaultsConfig(Model):
@@ -161,6 +166,17 @@ class DefaultsConfig(Model):
         ge=0,
         description="After a rollback (succeeded or failed) the service takes no new deployment for this"
         " long: POST /v1/deployments answers 409 frozen until an operator lifts it (0s: no freeze).",
+    )
+    known_bad_for: Duration = Field(
+        86400.0,
+        ge=0,
+        description="A deploy of an image ID the service was rolled back from this recently is known bad:"
+        " notified and marked (0s: never).",
+    )
+    on_known_bad: OnKnownBad = Field(
+        "notify",
+        description="A known-bad image deployed again: notify (and watch it as usual), or rollback (propose"
+        " one at once, with the reason).",
     )
 
 
@@ -196,6 +212,10 @@ class PrometheusSource(SourceBase):
     )
 
 
+SWARM_URL_FIELDS = ("slot", "task", "node")
+"""What a ``swarm_service`` scrape URL may name of each task: ``{slot}``, ``{task}`` (its ID), ``{node}``."""
+
+
 class ScrapeSource(SourceBase):
     type: Literal["scrape"]
     url: SecretUrl
@@ -203,6 +223,29 @@ class ScrapeSource(SourceBase):
     retention: Duration | None = Field(
         None, gt=0, description="How much history is kept; default: the longest window rules need."
     )
+    swarm_service: str | None = Field(
+        None,
+        min_length=1,
+        description="Scrape every running task of this Docker Swarm service and merge them as one: the "
+        "url is a template naming each task's {slot}, {task} (ID) or {node} (its node's address), "
+        "e.g. http://127.0.0.1:90{slot}/metrics for tasks on host networking listening on "
+        "PORT=90{{.Task.Slot}}. Each task's series get a swarm_task label.",
+    )
+
+    @model_validator(mode="after")
+    def _swarm_url(self) -> ScrapeSource:
+        if self.swarm_service is None:
+            return self
+        text = self.url.secret()
+        names = set(re.findall(r"\{([^{}]*)\}", text))
+        unknown = sorted(names - set(SWARM_URL_FIELDS))
+        if unknown:
+            raise ValueError(f"url: unknown placeholder {{{unknown[0]}}}: use {{slot}}, {{task}} or {{node}}")
+        if not names & {"slot", "task"}:
+            raise ValueError(
+                "url: tasks on one host cannot share a port: name each task's {slot} (or {task}) in it"
+            )
+        return self
 
 
 class HttpSource(SourceBase):
@@ -232,7 +275,19 @@ class LogSourceBase(SourceBase):
 
 class DockerLogsSource(LogSourceBase):
     type: Literal["docker_logs"]
-    container: str = Field(min_length=1)
+    container: str | None = Field(None, min_length=1)
+    swarm_service: str | None = Field(
+        None,
+        min_length=1,
+        description="Instead of container: the logs of every task of this Docker Swarm service, "
+        "as `docker service logs` reads them.",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DockerLogsSource:
+        if (self.container is None) == (self.swarm_service is None):
+            raise ValueError("a docker_logs source names one of container or swarm_service")
+        return self
 
 
 class FileSource(LogSourceBase):
@@ -392,6 +447,9 @@ class RuleConfig(Model):
     rate: RateSpec | None = None
     ratio: RatioSpec | None = None
     quantile: QuantileSpec | None = None
+    sequential: SequentialSpec | None = Field(
+        None, description="Errors over requests judged as they arrive, with a stated false-rollback rate."
+    )
     field: str | None = Field(None, description="docker, http, postgres or exec field.")
     alerts: str | None = Field(
         None,
@@ -443,19 +501,42 @@ class MigrationsTable(Model):
     - prisma: ``rolled_back_at`` set on its ``_prisma_migrations`` row (by
       ``migration_name``), as ``prisma migrate resolve --rolled-back`` does; Prisma
       then counts it as not applied and ``migrate deploy`` applies it again;
-    - alembic: ``alembic_version`` set to the down revision when the rollback SQL
-      names one (``-- watchdogd:previous-version REV``), else its row deleted;
+    - alembic: ``alembic_version`` set to the down revision the rollback SQL names
+      (``-- watchdogd:previous-version REV``; a script without it is refused);
     - flyway: its ``flyway_schema_history`` row (by ``version``) deleted, so that
       Flyway sees it as pending (a ``success = false`` row would block ``migrate``);
     - golang-migrate: ``schema_migrations`` set to the previous version
-      (``-- watchdogd:previous-version N``) with ``dirty = false``, else its row deleted.
+      (``-- watchdogd:previous-version N``, required) with ``dirty = false``;
+    - liquibase: the changeset's ``databasechangelog`` row deleted, as ``liquibase
+      rollback`` does; it is named by file, id and author together
+      (``-- watchdogd:changeset FILE::ID::AUTHOR``, required);
+    - sqitch: in the registry schema (default ``sqitch``), the change (by name or
+      ``change_id``) removed from ``changes`` with its tags and dependencies and a
+      ``revert`` event recorded in ``events``, as ``sqitch revert`` does;
+    - atlas: its ``atlas_schema_revisions`` row (by ``version``) deleted, as
+      ``atlas migrate down`` does.
     """
 
-    kind: Literal["prisma", "alembic", "flyway", "golang-migrate"]
-    table: str | None = Field(None, description="Default: the tool's own table name.")
-    schema_: str = Field("public", alias="schema")
+    kind: Literal["prisma", "alembic", "flyway", "golang-migrate", "liquibase", "sqitch", "atlas"]
+    table: str | None = Field(
+        None, description="Default: the tool's own table name (sqitch: not set, its registry has several)."
+    )
+    schema_: str | None = Field(
+        None, alias="schema", description="Default: public; sqitch: sqitch; atlas: atlas_schema_revisions."
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _sqitch_table(self) -> MigrationsTable:
+        if self.kind == "sqitch" and self.table is not None:
+            raise ValueError("sqitch keeps several tables in its registry schema: set schema, not table")
+        return self
+
+    @property
+    def schema_name(self) -> str:
+        defaults = {"sqitch": "sqitch", "atlas": "atlas_schema_revisions"}
+        return self.schema_ or defaults.get(self.kind, "public")
 
     @property
     def table_name(self) -> str:
@@ -464,6 +545,9 @@ class MigrationsTable(Model):
             "alembic": "alembic_version",
             "flyway": "flyway_schema_history",
             "golang-migrate": "schema_migrations",
+            "liquibase": "databasechangelog",
+            "sqitch": "changes",
+            "atlas": "atlas_schema_revisions",
         }
         return self.table or defaults[self.kind]
 
@@ -528,6 +612,11 @@ class DatabaseConfig(Model):
         "approve",
         description="When the rollback SQL would drop tables or columns that hold rows: auto runs it; "
         "approve waits for an operator's approval first; refuse never runs it (container-only rollback).",
+    )
+    rehearse_first: bool = Field(
+        False,
+        description="Rehearse the rollback SQL (in a transaction rolled back) just before the real run; "
+        "a failed rehearsal stops the step with its reason and nothing is applied.",
     )
 
 
@@ -656,10 +745,23 @@ class CommandStepConfig(Model):
         return self
 
 
-class WebhookStepConfig(Model):
-    url: SecretUrl
-    timeout: Duration = Field(10.0, gt=0)
-    retries: int = Field(3, ge=0, le=10)
+class RestoreStepConfig(Model):
+    """Restores the database from the backup the deployment names (see docs/rollback-steps.md)."""
+
+    approve: bool = Field(
+        True,
+        description="Wait for an operator's approval before a rollback that would restore (what was "
+        "written after the backup leaves the live database); false: it runs as the service's mode says.",
+    )
+    timeout: Duration = Field(1800.0, gt=0, description="pg_restore and the row counts together.")
+    keep_replaced: bool = Field(
+        True,
+        description="Keep the replaced database, renamed NAME_replaced_..., with what was written after "
+        "the backup; false: drop it once the restored one is in place.",
+    )
+    swap_attempts: int = Field(
+        5, ge=1, le=50, description="Tries at the rename while the application keeps reconnecting."
+    )
 
 
 class VerifyStepConfig(Model):
@@ -670,6 +772,7 @@ class RollbackConfig(Model):
     steps: tuple[StepName, ...] = ("container", "sql", "verify")
     container: ContainerStepConfig = Field(default_factory=ContainerStepConfig)
     redis_purge: RedisPurgeConfig | None = None
+    restore: RestoreStepConfig = Field(default_factory=RestoreStepConfig)
     webhook: WebhookStepConfig | None = None
     verify: VerifyStepConfig = Field(default_factory=VerifyStepConfig)
     commands: dict[Name, CommandStepConfig] = Field(
@@ -690,6 +793,12 @@ class ServiceConfig(Model):
         None,
         description="Instead of container: a Docker Compose service, every replica rolled back together "
         "and the project left as the next `docker compose up` expects.",
+    )
+    swarm_service: str | None = Field(
+        None,
+        min_length=1,
+        description="Instead of container: a Docker Swarm service (its name), rolled back to its previous "
+        "spec as `docker service rollback` does; the step waits until every task runs the previous image.",
     )
     images: tuple[str, ...] = Field(
         (),
@@ -713,6 +822,8 @@ class ServiceConfig(Model):
     min_data: Percent | None = None
     on_unverified: OnUnverified | None = None
     freeze_after_rollback: Duration | None = Field(None, ge=0, description="Default: defaults'.")
+    known_bad_for: Duration | None = Field(None, ge=0, description="Default: defaults'.")
+    on_known_bad: OnKnownBad | None = None
     rollback: RollbackConfig = Field(default_factory=RollbackConfig)
     rules: tuple[RuleConfig, ...] = ()
 
@@ -728,8 +839,9 @@ class ServiceConfig(Model):
 
     @model_validator(mode="after")
     def _one_target(self) -> ServiceConfig:
-        if self.container is not None and self.compose is not None:
-            raise ValueError("a service names one target: container or compose, not both")
+        named = [k for k in ("container", "compose", "swarm_service") if getattr(self, k) is not None]
+        if len(named) > 1:
+            raise ValueError(f"a service names one target: container, compose or swarm_service, not {named}")
         return self
 
     def plan(self) -> tuple[StepName, ...]:
@@ -741,7 +853,9 @@ class ServiceConfig(Model):
         if "steps" in self.rollback.model_fields_set:
             return self.rollback.steps
         has: dict[str, bool] = {
-            "container": self.container is not None or self.compose is not None,
+            "container": self.container is not None
+            or self.compose is not None
+            or self.swarm_service is not None,
             "sql": self.database is not None,
             "redis_purge": self.rollback.redis_purge is not None,
             "webhook": self.rollback.webhook is not None,
@@ -750,6 +864,45 @@ class ServiceConfig(Model):
         commands = tuple(f"command:{name}" for name in self.rollback.commands)
         order = ("container", "sql", *commands, "redis_purge", "webhook", "verify")
         return tuple(step for step in order if has.get(step, True))
+
+
+class BackupsConfig(Model):
+    """Where and how `pg_dump -Fc` backups are taken (POST /v1/services/NAME/backups, ctl backup)."""
+
+    dir: Path | None = Field(
+        None,
+        description="Where dumps are kept (default: `backups/` beside a sqlite state file; required with "
+        "a postgresql state store).",
+    )
+    max_size: int = Field(
+        10 * 1024**3, gt=0, description="Bytes; a dump growing past this is stopped and removed."
+    )
+    timeout: Duration = Field(1800.0, gt=0, description="A pg_dump running longer is stopped.")
+    keep: int = Field(5, ge=1, le=1000, description="Newest backups kept per service; older ones pruned.")
+    max_age: Duration | None = Field(
+        None, gt=0, description="Backups older than this are pruned (the newest is always kept)."
+    )
+    bin_dir: Path | None = Field(
+        None,
+        description="Where pg_dump and pg_restore are (default: PATH, then the newest "
+        "/usr/lib/postgresql/*/bin); they should be at least the server's major version.",
+    )
+
+
+class GroupConfig(Model):
+    """Services rolled back together: one proposal, one veto window, one decision, steps in ``order``."""
+
+    services: tuple[Name, ...] = Field(
+        min_length=2, description="The members; a service belongs to at most one group."
+    )
+    order: tuple[Name, ...] | None = Field(
+        None,
+        description="The order their plans run in, every member once (default: as `services` lists them).",
+    )
+
+    @property
+    def sequence(self) -> tuple[str, ...]:
+        return self.order if self.order is not None else self.services
 
 
 class Config(Model):
@@ -762,6 +915,15 @@ class Config(Model):
     notify: tuple[NotifyTarget, ...] = ()
     sources: dict[Name, SourceConfig] = Field(default_factory=dict)
     services: dict[Name, ServiceConfig] = Field(default_factory=dict)
+    backups: BackupsConfig = Field(default_factory=BackupsConfig)
+    groups: dict[Name, GroupConfig] = Field(
+        default_factory=dict,
+        description="Services rolled back together (docs/rollback-steps.md, \"Service groups\").",
+    )
+
+    def group_of(self, service: str) -> str | None:
+        """The group ``service`` belongs to (None: it is rolled back alone)."""
+        return next((name for name, group in self.groups.items() if service in group.services), None)
 
 
 def _compile(pattern: str) -> re.Pattern[str]:

@@ -60,7 +60,14 @@ from watchdogd.rollback import kept
 from watchdogd.rollback.base import ContainerSnapshot, RollbackTarget, StepResult, StepStatus
 from watchdogd.rollback.recreate import capture as capture_one
 from watchdogd.rollback.recreate import create_body, parse_time, snapshot_of
-from watchdogd.rollback.targets import ComposeService, OneContainer, Target, failed_name, target_of
+from watchdogd.rollback.targets import (
+    ComposeService,
+    OneContainer,
+    SwarmService,
+    Target,
+    failed_name,
+    target_of,
+)
 
 __all__ = ["ContainerStep", "capture", "capture_target", "failed_name"]
 
@@ -91,6 +98,10 @@ async def capture(client: Any, name: str) -> ContainerSnapshot:
 async def capture_target(client: Any, target: Target) -> ContainerSnapshot | None:
     """The target's containers as they are now: the first, its replicas after; None when there is none."""
     api = _api(client)
+    if isinstance(target, SwarmService):
+        from watchdogd.rollback.swarmspec import capture_service
+
+        return await capture_service(api, target.name)
     shots = []
     for name in await target.names(api):
         attrs = await kept.inspect(api, name)
@@ -201,6 +212,8 @@ class ContainerStep:
                 f"and services.{target.service}.images does not allow it: not started, nothing touched",
             )
         where = target_of(target.config)
+        if isinstance(where, SwarmService):
+            return StepResult("failed", f"{where.label}: rolled back by Swarm, not by recreating containers")
         units: list[_Unit] = []
         if isinstance(where, ComposeService):
             pairs = [(s.name, s) for s in previous.containers if s.config]

@@ -4,8 +4,8 @@ A :class:`Target` answers which containers are the service's now, what a
 failed one is kept as, and whether a kept one must leave the service's
 grouping (a Compose project finds its containers by label, so a kept bad
 container that still carried them would be started again by the next
-``docker compose up``). Another kind of target (a Swarm service) is one more
-implementation of the protocol.
+``docker compose up``). A Swarm service is the third kind: its tasks are
+Swarm's, so its rollback is :mod:`watchdogd.rollback.swarm`'s, not the container step's.
 """
 
 from __future__ import annotations
@@ -97,6 +97,30 @@ class ComposeService:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class SwarmService:
+    """A Docker Swarm service: rolled back to its previous spec by Swarm (see :mod:`.swarm`)."""
+
+    name: str
+    grouped: bool = False
+    event_type: str = "service"
+    """Its deploys are Swarm service updates, not container starts."""
+
+    @property
+    def label(self) -> str:
+        return f"swarm service {self.name}"
+
+    async def names(self, api: Any) -> list[str]:
+        """The containers of its tasks on this engine."""
+        found = await asyncio.to_thread(
+            api.containers, all=True, filters={"label": f"com.docker.swarm.service.name={self.name}"}
+        )
+        return [str((c.get("Names") or ["/?"])[0]).lstrip("/") for c in found]
+
+    def matches(self, attributes: Mapping[str, str]) -> bool:
+        return attributes.get("name") == self.name
+
+
 def _number(text: str | None) -> int:
     try:
         return int(text or 0)
@@ -104,7 +128,9 @@ def _number(text: str | None) -> int:
         return 0
 
 
-def target_of(config: ServiceConfig) -> OneContainer | ComposeService | None:
+def target_of(config: ServiceConfig) -> OneContainer | ComposeService | SwarmService | None:
+    if config.swarm_service is not None:
+        return SwarmService(config.swarm_service)
     if config.compose is not None:
         return ComposeService(config.compose.project, config.compose.service)
     if config.container is not None:

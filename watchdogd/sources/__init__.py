@@ -35,6 +35,10 @@ def build_source(name: str, config: SourceConfig, session: aiohttp.ClientSession
     """The source for a config entry; log sources follow their log from now on."""
     if isinstance(config, PrometheusSource):
         return PrometheusQuery(name, config, session)
+    if isinstance(config, ScrapeSource) and config.swarm_service is not None:
+        from watchdogd.sources.swarm import SwarmScrape
+
+        return SwarmScrape(name, config, session)
     if isinstance(config, ScrapeSource):
         return MetricsScrape(name, config, session)
     if isinstance(config, HttpSource):

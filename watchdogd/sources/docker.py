@@ -452,8 +452,12 @@ def docker_logs_source(
     retry: float = 1.0,
 ) -> LogSource:
     """A ``docker_logs`` source reading from ``since`` (the deploy's start; default: now)."""
+    if config.swarm_service is not None:
+        from watchdogd.sources.swarm import swarm_logs_source
+
+        return swarm_logs_source(name, config, measures, since=since, make_client=make_client, retry=retry)
     follower = DockerLogFollower(
-        config.container,
+        config.container or "",
         LogMatcher(),
         config.max_line_bytes,
         since=time.time() if since is None else since,

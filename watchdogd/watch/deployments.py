@@ -40,6 +40,7 @@ from watchdogd.store import Store
 from watchdogd.telemetry import Metrics
 from watchdogd.watch.containers import Containers as Containers  # re-exported: the daemon builds it
 from watchdogd.watch.execution import rollback_target
+from watchdogd.watch.knownbad import known_bad
 from watchdogd.watch.live import Watched
 from watchdogd.watch.proposals import Proposer
 from watchdogd.watch.report import SYSTEM, Reporter
@@ -192,7 +193,7 @@ class Deployments:
             },
         )
         await self.watched.refresh(request.service)
-        return deployment, registered
+        return await self._known_bad(deployment), registered
 
     async def _asked_previous(
         self, request: Registration, running: ContainerSnapshot | None
@@ -433,6 +434,7 @@ class Deployments:
             },
         )
         await self.watched.refresh(service)
+        await self._known_bad(deployment)
 
     async def _swapped(self, deployment: Deployment, snapshot: ContainerSnapshot) -> bool:
         """A deployment registered before its container swap gets the new container as its current one."""
@@ -449,7 +451,35 @@ class Deployments:
             detail={"image": snapshot.image, "image_id": snapshot.image_id, "origin": "docker"},
         )
         await self.watched.refresh(deployment.service)
+        await self._known_bad(await self.store.deployment(deployment.id) or deployment)
         return True
+
+    async def _known_bad(self, deployment: Deployment) -> Deployment:
+        """Mark, notify and per ``on_known_bad`` roll back a deploy of an image rolled back recently."""
+        svc = self.world().config.services.get(deployment.service)
+        defaults = self.world().config.defaults
+        span = defaults.known_bad_for if svc is None or svc.known_bad_for is None else svc.known_bad_for
+        if span <= 0 or deployment.facts.current is None or deployment.facts.known_bad:
+            return deployment
+        history = await self.store.deployments(limit=HISTORY_DEPLOYMENTS)
+        mark = known_bad(deployment, history, self.clock() - span)
+        if mark is None:
+            return deployment
+        await self.store.update_facts(deployment.id, dataclasses.replace(deployment.facts, known_bad=mark))
+        marked = await self.store.deployment(deployment.id) or deployment
+        then = (svc.on_known_bad if svc is not None else None) or defaults.on_known_bad
+        await self.report(
+            "known_bad_image",
+            service=deployment.service,
+            deployment_id=deployment.id,
+            detail={**mark, "on_known_bad": then},
+            summary=f"{deployment.service}: {mark['reason']}",
+        )
+        await self.watched.refresh(deployment.service)
+        if then == "rollback" and self.leading() and marked.state is DeploymentState.WATCHING:
+            reason = Reason(at=self.clock(), text=str(mark["reason"]), operator=SYSTEM)
+            await self.proposer.propose(marked, reason)
+        return marked
 
     async def remember_containers(self) -> None:
         """The containers running now: what a deploy noticed later replaced.

@@ -29,6 +29,7 @@ from watchdogd.rollback.base import RollbackTarget, Step
 from watchdogd.rollback.command import CommandStep
 from watchdogd.rollback.plan import Executor, target_from_json, target_to_json
 from watchdogd.rollback.redis_purge import RedisPurgeStep
+from watchdogd.rollback.restore import RestoreStep
 from watchdogd.rollback.sql import SqlStep
 from watchdogd.rollback.steps import VerifyStep, WebhookStep
 from watchdogd.rules import condition_now
@@ -61,6 +62,9 @@ def rollback_target(
         migrations=facts.migrations,
         fired_rules=tuple(r.rule for r in reasons if r.rule is not None),
         reason=why(reasons),
+        image=deployment.image,
+        previous_image=deployment.previous_image,
+        reasons=tuple(reasons),
     )
 
 
@@ -103,10 +107,16 @@ class Plans:
             from watchdogd.rollback.container import ContainerStep
 
             steps["container"] = ContainerStep(self.docker(), probe=probe)
+        if svc.swarm_service and "container" not in self.overrides:
+            from watchdogd.rollback.swarm import SwarmStep
+
+            steps["container"] = SwarmStep(self.docker(), probe=probe)
         if svc.rollback.redis_purge is not None:
             steps["redis_purge"] = RedisPurgeStep(svc.rollback.redis_purge, self.deployed_at)
         if svc.rollback.webhook is not None:
             steps["webhook"] = WebhookStep(svc.rollback.webhook)
+        if svc.database is not None:
+            steps["restore"] = RestoreStep(self.world().config, self.backup_of)
         for name, command in svc.rollback.commands.items():
             steps[f"command:{name}"] = CommandStep(name, command, self.store)
 
@@ -125,6 +135,11 @@ class Plans:
         """When a deployment started (redis_purge's ``since_deploy``); None without a store."""
         deployment = await self.store.deployment(deployment_id) if self.store is not None else None
         return deployment.started_at if deployment is not None else None
+
+    async def backup_of(self, deployment_id: str) -> str | None:
+        """The backup a deployment names (the restore step's); None without a store."""
+        deployment = await self.store.deployment(deployment_id) if self.store is not None else None
+        return deployment.facts.backup_id if deployment is not None else None
 
     def judge(self, service: str, fired: Sequence[str], since: float) -> tuple[bool | None, str]:
         """Are the fired rules' conditions false again, on values evaluated after ``since``?
@@ -269,7 +284,10 @@ class Executions:
             current = await store.get(record.id) or record
             executor = Executor(store, self.plans.steps(service, self.clock()), self.metrics)
             target = dataclasses.replace(
-                target_from_json(current.target, svc), approved_by=await self._approver(record)
+                target_from_json(current.target, svc),
+                approved_by=await self._approver(record),
+                rollback_id=record.id,
+                reasons=tuple(record.reasons),
             )
             done = await executor.execute(current, target)
         ok = done.state is RollbackState.SUCCEEDED
@@ -302,7 +320,9 @@ class Executions:
         if not await self.store.transition(record.id, RollbackState.DRY_RUN, PROPOSED_STATES):
             return False
         svc = self.world().service(record.service)
-        target = target_from_json(record.target, svc)
+        target = dataclasses.replace(
+            target_from_json(record.target, svc), rollback_id=record.id, reasons=tuple(record.reasons)
+        )
         steps = self.plans.steps(record.service, self.clock())
         plan = await Executor(self.store, steps).describe(target, tuple(s.name for s in record.steps))
         await self.report.about(
