@@ -6,8 +6,11 @@ what they should be. ``check_live``: every source is polled once and every
 rule evaluated once against what it answers, so that a rollback rule that
 cannot see (a PromQL typo the server refuses, an unreachable Prometheus, a
 scrape with no such series) is found before a deploy depends on it.
-``check_databases``: each service's database answers, and not as a
-PostgreSQL superuser unless the service allows it (the sql step would refuse).
+``check_databases``: each service's database answers, not as a PostgreSQL
+superuser unless the service allows it (the sql step would refuse), and its
+role has every privilege the sql step needs (``sqlgrants``: the ledger, the
+migration table, the tables the down SQL touches), or each missing one is
+printed with the GRANT that fixes it.
 """
 
 from __future__ import annotations
@@ -187,17 +190,21 @@ async def check_live(config: Config) -> list[Seen]:
 
 @dataclass(frozen=True)
 class DatabaseSeen:
-    """One service's database as a connection to it found it."""
+    """One service's database as a connection to it found it; ``missing``: the privileges the sql step
+    lacks, each with the statement that grants it."""
 
     service: str
     refused: bool
     line: str
+    missing: tuple[str, ...] = ()
 
 
 async def check_databases(config: Config, connect_within: float = 5.0) -> list[DatabaseSeen]:
-    """Connect to each service's database once: the role it connects as, refused when a superuser."""
+    """Connect to each service's database once: the role it connects as, refused when a superuser, and
+    every privilege the sql step would miss (sqlgrants), one line each with the GRANT that fixes it."""
     import asyncpg
 
+    from watchdogd.rollback import sqlgrants
     from watchdogd.rollback.sql import SUPERUSER
 
     seen: list[DatabaseSeen] = []
@@ -209,6 +216,8 @@ async def check_databases(config: Config, connect_within: float = 5.0) -> list[D
             conn = await asyncpg.connect(database.dsn.secret(), timeout=connect_within)
             try:
                 row = await conn.fetchrow(SUPERUSER)
+                superuser = bool(row[1]) if row is not None else False
+                lacking = [] if superuser else await sqlgrants.missing(conn, database)
             finally:
                 await conn.close()
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -217,14 +226,22 @@ async def check_databases(config: Config, connect_within: float = 5.0) -> list[D
                 DatabaseSeen(name, True, f"DOWN   {name}: cannot connect to {database.dsn}: {reason}")
             )
             continue
-        user, superuser = (str(row[0]), bool(row[1])) if row is not None else ("?", False)
+        user = str(row[0]) if row is not None else "?"
         if superuser and not database.allow_superuser:
             line = (
                 f"REFUSED {name}: {database.dsn} connects as {user}, a PostgreSQL superuser; give watchdogd "
                 "a role that owns the service's schema, or set database.allow_superuser: true"
             )
             seen.append(DatabaseSeen(name, True, line))
+        elif lacking:
+            head = (
+                f"MISSING {name}: {database.dsn} as {user} lacks {len(lacking)} privilege(s) for the sql step"
+            )
+            line = "\n      ".join([head, *lacking])
+            seen.append(DatabaseSeen(name, True, line, tuple(lacking)))
         else:
-            what = "a superuser (allowed)" if superuser else "not a superuser"
+            what = (
+                "a superuser (allowed)" if superuser else "not a superuser, the sql step's privileges there"
+            )
             seen.append(DatabaseSeen(name, False, f"ok     {name}: {database.dsn} as {user}, {what}"))
     return seen

@@ -152,18 +152,22 @@ def resolve_now(
 
 
 def _check_previous(database: DatabaseConfig, migration: Migration) -> None:
-    """Alembic and golang-migrate keep one version row: the down SQL must name the one to go back to."""
+    """What the migration table's kind needs named in the down SQL: Alembic's and golang-migrate's
+    previous version (they keep one version row), Liquibase's changeset (its ids repeat)."""
     from watchdogd.rollback import sqltables
 
     table = database.migrations_table
-    if table is None or table.kind not in sqltables.NEEDS_PREVIOUS:
+    if table is None or table.kind not in (*sqltables.NEEDS_PREVIOUS, *sqltables.NEEDS_CHANGESET):
         return
     try:
         script = sqlsplit.parse_script(migration.down_sql)
+        if script.changeset is not None:
+            sqltables.split_changeset(script.changeset)
     except ScriptError as exc:
         raise Invalid(f"migration {migration.id}: {exc}", "invalid_migration") from None
-    if script.previous_version is None:
-        raise Invalid(sqltables.missing_previous(table, migration.id), "invalid_migration")
+    reason = sqltables.missing(table, migration.id, script)
+    if reason is not None:
+        raise Invalid(reason, "invalid_migration")
 
 
 async def resolve(

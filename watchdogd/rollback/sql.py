@@ -51,7 +51,7 @@ from watchdogd.rollback.sqlledger import INSERT as LEDGER_INSERT
 from watchdogd.rollback.sqlledger import LEDGER, LEDGER_DDL, LEDGER_STATEMENTS, advisory_key
 from watchdogd.rollback.sqlrisk import Risk
 from watchdogd.rollback.sqlsplit import Script, ScriptError, Statement
-from watchdogd.rollback.sqltables import PRISMA_LOCK, quote_ident, rows_touched, table_update
+from watchdogd.rollback.sqltables import MIGRATOR_LOCKS, TableUpdate, quote_ident, rows_touched, table_updates
 
 log = structlog.get_logger("watchdogd.rollback")
 
@@ -71,7 +71,7 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.classid::int8 = $1 AND l.objid::int8 = $2
 """
-_PRISMA_HOLDER = """
+_MIGRATOR_HOLDER = """
 SELECT a.pid, a.application_name, a.client_addr::text AS addr, a.backend_start, a.state, a.query
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.objid::int8 = $1
@@ -134,7 +134,7 @@ class Plan:
     migration: Migration
     script: Script
     sql_sha256: str
-    table_update: tuple[str, tuple[object, ...]] | None
+    table_updates: tuple[TableUpdate, ...]
     risks: tuple[Risk, ...] = ()
     """Each statement's verdict, read by PostgreSQL's parser (sqlrisk)."""
 
@@ -149,10 +149,10 @@ def plan(target: RollbackTarget, database: DatabaseConfig) -> list[Plan]:
     for migration in target.migrations:
         try:
             script = sqlsplit.parse_script(migration.down_sql)
-            update = (
-                table_update(database.migrations_table, migration.id, script.previous_version)
+            updates = (
+                table_updates(database.migrations_table, migration.id, script)
                 if database.migrations_table is not None
-                else None
+                else ()
             )
             found = tuple(sqlrisk.risks(migration.down_sql))
         except sqlclass.SqlSyntaxError as exc:
@@ -161,7 +161,7 @@ def plan(target: RollbackTarget, database: DatabaseConfig) -> list[Plan]:
             if str(exc).startswith(f"migration {migration.id}:"):
                 raise
             raise ScriptError(f"migration {migration.id}: {exc}") from exc
-        plans.append(Plan(migration, script, sha256(migration.down_sql), update, found))
+        plans.append(Plan(migration, script, sha256(migration.down_sql), updates, found))
     return plans
 
 
@@ -264,6 +264,15 @@ class SqlStep:
                 "retry the rollback to approve it (database.destructive: approve)",
                 {"assessment": counts},
             )
+        if database.rehearse_first:
+            try:
+                stop = await self._rehearse_first(session, target, database, plans)
+            except BaseException:
+                await self._close(session)
+                raise
+            if stop is not None:
+                await self._close(session)
+                return StepResult("failed", stop, {"assessment": counts, "rehearsed": False})
         outcomes: list[dict[str, Any]] = []
         try:
             for item in reversed(plans):
@@ -398,20 +407,16 @@ class SqlStep:
                     exc.sqlstate,
                     _retryable(exc),
                 ) from exc
-        if item.table_update is not None:
-            query, args = item.table_update
+        for update in item.table_updates:
             try:
-                touched = rows_touched(await conn.execute(query, *args))
+                touched = rows_touched(await conn.execute(update.query, *update.args))
             except asyncpg.PostgresError as exc:
                 raise _Failed(
                     f"migration table update failed: {_postgres_reason(exc)}", exc.sqlstate, _retryable(exc)
                 ) from exc
-            if touched != 1:
-                table = query.split(" ")[1] if query.startswith("UPDATE") else query.split(" ")[2]
-                raise _Failed(
-                    f"the migration table update touched {touched} rows of {table}, not 1: it does not "
-                    f"record migration {item.migration.id} as applied"
-                )
+            wrong = update.mismatch(touched, item.migration.id)
+            if wrong is not None:
+                raise _Failed(wrong)
         for query in item.migration.verify:
             try:
                 value = await conn.fetchval(query)
@@ -518,45 +523,93 @@ class SqlStep:
             plans = await asyncio.to_thread(plan, target, database)
         except ScriptError as exc:
             return StepResult("failed", str(exc))
-        leaks = [
-            f"migration {p.migration.id} line {r.line} calls {', '.join(r.sequences)}"
-            for p in plans
-            for r in p.risks
-            if r.sequences
-        ]
+        leaks = _leaks(plans)
         if leaks:
-            return StepResult(
-                "failed",
-                "not rehearsed: "
-                + "; ".join(leaks)
-                + ": a sequence change survives the rehearsal's rollback",
-            )
+            return StepResult("failed", f"not rehearsed: {leaks}")
         try:
             session = await self._open(target.service, database)
         except _Failed as exc:
             return StepResult("failed", str(exc))
-        conn = session.conn
-        short = min(database.lock_timeout, REHEARSAL_LOCK_TIMEOUT)
         try:
-            for item in reversed(plans):
-                await conn.execute("BEGIN")
-                try:
-                    for text in set_locals(database, lock_timeout=short):
-                        await conn.execute(text)
-                    await self._body(conn, item)
-                    await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred checks run now
-                except _Failed as exc:
-                    return StepResult("failed", f"rehearsal of {item.migration.id}: {exc.reason}")
-                except asyncpg.PostgresError as exc:
-                    return StepResult("failed", f"rehearsal of {item.migration.id}: {_postgres_reason(exc)}")
-                finally:
-                    if not conn.is_closed() and conn.is_in_transaction():
-                        await conn.execute("ROLLBACK")
+            await self._rehearse_on(session.conn, database, plans, REHEARSAL_LOCK_TIMEOUT)
+        except _Failed as exc:
+            return StepResult("failed", exc.reason)
         finally:
             await self._close(session)
         skipped = sum(len(p.script.deferred) for p in plans)
         note = f"; {skipped} no-transaction statements cannot be rehearsed" if skipped else ""
         return StepResult("done", f"rehearsal succeeded and was rolled back ({len(plans)} migrations){note}")
+
+    async def _rehearse_on(
+        self, conn: asyncpg.Connection, database: DatabaseConfig, plans: Sequence[Plan], lock_timeout: float
+    ) -> None:
+        """Every plan's transactional phase in one transaction, deferred constraints checked, rolled back.
+
+        ``lock_timeout`` is at most the configured one. Raises _Failed naming the migration.
+        """
+        await conn.execute("BEGIN")
+        try:
+            for text in set_locals(database, lock_timeout=min(database.lock_timeout, lock_timeout)):
+                await conn.execute(text)
+            for item in reversed(plans):
+                try:
+                    await self._body(conn, item)
+                    await conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # deferred checks run now
+                except _Failed as exc:
+                    raise _Failed(
+                        f"rehearsal of {item.migration.id}: {exc.reason}", exc.sqlstate, exc.retryable
+                    ) from exc
+                except asyncpg.PostgresError as exc:
+                    raise _Failed(
+                        f"rehearsal of {item.migration.id}: {_postgres_reason(exc)}",
+                        exc.sqlstate,
+                        _retryable(exc),
+                    ) from exc
+        finally:
+            if not conn.is_closed() and conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+
+    async def _rehearse_first(
+        self, session: _Session, target: RollbackTarget, database: DatabaseConfig, plans: Sequence[Plan]
+    ) -> str | None:
+        """``database.rehearse_first``: the rehearsal on the run's own session; the reason to stop, or None.
+
+        Migrations the ledger shows done (or half done, to be resumed) are not rehearsed: the real run
+        does not run their transactional phase again either. Lock and statement timeouts are retried as
+        the real run retries them, with the configured lock_timeout: the real run takes those locks next.
+        """
+        rows = await session.conn.fetch(
+            f"SELECT migration_id, deployment_id, phase FROM {LEDGER} WHERE service = $1", target.service
+        )
+        ledger = {r["migration_id"]: r for r in rows}
+        todo = [
+            p
+            for p in plans
+            if (row := ledger.get(p.migration.id)) is None
+            or (row["phase"] == "complete" and row["deployment_id"] != target.deployment_id)
+        ]
+        if not todo:
+            return None
+        leaks = _leaks(todo)
+        if leaks:
+            return f"database.rehearse_first: not rehearsed, so not run: {leaks}"
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await self._rehearse_on(session.conn, database, todo, database.lock_timeout)
+                return None
+            except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:
+                return f"database.rehearse_first: connection lost during the rehearsal ({type(exc).__name__})"
+            except _Failed as exc:
+                if exc.retryable and attempts <= database.retries:
+                    await self.sleep(database.retry_backoff * 2 ** (attempts - 1))
+                    continue
+                tries = f" after {attempts} attempts" if attempts > 1 else ""
+                return (
+                    f"database.rehearse_first: the rehearsal failed{tries}, so the rollback SQL was not run: "
+                    f"{exc.reason}"
+                )
 
     async def describe(self, target: RollbackTarget) -> list[str]:
         """The exact SQL ``run`` would send, in order."""
@@ -584,8 +637,7 @@ class SqlStep:
             )
             lines.append(_render(LEDGER_INSERT, args))
             lines.extend(s.text for s in item.script.transactional)
-            if item.table_update is not None:
-                lines.append(_render(*item.table_update))
+            lines.extend(_render(u.query, u.args) for u in item.table_updates)
             lines.extend(item.migration.verify)
             lines.append("COMMIT")
             if item.script.deferred:
@@ -681,8 +733,8 @@ class SqlStep:
             key = advisory_key(service, await conn.fetchval("SELECT current_database()"))
             await self._lock(conn, key, database.lock_wait)
             table = database.migrations_table
-            if table is not None and table.kind == "prisma":
-                await self._prisma_lock(conn, database.lock_wait)
+            if table is not None and table.kind in MIGRATOR_LOCKS:
+                await self._migrator_lock(conn, table.kind, database.lock_wait)
         except BaseException as exc:
             conn.terminate()
             if isinstance(exc, asyncpg.PostgresError):
@@ -717,17 +769,20 @@ class SqlStep:
             await self.sleep(min(delay, left))
             delay = min(delay * 2, _LOCK_POLL_MAX)
 
-    async def _prisma_lock(self, conn: asyncpg.Connection, wait: float) -> None:
-        """Prisma's own migration lock, held for the session: no ``migrate deploy`` runs meanwhile."""
+    async def _migrator_lock(self, conn: asyncpg.Connection, kind: str, wait: float) -> None:
+        """The app migrator's own lock (Prisma's, Sqitch's), held for the session: no ``migrate deploy``
+        or ``sqitch deploy`` runs meanwhile."""
+        lock = MIGRATOR_LOCKS[kind]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         delay = _LOCK_POLL_FIRST
-        while not await conn.fetchval(f"SELECT pg_try_advisory_lock({PRISMA_LOCK})"):
+        while not await conn.fetchval(f"SELECT pg_try_advisory_lock({lock})"):
             left = deadline - loop.time()
             if left <= 0:
-                holders = await conn.fetch(_PRISMA_HOLDER, PRISMA_LOCK)
+                holders = await conn.fetch(_MIGRATOR_HOLDER, lock)
+                tool = "Prisma" if kind == "prisma" else kind.capitalize()
                 raise _Failed(
-                    f"Prisma's migration lock (advisory lock {PRISMA_LOCK}) still busy after {wait:g}s: "
+                    f"{tool}'s migration lock (advisory lock {lock}) still busy after {wait:g}s: "
                     f"a migrate is running; {_holders(holders)}"
                 )
             await self.sleep(min(delay, left))
@@ -746,6 +801,17 @@ class SqlStep:
     async def _hook(self, point: str, conn: asyncpg.Connection) -> None:
         if self.fault is not None:
             await self.fault(point, conn)
+
+
+def _leaks(plans: Sequence[Plan]) -> str:
+    """The statements whose effect a rehearsal's rollback would not undo (sequences), or ''."""
+    found = [
+        f"migration {p.migration.id} line {r.line} calls {', '.join(r.sequences)}"
+        for p in plans
+        for r in p.risks
+        if r.sequences
+    ]
+    return "; ".join(found) + ": a sequence change survives the rehearsal's rollback" if found else ""
 
 
 def _holders(rows: Sequence[asyncpg.Record]) -> str:

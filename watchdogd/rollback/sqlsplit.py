@@ -10,7 +10,8 @@ A script has up to two phases. Everything before a line
 runs after the commit, one statement at a time. Another directive,
 ``-- watchdogd:previous-version VALUE``, names the version the app's own
 migration table goes back to (Alembic's down revision, golang-migrate's
-previous version).
+previous version); ``-- watchdogd:changeset FILE::ID::AUTHOR`` names the
+Liquibase changeset whose ``databasechangelog`` row is deleted.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _WORD = re.compile(r"[A-Za-z0-9_$\u0080-\uffff]*")
 _DOLLAR_TAG = re.compile(r"\$([A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$")
 _NUMBER = re.compile(r"\d+(\.\d*)?([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?")
 _DIRECTIVE = re.compile(r"^--\s*watchdogd:(\S+)\s*(.*?)\s*$")
-DIRECTIVES = ("no-transaction", "previous-version")
+DIRECTIVES = ("no-transaction", "previous-version", "changeset")
 
 
 class ScriptError(RollbackError):
@@ -79,6 +80,8 @@ class Script:
     deferred: tuple[Statement, ...] = ()
     """The no-transaction phase: after the commit, one statement at a time."""
     previous_version: str | None = None
+    changeset: str | None = None
+    """Liquibase's ``FILE::ID::AUTHOR`` of the changeset this script undoes."""
 
 
 def tokenize(sql: str) -> list[Token]:
@@ -217,6 +220,7 @@ def parse_script(sql: str) -> Script:
     statements, directives = split(sql)
     cut: int | None = None
     previous: str | None = None
+    changeset: str | None = None
     for directive, index in directives:
         if directive.name == "no-transaction":
             if cut is not None:
@@ -226,6 +230,13 @@ def parse_script(sql: str) -> Script:
             if not directive.value or " " in directive.value:
                 raise ScriptError(f"line {directive.line}: '-- watchdogd:previous-version' needs one value")
             previous = directive.value
+        elif directive.name == "changeset":
+            if directive.value.count("::") < 2:
+                raise ScriptError(
+                    f"line {directive.line}: '-- watchdogd:changeset' needs FILE::ID::AUTHOR, "
+                    "as Liquibase prints a changeset"
+                )
+            changeset = directive.value
         else:
             known = ", ".join(DIRECTIVES)
             raise ScriptError(
@@ -250,7 +261,7 @@ def parse_script(sql: str) -> Script:
                 f"line {stmt.line}: {reason} cannot run inside a transaction: {stmt.short()}; "
                 "put it after a line '-- watchdogd:no-transaction'"
             )
-    return Script(tuple(transactional), tuple(deferred), previous)
+    return Script(tuple(transactional), tuple(deferred), previous, changeset)
 
 
 def psql_only(stmt: Statement) -> str | None:
