@@ -241,7 +241,9 @@ async def check_databases(config: Config, connect_within: float = 5.0) -> list[D
             seen.append(DatabaseSeen(name, True, line, tuple(lacking)))
         else:
             what = (
-                "a superuser (allowed)" if superuser else "not a superuser, the sql step's privileges there"
+                "a superuser (allowed)"
+                if superuser
+                else "not a superuser, with every privilege the sql step needs"
             )
             seen.append(DatabaseSeen(name, False, f"ok     {name}: {database.dsn} as {user}, {what}"))
     return seen
