@@ -1,8 +1,11 @@
-"""One JSON POST with a timeout and bounded retries, shared by the webhook step and notifications.
+"""One HTTP request with a body, a timeout and bounded retries, shared by the webhook step and notifications.
 
-Retried: network errors, timeouts, 5xx and 429, with exponential backoff.
-Not retried: any other answer of 300 or more; the receiver refused the body
-and sending it again would not change its mind.
+Done: a 2xx answer, or one of the statuses the caller expects (a deployer's
+API says 204 or 201 and means it). Retried: network errors, timeouts, 5xx and
+429, with exponential backoff. Not retried: any other answer; the receiver
+refused the body, or answered something else than promised, and sending it
+again would not change its mind. A failure's reason quotes the start of the
+answer's body (``{"message": "event_type is required"}``), URLs in it masked.
 
 Redirects are not followed: a 3xx is a failed delivery whose reason names the
 Location. Following one would send the body (the rollback, its reasons) and
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin
 
@@ -34,6 +37,10 @@ class PostResult:
     status: int | None
     reason: str
     """``HTTP 503``, ``no answer within 2s``, ``ClientConnectorError: ...``; URLs in it masked."""
+
+
+ANSWER_EXCERPT = 200
+"""How much of a refusing answer's body a failure quotes."""
 
 
 def retryable(status: int) -> bool:
@@ -56,6 +63,13 @@ def mask_urls(text: str) -> str:
     return _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
+def excerpt(text: str, url: SecretUrl) -> str:
+    """The start of an answer's body on one line, the URL's secrets and other URLs masked."""
+    flat = " ".join(text.replace(url.secret(), str(url)).split())
+    flat = mask_urls(flat)
+    return flat if len(flat) <= ANSWER_EXCERPT else flat[: ANSWER_EXCERPT - 3] + "..."
+
+
 async def post_json(
     session: aiohttp.ClientSession,
     url: SecretUrl,
@@ -65,10 +79,14 @@ async def post_json(
     attempts: int,
     backoff: float,
     headers: Mapping[str, str] | None = None,
+    method: str = "POST",
+    expect: Collection[int] = (),
 ) -> PostResult:
-    """POST ``body`` (JSON) up to ``attempts`` times, each within ``attempt_timeout`` seconds.
+    """Send ``body`` (JSON unless ``headers`` say otherwise) up to ``attempts`` times.
 
-    Waits ``backoff``, then twice as long, and so on, between attempts.
+    Each attempt gets ``attempt_timeout`` seconds; between attempts it waits
+    ``backoff``, then twice as long, and so on. ``expect``: the statuses that
+    mean done (none given: any 2xx).
 
     Never raises for a failed delivery; cancellation propagates.
     """
@@ -81,15 +99,19 @@ async def post_json(
             await asyncio.sleep(backoff * 2 ** (attempt - 2))
         status = None
         location: str | None = None
+        answer = ""
         try:
             async with (
                 asyncio.timeout(attempt_timeout),
-                session.post(
-                    url.secret(), data=body, headers=sent_headers, allow_redirects=False
+                session.request(
+                    method, url.secret(), data=body, headers=sent_headers, allow_redirects=False
                 ) as response,
             ):
                 status = response.status
                 location = response.headers.get("Location")
+                if not (status in expect if expect else status < 300):
+                    raw = await response.content.read(ANSWER_EXCERPT * 4)
+                    answer = raw.decode("utf-8", "replace")
         except TimeoutError:
             reason = f"no answer within {attempt_timeout:g}s"
             continue
@@ -97,11 +119,15 @@ async def post_json(
             # aiohttp may quote the URL it was given, password and all
             reason = mask_urls(f"{type(exc).__name__}: {exc}".replace(url.secret(), str(url)))
             continue
-        if status < 300:
+        if status in expect if expect else status < 300:
             return PostResult(True, attempt, status, f"answered {status}")
         reason = f"HTTP {status}"
+        if expect and status < 300:
+            reason += ", expected " + " or ".join(str(s) for s in sorted(expect))
         if 300 <= status < 400:
             reason += redirect_reason(url, location)
+        elif answer.strip():
+            reason += ": " + excerpt(answer, url)
         if not retryable(status):
             break
     return PostResult(False, attempt, status, reason)

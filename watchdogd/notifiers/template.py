@@ -27,11 +27,20 @@ def compile_template(source: str) -> Any:
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-    env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
+    env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False, "default": _unjsonable}
     try:
         return env.from_string(source)
     except TemplateSyntaxError as exc:
         raise TemplateError(f"template line {exc.lineno}: {exc.message}") from None
+
+
+def _unjsonable(value: Any) -> Any:
+    """``tojson`` of an undefined variable names it, instead of failing on an unknown type."""
+    from jinja2 import Undefined
+
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    raise TypeError(f"a {type(value).__name__} cannot be written as JSON")
 
 
 def render_json(source: str, variables: dict[str, Any]) -> bytes:
@@ -44,7 +53,7 @@ def render_json(source: str, variables: dict[str, Any]) -> bytes:
         text: str = template.render(**variables)
     except SecurityError as exc:
         raise TemplateError(f"template refused by the sandbox: {exc}") from None
-    except JinjaError as exc:
+    except (JinjaError, TypeError) as exc:
         raise TemplateError(f"template: {exc}") from None
     if len(text) > MAX_BODY:
         raise TemplateError(f"template rendered {len(text)} characters, over {MAX_BODY}")

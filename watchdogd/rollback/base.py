@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from watchdogd.config.models import ServiceConfig
-from watchdogd.model import ContainerSnapshot, Migration
+from watchdogd.model import ContainerSnapshot, Migration, Reason
 
 __all__ = ["ContainerSnapshot", "Migration", "RollbackTarget", "Step", "StepResult", "StepStatus"]
 
@@ -35,6 +35,14 @@ class RollbackTarget:
     approved_by: str | None = None
     """The operator who approved or retried this rollback (None: it runs on its own): the sql step
     runs SQL whose assessment at execution needs approval only when one did."""
+    image: str | None = None
+    """The image the deployment brought, as registered (also when the service has no container)."""
+    previous_image: str | None = None
+    """The image it replaced, as registered."""
+    rollback_id: str | None = None
+    """The rollback this target belongs to; set when its plan runs."""
+    reasons: tuple[Reason, ...] = ()
+    """Why the rollback was proposed, one reason each (``reason`` is them in one line)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from watchdogd.config.models import ServiceConfig
-from watchdogd.model import PROPOSED_STATES, RollbackRecord, RollbackState, StepState
+from watchdogd.model import PROPOSED_STATES, Reason, RollbackRecord, RollbackState, StepState
 from watchdogd.rollback.base import ContainerSnapshot, Migration, RollbackTarget, Step, StepResult
 from watchdogd.store.protocol import RollbackJournal
 from watchdogd.telemetry import Metrics
@@ -43,6 +43,7 @@ def target_to_json(target: RollbackTarget) -> dict[str, Any]:
     """The target without its config (the config is the service's, found again on resume)."""
     data = {key: value for key, value in asdict(target).items() if key != "config"}
     data["migrations"] = [asdict(m) for m in target.migrations]
+    data["reasons"] = [r.to_json() for r in target.reasons]
     return data
 
 
@@ -61,6 +62,10 @@ def target_from_json(data: Mapping[str, Any], config: ServiceConfig) -> Rollback
         ),
         fired_rules=tuple(data.get("fired_rules", ())),
         reason=data.get("reason", ""),
+        image=data.get("image"),
+        previous_image=data.get("previous_image"),
+        rollback_id=data.get("rollback_id"),
+        reasons=tuple(Reason.from_json(r) for r in data.get("reasons") or ()),
     )
 
 

@@ -1,72 +1,24 @@
-"""The small steps: webhook and verify (redis_purge has its own module, re-exported here).
+"""The verify step; redis_purge and webhook have their own modules, re-exported here.
 
-Each is idempotent: a webhook
-receiver gets an idempotency key so a repeated POST after a crash is
-recognisable, and verifying twice only checks twice.
+Each is idempotent: a webhook receiver gets an idempotency key so a repeated
+call after a crash is recognisable, and verifying twice only checks twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import aiohttp
-
-from watchdogd.config.models import VerifyStepConfig, WebhookStepConfig
-from watchdogd.httppost import post_json
+from watchdogd.config.models import VerifyStepConfig
 from watchdogd.rollback.base import RollbackTarget, StepResult
 from watchdogd.rollback.redis_purge import RedisPurgeStep
+from watchdogd.rollback.webhook import WebhookStep
 
 __all__ = ["Check", "RedisPurgeStep", "VerifyStep", "WebhookStep"]
 
 Check = Callable[[RollbackTarget], Awaitable[tuple[bool | None, str]]]
 """An async check: (passed, what it saw); None: nothing to judge by yet (it does not fail the step)."""
-
-
-class WebhookStep:
-    """POSTs the rollback to a URL, with a timeout and bounded retries on 5xx and network errors."""
-
-    name = "webhook"
-
-    def __init__(self, config: WebhookStepConfig, backoff: float = 1.0) -> None:
-        self.config = config
-        self.backoff = backoff
-
-    def payload(self, target: RollbackTarget) -> dict[str, Any]:
-        return {
-            "event": "rollback",
-            "service": target.service,
-            "deployment_id": target.deployment_id,
-            "idempotency_key": f"{target.service}:{target.deployment_id}",
-            "image": target.current.image if target.current else None,
-            "previous_image": target.previous.image if target.previous else None,
-            "reason": target.reason,
-            "rules": list(target.fired_rules),
-        }
-
-    async def run(self, target: RollbackTarget) -> StepResult:
-        key = f"{target.service}:{target.deployment_id}"
-        async with aiohttp.ClientSession() as session:
-            result = await post_json(
-                session,
-                self.config.url,
-                json.dumps(self.payload(target)).encode(),
-                attempt_timeout=self.config.timeout,
-                attempts=self.config.retries + 1,
-                backoff=self.backoff,
-                headers={"Idempotency-Key": key},
-            )
-        if result.ok:
-            return StepResult("done", f"{self.config.url} {result.reason}", {"attempts": result.attempts})
-        return StepResult(
-            "failed", f"webhook {self.config.url}: {result.reason} (after {result.attempts} attempt(s))"
-        )
-
-    async def describe(self, target: RollbackTarget) -> list[str]:
-        return [f"POST {self.config.url} {json.dumps(self.payload(target))}"]
 
 
 class VerifyStep:
