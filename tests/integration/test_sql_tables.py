@@ -180,6 +180,26 @@ async def test_liquibase_changeset_not_in_the_changelog_rolls_everything_back(
     assert await ledger_rows(db) == 0
 
 
+async def test_liquibase_holding_its_lock_makes_the_rollback_wait_its_turn(
+    pg_dsn: str, db: asyncpg.Connection
+) -> None:
+    await db.execute(LIQUIBASE)
+    await db.execute(
+        "UPDATE databasechangeloglock SET locked = TRUE, lockgranted = now(), lockedby = 'ci-runner-7' "
+        "WHERE id = 1"
+    )
+    down = "-- watchdogd:changeset db/changelog/002-gadgets.yaml::1::bob\nDROP TABLE gadgets;\n"
+    made = target(pg_dsn, "1", down, migrations_table={"kind": "liquibase"}, retries=1)
+    result = await SqlStep().run(made)
+    assert result.status == "failed", result.detail
+    assert "Liquibase holds its lock (locked by ci-runner-7" in result.detail
+    assert "after 2 attempts" in result.detail
+    assert await gadgets_exist(db)
+    assert await db.fetchval("SELECT count(*) FROM databasechangelog") == 3
+    await db.execute("UPDATE databasechangeloglock SET locked = FALSE, lockedby = NULL WHERE id = 1")
+    assert (await SqlStep().run(made)).status == "done"
+
+
 def test_liquibase_without_the_changeset_line_is_refused_at_registration(tmp_path: Any) -> None:
     folder = tmp_path / "m" / "1"
     folder.mkdir(parents=True)

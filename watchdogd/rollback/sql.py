@@ -408,6 +408,16 @@ class SqlStep:
                     _retryable(exc),
                 ) from exc
         for update in item.table_updates:
+            if update.guard:
+                try:
+                    busy = await conn.fetchval(update.query, *update.args)
+                except asyncpg.PostgresError as exc:
+                    raise _Failed(
+                        f"migration table lock: {_postgres_reason(exc)}", exc.sqlstate, _retryable(exc)
+                    ) from exc
+                if busy is not None:
+                    raise _Failed(str(busy), "55P03", True)  # waited for like any lock
+                continue
             try:
                 touched = rows_touched(await conn.execute(update.query, *update.args))
             except asyncpg.PostgresError as exc:

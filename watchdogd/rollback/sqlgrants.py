@@ -134,6 +134,8 @@ async def _migration_table(conn: asyncpg.Connection, role: str, table: Migration
         if table.kind == "sqitch"
         else {qualified(table): TABLE_NEEDS.get(table.kind, ("SELECT", "UPDATE"))}
     )
+    if table.kind == "liquibase":  # its lock row is held FOR UPDATE in the rollback's transaction
+        wanted[qualified(table, table.table_name + "lock")] = ("SELECT", "UPDATE")
     out = []
     for name, privileges in wanted.items():
         if await conn.fetchval("SELECT to_regclass($1)", name) is None:

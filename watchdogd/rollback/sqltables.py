@@ -15,6 +15,12 @@ refused at registration. Sqitch's revert is done as sqitch does it: the
 change's tags and dependencies deleted, its ``changes`` row deleted and a
 ``revert`` event recorded with the tags, requires and conflicts it had. Atlas
 keeps one row per applied version: it is deleted, as ``atlas migrate down`` does.
+
+The migrators' own locks are respected: Prisma's and Sqitch's advisory locks
+are taken for the rollback's session (``MIGRATOR_LOCKS``); Liquibase's
+``databasechangeloglock`` row (the changelog table's name + ``lock``) is locked
+in the rollback's transaction, and a lock Liquibase holds fails the attempt
+(retried as a lock timeout is).
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ class TableUpdate:
     expect: int | None = 1
     what: str = ""
     """What the statement does to which table, for the reason when it touches the wrong count."""
+    guard: bool = False
+    """A query answering why the update must not happen now (a migrator holding its lock), or NULL."""
 
     def mismatch(self, touched: int | None, migration_id: str) -> str | None:
         """Why ``touched`` rows is wrong for this update, or None when it is right."""
@@ -133,7 +141,17 @@ def table_updates(table: MigrationsTable, migration_id: str, script: Script) -> 
         )
     if table.kind == "liquibase":
         path, changeset, author = split_changeset(script.changeset or "")
+        lock = qualified(table, table.table_name + "lock")
         return (
+            # Liquibase's own lock row, held until the commit: an update starting now waits for the
+            # rollback; one running now has the row marked locked, and the rollback waits its turn.
+            TableUpdate(
+                "SELECT CASE WHEN locked THEN 'Liquibase holds its lock (locked by ' || "
+                "coalesce(lockedby, '?') || ' since ' || coalesce(lockgranted::text, '?') || "
+                f"'): an update is running' END FROM {lock} WHERE id = 1 FOR UPDATE",
+                (),
+                guard=True,
+            ),
             TableUpdate(
                 f"DELETE FROM {name} WHERE id = $1 AND author = $2 AND filename = $3",
                 (changeset, author, path),
