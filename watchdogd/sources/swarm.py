@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import structlog
 from docker.errors import DockerException, NotFound
+from docker.types.daemon import CancellableStream
 
 from watchdogd.config.models import DockerLogsSource, ScrapeSource
 from watchdogd.errors import SourceError
@@ -121,7 +122,7 @@ class SwarmScrape(MetricsScrape):
                 continue
             one = await asyncio.to_thread(parse_exposition, text, wanted, self.max_series)
             for (metric, labels), value in one.values.items():
-                key = (metric, tuple(sorted((*labels, (TASK_LABEL, task_id)))))
+                key: SeriesKey = (metric, tuple(sorted((*labels, (TASK_LABEL, task_id)))))
                 values[key] = value
                 if (metric, labels) in one.duplicates:
                     duplicates.add(key)
@@ -181,15 +182,10 @@ class SwarmLogFollower(DockerLogFollower):
         if self._last_ns is not None:
             since = max(since, float(self._last_ns // 1_000_000_000))
         tty = bool(((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("TTY"))
-        stream = api.service_logs(
-            self.container,
-            follow=True,
-            stdout=True,
-            stderr=True,
-            timestamps=True,
-            since=int(since),
-            is_tty=tty,
-        )
+        params = {"follow": True, "stdout": True, "stderr": True, "timestamps": True, "since": int(since)}
+        response = api._get(api._url("/services/{0}/logs", self.container), params=params, stream=True)
+        # What container.logs(stream=True) returns: close() shuts the socket, ending the read at once.
+        stream = CancellableStream(api._get_result_tty(True, response, tty), response)
         with self._lock:
             self._stream = stream
         if self._stop.is_set():
