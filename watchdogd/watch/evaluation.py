@@ -15,7 +15,7 @@ import structlog
 from watchdogd.config.types import format_duration
 from watchdogd.errors import RuleError, StoreError
 from watchdogd.model import Deployment, RuleState, Sample, Transition, jsonable_number
-from watchdogd.rules import EvalState, baseline_mean, dump_state, evaluate, start
+from watchdogd.rules import EvalState, baseline_mean, dump_state, evaluate, start, start_sequential
 from watchdogd.sources import Measure
 from watchdogd.store import Store
 from watchdogd.telemetry import Metrics
@@ -110,6 +110,8 @@ class Evaluator:
         else:
             self.health.store_recovered()
         self.metrics.rule_state.labels(*labels).set(state.state.metric_value)
+        if state.threshold is not None:
+            self.metrics.rule_threshold.labels(*labels).set(state.threshold)
         self.metrics.rule_evaluations.labels(*labels, state.state.value).inc()
         for transition in transitions:
             await self._transition(run, deployment, transition)
@@ -148,6 +150,11 @@ class Evaluator:
         return own if own is not None else run.service_initial_delay
 
     def _start(self, run: RuleRun, deployment: Deployment) -> EvalState:
+        sequential = run.rule.sequential
+        if sequential is not None:
+            since = deployment.started_at - sequential.history
+            history = self.history(run.config.source, run.measure, since)
+            return start_sequential(run.rule, deployment.started_at, history)
         baseline = None
         if run.rule.baseline_before is not None:
             since = deployment.started_at - run.rule.baseline_before
