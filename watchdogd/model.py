@@ -43,6 +43,8 @@ class Sample:
     error: str | None = None
     """Why the source's answer counts as an error, in a word (``bad_data``, ``empty``): the
     ``reason`` label of ``watchdogd_source_errors_total``. None: a plain missing value."""
+    counts: tuple[float, float] | None = None
+    """(errors, requests) counted since the previous poll, for a sequential rule; None otherwise."""
 
     @classmethod
     def missing(cls, time: float, reason: str, error: str | None = None) -> Sample:
@@ -240,9 +242,16 @@ class DeploymentFacts:
     migrations: tuple[Migration, ...] = ()
     sql_policy: str | None = None
     """What the down SQL's assessment allows: ``run``, ``approve`` (an operator must) or ``refuse``."""
+    backup_id: str | None = None
+    """The backup the pipeline took before it migrated: what a ``restore`` step restores."""
+    known_bad: dict[str, Any] | None = None
+    """Set when the deployed image was rolled back recently: ``image``, ``image_id``, ``rolled_back_at``,
+    ``deployment_id`` (the deployment rolled back from it) and ``reason``."""
 
     def to_json(self) -> dict[str, Any]:
         return {
+            **({"known_bad": self.known_bad} if self.known_bad else {}),
+            "backup_id": self.backup_id,
             "origin": self.origin,
             "previous": self.previous.to_json() if self.previous else None,
             "current": self.current.to_json() if self.current else None,
@@ -258,6 +267,8 @@ class DeploymentFacts:
             current=ContainerSnapshot.from_json(raw.get("current")),
             migrations=tuple(Migration.from_json(m) for m in raw.get("migrations") or ()),
             sql_policy=raw.get("sql_policy"),
+            backup_id=raw.get("backup_id"),
+            known_bad=dict(raw["known_bad"]) if raw.get("known_bad") else None,
         )
 
 
@@ -293,10 +304,13 @@ class Reason:
     severity: str | None = None
     output: str | None = None
     """The last output of an exec source (a smoke test's failures)."""
+    service: str | None = None
+    """In a group's proposal, the member whose rule fired or whose deployment the operator named."""
 
     @property
     def label(self) -> str:
-        return f"{self.rule or self.operator or 'operator'}: {self.text}"
+        who = f"{self.service}/" if self.service is not None else ""
+        return f"{who}{self.rule or self.operator or 'operator'}: {self.text}"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"at": self.at, "reason": self.text}
@@ -313,6 +327,8 @@ class Reason:
             out["operator"] = self.operator
         if self.output is not None:
             out["output"] = self.output
+        if self.service is not None:
+            out["service"] = self.service
         return out
 
     @classmethod
@@ -330,6 +346,7 @@ class Reason:
             threshold=num(raw.get("threshold")),
             severity=raw.get("severity"),
             output=raw.get("output"),
+            service=raw.get("service"),
         )
 
 

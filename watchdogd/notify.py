@@ -44,6 +44,7 @@ EventKind = Literal[
     "rule_blind",
     "freeze",
     "unfreeze",
+    "known_bad",
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
@@ -66,6 +67,7 @@ _FAMILY: dict[str, str] = {
     "rule_firing": "notify",
     "rule_resolved": "notify",
     "rule_blind": "notify",
+    "known_bad": "notify",
 }
 # Fields worth repeating in the one-line text, in this order.
 _TEXT_FIELDS = ("rule", "value", "threshold", "reason", "actor", "error", "image", "previous_image")

@@ -95,6 +95,7 @@ SPECS: dict[str, Spec] = {
     "deployment": Spec(stream="deployment"),
     "deployment_completed": Spec(),
     "superseded": Spec(level="warning", stream="deployment"),
+    "known_bad_image": Spec(level="warning", notify="known_bad", stream="deployment"),
     "promoted": Spec(notify="promotion", stream="deployment"),
     "unverified": Spec(level="warning", notify="unverified", stream="deployment"),
     "rehearsal": Spec(),
