@@ -18,7 +18,19 @@ rule), then both tuned to 1 s (1 s scrape and evaluation, ``for: 1s``,
 ``group_wait`` 1 s, a 30 s window). The physical limit of a rule is
 T + the time the windowed ratio needs to cross the threshold + ``for``.
 
-Run: ``.venv/bin/python bench/detect.py [--only defaults|tuned] [--runs N]`` (about 6 minutes a run of both).
+Two more incidents pit a ``sequential`` rule against the threshold rule on the
+same exporter, with Prometheus + Alertmanager beside them: 0.5% -> 20%
+(``step20``) and 0.5% -> 2% (``step2``), 1 s polls, scrapes and evaluations.
+One ``watchdogd run`` watches two services on the exporter: ``api-seq`` with
+``sequential: {bad: 2%, history: 1m}`` (the healthy rate and dispersion
+learned from the minute before the deploy, false rollback 0.1% over the 1 h
+window), ``api-thr`` with ``ratio over 10s > 0.05 for 10s`` (the threshold
+rule's limit T + 12.3 s); Prometheus runs the same threshold rule. The
+deploy is registered after a minute of healthy history, the step follows 2 s
+later (T); a rollback's start is its ``started_at``.
+
+Run: ``.venv/bin/python bench/detect.py [--only defaults|tuned|step20|step2] [--runs N]``
+(about 6 minutes a run of defaults and tuned, 1.5 to 2.5 minutes a run of step20 or step2).
 """
 
 from __future__ import annotations
@@ -79,9 +91,10 @@ SETTINGS = {
 class Exporter:
     """``/metrics`` with counters that are exact integrals of the request and error rates."""
 
-    def __init__(self) -> None:
+    def __init__(self, after: float = AFTER) -> None:
         self.t0 = time.time()
         self.flip: float | None = None
+        self.after = after
         exporter = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -105,7 +118,7 @@ class Exporter:
         up = max(0.0, now - self.t0)
         bad = 0.0 if self.flip is None else max(0.0, now - self.flip)
         total = int(RPS * up)
-        errors = min(total, int(RPS * (BEFORE * (up - bad) + AFTER * bad)))
+        errors = min(total, int(RPS * (BEFORE * (up - bad) + self.after * bad)))
         return (
             "# TYPE http_requests_total counter\n"
             f'http_requests_total{{code="200"}} {total - errors}\n'
@@ -271,14 +284,26 @@ def summarize(setting: Setting, runs: list[dict[str, float | None]]) -> None:
 
 
 def main() -> None:
+    from bench import detect_sequential as seq
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=sorted(SETTINGS), help="run one setting")
+    parser.add_argument("--only", choices=sorted([*SETTINGS, *seq.INCIDENTS]), help="run one setting")
     parser.add_argument("--runs", type=int, default=1, help="runs per setting (min/median/max when > 1)")
     args = parser.parse_args()
-    names = [args.only] if args.only else ["defaults", "tuned"]
+    names = [args.only] if args.only else ["defaults", "tuned", "step20", "step2"]
     results: list[tuple[Setting, list[dict[str, float | None]]]] = []
+    incidents: list[tuple[seq.Incident, list[dict[str, Any]]]] = []
     with tempfile.TemporaryDirectory(prefix="wdbench-detect-") as tmp:
         for name in names:
+            if name in seq.INCIDENTS:
+                incident = seq.INCIDENTS[name]
+                found = []
+                for number in range(args.runs):
+                    print(f"running: {incident.name} ({number + 1} of {args.runs})", flush=True)
+                    found.append(seq.run(incident, Path(tmp) / f"{name}-{number}"))
+                    seq.report(incident, found[-1])
+                incidents.append((incident, found))
+                continue
             setting = SETTINGS[name]
             runs = []
             for number in range(args.runs):
@@ -292,6 +317,8 @@ def main() -> None:
             report(setting, runs[0])
         else:
             summarize(setting, runs)
+    for incident, found in incidents:
+        seq.summarize(incident, found)
 
 
 if __name__ == "__main__":
