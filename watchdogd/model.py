@@ -246,7 +246,7 @@ class DeploymentFacts:
     """The backup the pipeline took before it migrated: what a ``restore`` step restores."""
     known_bad: dict[str, Any] | None = None
     """Set when the deployed image was rolled back recently: ``image``, ``image_id``, ``rolled_back_at``,
-    ``deployment_id`` (the deployment rolled back from it) and ``reason``."""
+    ``rolled_back_deployment`` (the deployment rolled back from it) and ``reason``."""
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -45,7 +45,7 @@ def known_bad(deployment: Deployment, history: Sequence[Deployment], since: floa
             "image": hit.image,
             "image_id": hit.image_id,
             "rolled_back_at": earlier.finished_at,
-            "deployment_id": earlier.id,
+            "rolled_back_deployment": earlier.id,
             "reason": f"image {hit.image} ({hit.image_id[:19]}) was rolled back at {at}"
             f" (deployment {earlier.id})",
         }
