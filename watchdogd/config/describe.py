@@ -33,10 +33,14 @@ def describe_config(config: Config) -> list[str]:
 def describe_source(source: SourceConfig) -> str:
     where_of: dict[str, Callable[[], str]] = {
         "prometheus": lambda: f"Prometheus API at {getattr(source, 'url', '')}",
-        "scrape": lambda: f"scrapes {getattr(source, 'url', '')}",
+        "scrape": lambda: f"scrapes {getattr(source, 'url', '')}" + _over_tasks(source),
         "http": lambda: f"probes {getattr(source, 'url', '')}",
         "docker": lambda: f"state and stats of container '{getattr(source, 'container', '')}'",
-        "docker_logs": lambda: f"log stream of container '{getattr(source, 'container', '')}'",
+        "docker_logs": lambda: (
+            f"log stream of every task of Swarm service '{getattr(source, 'swarm_service', '')}'"
+            if getattr(source, "swarm_service", None)
+            else f"log stream of container '{getattr(source, 'container', '')}'"
+        ),
         "file": lambda: f"log file {getattr(source, 'path', '')}",
         "postgres": lambda: f"PostgreSQL at {getattr(source, 'dsn', '')}",
         "redis": lambda: f"Redis {getattr(source, 'url', '')} key {getattr(source, 'key', '')}",
@@ -52,6 +56,20 @@ def describe_source(source: SourceConfig) -> str:
     return f"{source.type}, {where}, {every}, timeout {fd(source.timeout)}"
 
 
+def _over_tasks(source: SourceConfig) -> str:
+    """A scrape over a Swarm service's tasks says so ('' otherwise)."""
+    swarm = getattr(source, "swarm_service", None)
+    return f" on every task of Swarm service '{swarm}' (merged, a swarm_task label each)" if swarm else ""
+
+
+def _target(service: ServiceConfig) -> str:
+    if service.swarm_service is not None:
+        return f"swarm service: {service.swarm_service}"
+    if service.compose is not None:
+        return f"compose service: {service.compose.project}/{service.compose.service}"
+    return f"container: {service.container or '(none)'}"
+
+
 def _describe_service(config: Config, name: str, service: ServiceConfig) -> list[str]:
     d = config.defaults
     interval = service.interval or d.interval
@@ -59,9 +77,7 @@ def _describe_service(config: Config, name: str, service: ServiceConfig) -> list
     grace = d.grace if service.grace is None else service.grace
     mode = service.mode or d.mode
     lines = [f"  {name}:"]
-    lines.append(
-        f"    container: {service.container or '(none)'}; health probe: {service.health or '(none)'}"
-    )
+    lines.append(f"    {_target(service)}; health probe: {service.health or '(none)'}")
     if service.database is not None:
         lines.append(f"    database: {service.database.dsn}")
     lines.append(
