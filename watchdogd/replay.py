@@ -25,7 +25,7 @@ from watchdogd.config.models import Config, RuleConfig, ServiceConfig
 from watchdogd.config.types import format_duration
 from watchdogd.errors import SeriesError, WatchdogError
 from watchdogd.model import RuleState, Sample, Transition
-from watchdogd.rules import EvalState, Rule, baseline_mean, evaluate, start
+from watchdogd.rules import EvalState, Rule, baseline_mean, evaluate, start, start_sequential
 
 MAX_RANGE_POINTS = 11_000
 """Prometheus refuses more points per series than this in one range query."""
@@ -74,7 +74,9 @@ class Replay:
 def replay_rule(rule: Rule, samples: Sequence[Sample], deploy_at: float) -> Replay:
     """Evaluate ``rule`` at each sample from ``deploy_at`` on; earlier samples make the baseline.
 
-    Samples must be in time order; each is evaluated at its own time.
+    Samples must be in time order; each is evaluated at its own time. A sequential
+    rule learns from the samples' counts before the deploy, and its steps' value is
+    the evidence (natural log) after each poll.
     """
     baseline = None
     if rule.baseline_before is not None:
@@ -84,11 +86,46 @@ def replay_rule(rule: Rule, samples: Sequence[Sample], deploy_at: float) -> Repl
     for sample in samples:
         if sample.time < deploy_at:
             continue
-        if state is None:
+        if state is None and rule.sequential is not None:
+            state = start_sequential(rule, deploy_at, samples)
+            baseline = state.baseline
+        elif state is None:
             state = start(rule, deploy_at, baseline)
         state, transitions = evaluate(rule, state, sample, sample.time)
-        steps.append(Step(sample.time, sample.value, state.state, transitions))
+        value = state.value if rule.sequential is not None else sample.value
+        steps.append(Step(sample.time, value, state.state, transitions))
     return Replay(rule, tuple(steps), baseline, state)
+
+
+def counter_samples(
+    errors: Sequence[float | None], total: Sequence[float | None], times: Sequence[float]
+) -> list[Sample]:
+    """Samples carrying (errors, requests) counted between consecutive points of two counters.
+
+    As a scrape counts them: a counter that went down was reset and counts from
+    zero; the first point, or one after a missing point of either, has no count yet.
+    """
+    samples: list[Sample] = []
+    previous: tuple[float, float] | None = None
+    for at, bad, all_ in zip(times, errors, total, strict=True):
+        if bad is None or all_ is None:
+            samples.append(Sample(at, None, "no point in the series"))
+            previous = None
+            continue
+        if previous is None:
+            samples.append(Sample(at, None, "first point: counting starts at the next one"))
+            previous = (bad, all_)
+            continue
+        grown_bad = bad - previous[0] if bad >= previous[0] else bad
+        grown_all = all_ - previous[1] if all_ >= previous[1] else all_
+        previous = (bad, all_)
+        if grown_bad > grown_all:
+            samples.append(Sample(at, None, f"{grown_bad:g} errors counted in {grown_all:g} requests"))
+        elif grown_all <= 0:
+            samples.append(Sample(at, None, "no traffic", counts=(grown_bad, 0.0)))
+        else:
+            samples.append(Sample(at, grown_bad / grown_all, counts=(grown_bad, grown_all)))
+    return samples
 
 
 def on_ticks(

@@ -25,7 +25,7 @@ from watchdogd.config.models import Config, Model, ServiceConfig
 from watchdogd.config.types import Duration, format_duration
 from watchdogd.errors import ConfigError, ConfigProblem, RuleError, SeriesError
 from watchdogd.model import Sample
-from watchdogd.replay import Replay, replay_rule
+from watchdogd.replay import Replay, counter_samples, replay_rule
 from watchdogd.rules import Rule, compile_rule
 from watchdogd.series import format_series, parse_series
 
@@ -37,11 +37,19 @@ class SeriesSpec(Model):
     source: str | None = Field(None, description="Feeds every rule that reads this source.")
     rule: str | None = Field(None, description="Feeds this rule only (wins over its source's series).")
     service: str | None = None
-    values: str = Field(description="promtool notation: '0.01x8 0.2x30', '_' missing, '_x3'.")
+    values: str | None = Field(None, description="promtool notation: '0.01x8 0.2x30', '_' missing, '_x3'.")
+    errors: str | None = Field(
+        None, description="A sequential rule's error counter, cumulative, in promtool notation: '0+1x60'."
+    )
+    total: str | None = Field(
+        None, description="A sequential rule's request counter, cumulative, like '0+100x60'."
+    )
 
-    @field_validator("values")
+    @field_validator("values", "errors", "total")
     @classmethod
-    def _values(cls, text: str) -> str:
+    def _values(cls, text: str | None) -> str | None:
+        if text is None:
+            return None
         try:
             parsed = parse_series(text)
         except SeriesError as exc:
@@ -54,7 +62,22 @@ class SeriesSpec(Model):
     def _target(self) -> SeriesSpec:
         if self.source is None and self.rule is None:
             raise ValueError("give the source or the rule these values feed")
+        counters = (self.errors is not None) + (self.total is not None)
+        if counters == 1:
+            raise ValueError("give both errors and total, the counters a sequential rule divides")
+        if (self.values is None) == (counters == 0):
+            raise ValueError("give either values, or errors and total (for a sequential rule)")
+        if self.errors is not None and self.total is not None:
+            errors, total = parse_series(self.errors), parse_series(self.total)
+            if len(errors) != len(total):
+                raise ValueError(f"errors has {len(errors)} values and total {len(total)}: give as many")
         return self
+
+    def series(self) -> list[float | None] | tuple[list[float | None], list[float | None]]:
+        """The values, or the (errors, total) counters."""
+        if self.errors is not None and self.total is not None:
+            return parse_series(self.errors), parse_series(self.total)
+        return parse_series(self.values or "")
 
 
 class Expectation(Model):
@@ -105,11 +128,19 @@ class Outcome:
         return not self.failures
 
 
+_Series = list[float | None] | tuple[list[float | None], list[float | None]]
+"""Values, or the (errors, total) counters a sequential rule reads."""
+
+
 @dataclass(frozen=True)
 class _Target:
     service: str
     rule: Rule
-    series: list[float | None]
+    series: _Series
+
+    @property
+    def length(self) -> int:
+        return len(self.series[0]) if isinstance(self.series, tuple) else len(self.series)
 
 
 def load_test_file(path: str | Path) -> tuple[RuleTestFile, Config]:
@@ -157,17 +188,22 @@ def run_test(test: RuleTest, config: Config, default_interval: float) -> Outcome
     """Run one test; an expectation that names nothing known is a failure that says so."""
     outcome = Outcome(test.name)
     interval = test.interval or default_interval
-    targets, problems = _targets(test, config)
+    targets, problems = _targets(test, config, interval)
     outcome.failures.extend([problem] for problem in problems)
     replays: dict[tuple[str, str], Replay] = {}
     end = max(
-        [len(t.series) - 1 for t in targets]
+        [t.length - 1 for t in targets]
         + [round(e.at / interval) for e in test.expect if e.at is not None]
         + [round(e.proposal_at / interval) for e in test.expect if isinstance(e.proposal_at, float)]
         + [0]
     )
     for target in targets:
-        samples = [_sample(target.series, i, interval) for i in range(end + 1)]
+        if isinstance(target.series, tuple):
+            times = [i * interval for i in range(end + 1)]
+            padded = [[*c, *[None] * (end + 1 - len(c))] for c in target.series]
+            samples = counter_samples(padded[0], padded[1], times)
+        else:
+            samples = [_sample(target.series, i, interval) for i in range(end + 1)]
         try:
             replays[(target.service, target.rule.name)] = replay_rule(target.rule, samples, test.deploy_at)
         except RuleError as exc:
@@ -187,13 +223,13 @@ def _sample(series: list[float | None], index: int, interval: float) -> Sample:
     return Sample(at, None, "'_' in the test series") if value is None else Sample(at, value)
 
 
-def _targets(test: RuleTest, config: Config) -> tuple[list[_Target], list[str]]:
+def _targets(test: RuleTest, config: Config, interval: float) -> tuple[list[_Target], list[str]]:
     """Each rule that has a series, with the series it gets (its own, else its source's)."""
     problems: list[str] = []
-    by_source: dict[tuple[str | None, str], list[float | None]] = {}
-    by_rule: dict[tuple[str | None, str], list[float | None]] = {}
+    by_source: dict[tuple[str | None, str, bool], _Series] = {}
+    by_rule: dict[tuple[str | None, str], _Series] = {}
     for spec in test.series:
-        parsed = parse_series(spec.values)
+        parsed = spec.series()
         if spec.rule is not None:
             if not _rules_named(config, spec.service, spec.rule):
                 problems.append(f"series for rule '{spec.rule}': no such rule in the config")
@@ -201,25 +237,37 @@ def _targets(test: RuleTest, config: Config) -> tuple[list[_Target], list[str]]:
         elif spec.source is not None:
             if spec.source not in config.sources:
                 problems.append(f"series for source '{spec.source}': no such source in the config")
-            by_source[(spec.service, spec.source)] = parsed
+            by_source[(spec.service, spec.source, isinstance(parsed, tuple))] = parsed
     targets: list[_Target] = []
     for service_name, service in config.services.items():
         for rule_config in service.rules:
-            values: list[float | None] | None = (
-                by_rule.get((service_name, rule_config.name))
-                or by_rule.get((None, rule_config.name))
-                or by_source.get((service_name, rule_config.source))
-                or by_source.get((None, rule_config.source))
+            counters = rule_config.sequential is not None
+            own = by_rule.get((service_name, rule_config.name)) or by_rule.get((None, rule_config.name))
+            if own is not None and isinstance(own, tuple) != counters:
+                need = "errors and total" if counters else "values"
+                problems.append(
+                    f"rule '{rule_config.name}' in service '{service_name}' needs a series of {need}"
+                )
+                continue
+            # a source's counters feed its sequential rules, its values the others
+            shared = by_source.get((service_name, rule_config.source, counters)) or by_source.get(
+                (None, rule_config.source, counters)
             )
+            values = own if own is not None else shared
             if values is None:
                 continue
             try:
-                rule = compile_rule(rule_config)
+                rule = compile_rule(rule_config, interval=interval, window=_window(config, service))
             except RuleError as exc:
                 problems.append(str(exc))
                 continue
             targets.append(_Target(service_name, rule, values))
     return targets, problems
+
+
+def _window(config: Config, service: ServiceConfig) -> float:
+    """The service's watch window: what a sequential rule spreads its false-rollback rate over."""
+    return service.window or config.defaults.window
 
 
 def _rules_named(config: Config, service: str | None, name: str) -> list[str]:

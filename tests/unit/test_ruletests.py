@@ -350,3 +350,74 @@ def test_replay_prometheus_on_a_non_prometheus_rule(
     )
     assert code == 2
     assert "does not read a prometheus source: use --series FILE" in capsys.readouterr().err
+
+
+# --- sequential rules: counters ---------------------------------------------------------------
+
+
+def test_counter_samples_count_growth_and_resets() -> None:
+    from watchdogd.replay import counter_samples
+
+    samples = counter_samples(
+        [0, 1, 3, 1, None, 2, 2], [0, 100, 200, 50, 80, 120, 120], [0, 1, 2, 3, 4, 5, 6]
+    )
+    assert samples[0].counts is None and "first point" in (samples[0].reason or "")
+    assert [s.counts for s in samples[1:4]] == [(1, 100), (2, 100), (1, 50)]  # a reset counts from 0
+    assert samples[4].counts is None and samples[5].counts is None  # after a gap, counting starts again
+    assert samples[6].counts == (0, 0) and samples[6].value is None  # no traffic: no evidence
+
+
+def test_a_sequential_rule_needs_counters_and_other_rules_values(tmp_path: Path) -> None:
+    (tmp_path / "api.yaml").write_text(
+        """
+sources:
+  app: {type: scrape, url: "http://127.0.0.1:8080/metrics"}
+services:
+  api:
+    container: api
+    rollback: {steps: [container]}
+    rules:
+      - name: seq
+        source: app
+        sequential: {errors: 'req_total{code="500"}', total: req_total, bad: 2%, healthy: 0.5%, dispersion: 1}
+        action: rollback
+"""
+    )
+    ok = write_tests(
+        tmp_path,
+        """tests:
+  - name: step
+    series:
+      - {source: app, errors: "0 0 0 20", total: "0+100x3"}
+    expect:
+      - {rule: seq, at: 30s, state: ok}
+      - {rule: seq, at: 45s, state: firing}
+      - proposal_at: 45s
+  - name: values for a sequential rule
+    series:
+      - {rule: seq, values: "0.01x3"}
+    expect:
+      - {rule: seq, at: 15s, state: ok}
+""",
+    )
+    from watchdogd.ruletests import run_file
+
+    first, second = run_file(ok)
+    assert first.passed, first.failures
+    assert not second.passed
+    assert any("needs a series of errors and total" in line for f in second.failures for line in f)
+
+
+def test_counters_need_both_and_as_many_values(config_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_tests(
+        config_dir,
+        """tests:
+  - name: t
+    series:
+      - {source: prom, errors: "0 1 2", total: "0 100"}
+    expect:
+      - proposal_at: never
+""",
+    )
+    assert main(["test-rules", str(path)]) != 0
+    assert "errors has 3 values and total 2" in capsys.readouterr().err
