@@ -1,37 +1,50 @@
-"""A tiny renderer for the subset of Helm templates the chart in ``helm/`` uses.
+"""A renderer for the Helm templates of the chart in ``helm/``, to test it without a ``helm`` binary.
 
-The chart keeps within this subset so that it is checked here without a
-``helm`` binary. Supported, with Go template semantics:
+Why our own: there is no ``helm`` in Debian or on PyPI, and the Python Go-template
+packages on PyPI either wrap Go through CGo (a Go toolchain to build, and still
+neither Helm's functions nor ``include``) or are unmaintained bindings. Helm's
+language is Go's ``text/template`` plus Sprig's functions; this implements the
+part the chart uses, with their semantics (tests/unit/test_helm.py renders a
+tricky template and compares it with Helm's output, written by hand):
 
-- ``{{ expr }}`` with ``{{-`` / ``-}}`` trimming the whitespace beside it;
-- fields: ``.Values.a.b``, ``.Release.Name``, ``.Chart.Name`` (and ``.Version``,
-  ``.AppVersion``), ``.`` (the current item inside ``range``), ``$`` (the root);
-- ``if EXPR`` / ``else`` / ``end`` and ``range EXPR`` / ``end`` (lists, or maps by key);
-- pipelines ``a | f x``: the piped value is the last argument;
-- functions ``toYaml``, ``nindent N``, ``indent N``, ``quote``, ``default X``, ``not``;
-- string (``"..."``) and integer literals.
+- actions ``{{ }}``, ``{{-``/``-}}`` trimming the whitespace (newlines included)
+  beside them, comments ``{{/* */}}``;
+- ``if``/``else if``/``else``, ``range`` (``$i, $v :=``; maps by sorted key;
+  ``else`` when empty), ``with``, ``define``, ``template``, each closed by ``end``;
+- variables ``$x := ...``/``$x = ...`` scoped to their block, ``$`` the data the
+  template was executed with; fields ``.a.b``, ``$x.a``, ``$.a``; parentheses;
+- pipelines ``a | f x`` (the piped value is the last argument); ``and``/``or``
+  return an operand and stop at the first that decides;
+- ``include``, and the functions of tests/helmfuncs.py;
+- the chart: values files merged as Helm merges them, checked against
+  ``values.schema.json`` (Helm refuses to render otherwise), numbers read as
+  float64 as Helm does, ``.Release``, ``.Chart``, ``.Template.Name``/``.BasePath``,
+  ``_*.tpl`` files for definitions only, ``NOTES.txt`` on request.
 
-Anything else is an error, and so is a missing value (Helm would print nothing):
-a typo in a template or in values must fail the test, not render a blank.
+Stricter than Helm on purpose: a missing value, or nil printed, is an error
+(Helm prints nothing), so that a typo in a template or in values fails a test
+instead of rendering a blank.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
-_ACTION = re.compile(r"\{\{(-?)(.*?)(-?)\}\}", re.DOTALL)
+from tests.helmfuncs import FUNCTIONS, TemplateError, go_string, truthy
 
+__all__ = ["Renderer", "TemplateError", "chart_values", "merge", "parse", "render_chart"]
 
-class TemplateError(Exception):
-    pass
+_ACTION = re.compile(r"\{\{(-[ \t\r\n])?(.*?)([ \t\r\n]-)?\}\}", re.DOTALL)
+_KEYWORD = re.compile(r"(if|else|end|range|with|define|template)\b\s*(.*)", re.DOTALL)
+_SPACE = " \t\r\n"
 
 
 @dataclass
@@ -45,188 +58,359 @@ class Action:
 
 
 @dataclass
+class Call:  # {{ template "name" pipeline }}
+    name: str
+    pipeline: str
+
+
+@dataclass
 class Block:
-    kind: str  # "if" or "range"
+    kind: str  # if, range, with, define
     pipeline: str
     body: list[Node] = field(default_factory=list)
     otherwise: list[Node] = field(default_factory=list)
 
 
-Node = Text | Action | Block
+Node = Text | Action | Call | Block
 
 
 def _lex(source: str) -> list[Text | tuple[str, str]]:
-    """Text pieces and actions, with whitespace trimmed where ``{{-`` or ``-}}`` asks."""
+    """Text pieces and (keyword, rest) actions, with whitespace trimmed where ``{{-`` or ``-}}`` asks."""
     pieces: list[Text | tuple[str, str]] = []
     position = 0
     trim_next = False
     for match in _ACTION.finditer(source):
         text = source[position : match.start()]
         if trim_next:
-            text = text.lstrip()
+            text = text.lstrip(_SPACE)
         if match.group(1):
-            text = text.rstrip()
+            text = text.rstrip(_SPACE)
         pieces.append(Text(text))
-        inner = match.group(2).strip()
-        keyword, _, rest = inner.partition(" ")
-        if keyword in ("if", "range", "else", "end"):
-            pieces.append((keyword, rest.strip()))
-        else:
-            pieces.append(("action", inner))
+        inner = match.group(2).strip(_SPACE)
         trim_next = bool(match.group(3))
         position = match.end()
+        if inner.startswith("/*"):
+            if not inner.endswith("*/"):
+                raise TemplateError(f"unclosed comment: {inner[:40]!r}")
+            continue
+        keyword = _KEYWORD.fullmatch(inner)
+        pieces.append((keyword.group(1), keyword.group(2).strip()) if keyword else ("action", inner))
     tail = source[position:]
-    pieces.append(Text(tail.lstrip() if trim_next else tail))
+    pieces.append(Text(tail.lstrip(_SPACE) if trim_next else tail))
     return pieces
 
 
-def parse(source: str) -> list[Node]:
+def parse(source: str, defines: dict[str, list[Node]] | None = None) -> list[Node]:
+    """The template's nodes; its ``define``s go into ``defines``."""
     root: list[Node] = []
-    stack: list[tuple[Block, bool]] = []  # the open block, and whether we are in its else part
+    # open blocks: the block, whether in its else part, and whether an ``else if`` opened it
+    stack: list[tuple[Block, bool, bool]] = []
 
     def target() -> list[Node]:
         if not stack:
             return root
-        block, in_else = stack[-1]
+        block, in_else, _ = stack[-1]
         return block.otherwise if in_else else block.body
 
     for piece in _lex(source):
         if isinstance(piece, Text):
-            target().append(piece)
+            if piece.text:
+                target().append(piece)
             continue
         keyword, rest = piece
         if keyword == "action":
             target().append(Action(rest))
-        elif keyword in ("if", "range"):
+        elif keyword == "template":
+            name, _, argument = rest.partition(" ")
+            target().append(Call(json.loads(name), argument.strip()))
+        elif keyword in ("if", "range", "with", "define"):
             if not rest:
                 raise TemplateError(f"{keyword} without an expression")
+            if keyword == "define" and stack:
+                raise TemplateError("define inside a block")
             block = Block(keyword, rest)
             target().append(block)
-            stack.append((block, False))
+            stack.append((block, False, False))
         elif keyword == "else":
-            if not stack or stack[-1][0].kind != "if" or stack[-1][1] or rest:
-                raise TemplateError("else outside an if (or 'else if', which is not supported)")
-            stack[-1] = (stack[-1][0], True)
+            if not stack or stack[-1][1] or stack[-1][0].kind not in ("if", "range", "with"):
+                raise TemplateError("else outside an if, range or with")
+            block = stack[-1][0]
+            stack[-1] = (block, True, stack[-1][2])
+            chained = _KEYWORD.fullmatch(rest) if rest else None
+            if chained and chained.group(1) in ("if", "with"):
+                inner = Block(chained.group(1), chained.group(2).strip())
+                block.otherwise.append(inner)
+                stack.append((inner, False, True))
+            elif rest:
+                raise TemplateError(f"else {rest!r}")
         else:
+            if rest:
+                raise TemplateError(f"end {rest!r}")
             if not stack:
                 raise TemplateError("end without an open block")
-            stack.pop()
+            while True:  # an ``end`` closes an ``else if`` chain whole
+                block, _, chained_else = stack.pop()
+                if not chained_else:
+                    break
+            if block.kind == "define":
+                root.remove(block)
+                if defines is not None:
+                    defines[json.loads(block.pipeline)] = block.body
     if stack:
         raise TemplateError(f"{stack[-1][0].kind} {stack[-1][0].pipeline!r} is never ended")
     return root
 
 
-def to_yaml(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=False, sort_keys=True, width=1 << 20).rstrip("\n")
+# --- pipelines -------------------------------------------------------------------------------
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<string>"(?:[^"\\]|\\.)*")
+    | (?P<raw>`[^`]*`)
+    | (?P<number>-?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)(?![\w.])
+    | (?P<declare>:=|=)
+    | (?P<punct>[|(),])
+    | (?P<variable>\$\w*(?:\.\w+)*)
+    | (?P<field>(?:\.\w+)+|\.)
+    | (?P<ident>[A-Za-z_]\w*)
+    )""",
+    re.VERBOSE,
+)
 
 
-def _go_string(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        raise TemplateError("nil value printed")
-    if isinstance(value, (dict, list)):
-        raise TemplateError(f"a {type(value).__name__} printed without toYaml: {value!r}")
-    return str(value)
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    position = 0
+    while position < len(text):
+        if text[position:].strip() == "":
+            break
+        match = _TOKEN.match(text, position)
+        if not match or match.lastgroup is None:
+            raise TemplateError(f"cannot read {text[position:]!r} in {text!r}")
+        out.append((match.lastgroup, match.group(match.lastgroup)))
+        position = match.end()
+    return out
 
 
-def _truthy(value: Any) -> bool:
-    return not (value is None or value is False or value == 0 or value in ("", [], {}))
+class _Scope:
+    def __init__(self, parent: _Scope | None, variables: dict[str, Any] | None = None) -> None:
+        self.parent = parent
+        self.variables = variables or {}
 
+    def get(self, name: str) -> Any:
+        scope: _Scope | None = self
+        while scope is not None:
+            if name in scope.variables:
+                return scope.variables[name]
+            scope = scope.parent
+        raise TemplateError(f"undefined variable {name}")
 
-def _indent(width: int, text: Any) -> str:
-    pad = " " * int(width)
-    return "\n".join(pad + line for line in str(text).split("\n"))
-
-
-FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "toYaml": to_yaml,
-    "indent": _indent,
-    "nindent": lambda width, text: "\n" + _indent(width, text),
-    "quote": lambda value: json.dumps(_go_string(value)),
-    "default": lambda fallback, value: value if _truthy(value) else fallback,
-    "not": lambda value: not _truthy(value),
-}
+    def set(self, name: str, value: Any) -> None:
+        scope: _Scope | None = self
+        while scope is not None:
+            if name in scope.variables:
+                scope.variables[name] = value
+                return
+            scope = scope.parent
+        raise TemplateError(f"undefined variable {name} assigned")
 
 
 class Renderer:
-    def __init__(self, root: Mapping[str, Any]) -> None:
+    def __init__(self, root: Mapping[str, Any], defines: dict[str, list[Node]] | None = None) -> None:
         self.root = root
+        self.defines = defines if defines is not None else {}
+        self.depth = 0
 
-    def render(self, nodes: list[Node], dot: Any) -> str:
+    def render(self, nodes: list[Node], dot: Any, scope: _Scope | None = None) -> str:
+        if scope is None:
+            scope = _Scope(None, {"$": dot})
         out: list[str] = []
         for node in nodes:
             if isinstance(node, Text):
                 out.append(node.text)
             elif isinstance(node, Action):
-                out.append(_go_string(self.pipeline(node.pipeline, dot)))
-            elif node.kind == "if":
-                branch = node.body if _truthy(self.pipeline(node.pipeline, dot)) else node.otherwise
-                out.append(self.render(branch, dot))
+                value, declared = self.pipeline(node.pipeline, dot, scope)
+                if not declared:
+                    out.append(go_string(value))
+            elif isinstance(node, Call):
+                argument = self.pipeline(node.pipeline, dot, scope)[0] if node.pipeline else None
+                out.append(self.include(node.name, argument))
+            elif node.kind in ("if", "with"):
+                inner = _Scope(scope)
+                value, _ = self.pipeline(node.pipeline, dot, inner)
+                if truthy(value):
+                    out.append(self.render(node.body, value if node.kind == "with" else dot, inner))
+                else:
+                    out.append(self.render(node.otherwise, dot, inner))
             else:
-                items = self.pipeline(node.pipeline, dot)
-                if isinstance(items, dict):
-                    items = [items[key] for key in sorted(items)]
-                if items is None:
-                    items = []
-                if not isinstance(items, list):
-                    raise TemplateError(f"range over a {type(items).__name__}")
-                out.extend(self.render(node.body, item) for item in items)
+                out.append(self.range(node, dot, scope))
         return "".join(out)
 
-    def pipeline(self, text: str, dot: Any) -> Any:
-        commands = [c.strip() for c in _split_pipes(text)]
+    def range(self, node: Block, dot: Any, scope: _Scope) -> str:
+        names: list[str] = []
+        pipeline = node.pipeline
+        declaration = re.fullmatch(r"(\$\w+)\s*(?:,\s*(\$\w+)\s*)?:=(.*)", pipeline, re.DOTALL)
+        if declaration:
+            names = [name for name in declaration.groups()[:2] if name]
+            pipeline = declaration.group(3)
+        items, _ = self.pipeline(pipeline, dot, scope)
+        if items is None:
+            pairs: list[tuple[Any, Any]] = []
+        elif isinstance(items, dict):
+            pairs = [(key, items[key]) for key in sorted(items)]
+        elif isinstance(items, list):
+            pairs = list(enumerate(items))
+        else:
+            raise TemplateError(f"range can't iterate over {items!r}")
+        if not pairs:
+            return self.render(node.otherwise, dot, _Scope(scope))
+        out = []
+        for key, item in pairs:
+            values = {names[0]: item} if len(names) == 1 else dict(zip(names, (key, item), strict=False))
+            out.append(self.render(node.body, item, _Scope(scope, values)))
+        return "".join(out)
+
+    def include(self, name: str, argument: Any) -> str:
+        if name not in self.defines:
+            raise TemplateError(f'no template "{name}"')
+        self.depth += 1
+        try:
+            if self.depth > 100:
+                raise TemplateError(f"template {name!r} includes itself too deep")
+            return self.render(self.defines[name], argument, _Scope(None, {"$": argument}))
+        finally:
+            self.depth -= 1
+
+    def pipeline(self, text: str, dot: Any, scope: _Scope) -> tuple[Any, bool]:
+        """The pipeline's value, and whether it declared or assigned a variable (which prints nothing)."""
+        tokens = _tokens(text)
+        declared = False
+        if len(tokens) > 2 and tokens[0][0] == "variable" and tokens[1][0] == "declare":
+            variable, operator = tokens[0][1], tokens[1][1]
+            value = self._pipeline(tokens[2:], dot, scope, text)
+            if operator == ":=":
+                scope.variables[variable] = value
+            else:
+                scope.set(variable, value)
+            return value, True
+        return self._pipeline(tokens, dot, scope, text), declared
+
+    def _pipeline(self, tokens: list[tuple[str, str]], dot: Any, scope: _Scope, text: str) -> Any:
+        commands: list[list[tuple[str, str]]] = [[]]
+        depth = 0
+        for token in tokens:
+            if token == ("punct", "|") and depth == 0:
+                commands.append([])
+                continue
+            if token == ("punct", "("):
+                depth += 1
+            elif token == ("punct", ")"):
+                depth -= 1
+            commands[-1].append(token)
+        if depth:
+            raise TemplateError(f"unbalanced parentheses in {text!r}")
         value: Any = None
         for index, command in enumerate(commands):
-            words = shlex.split(command, posix=False)
-            if not words:
-                raise TemplateError(f"empty command in {text!r}")
-            name, args = words[0], [self.term(word, dot) for word in words[1:]]
-            if index > 0:
-                args.append(value)
-            if name in FUNCTIONS:
-                value = FUNCTIONS[name](*args)
-            elif index == 0 and not args:
-                value = self.term(name, dot)
-            else:
-                raise TemplateError(f"unknown function {name!r} in {text!r}")
+            value = self.command(command, dot, scope, text, (value,) if index else ())
         return value
 
-    def term(self, word: str, dot: Any) -> Any:
-        if word.startswith('"'):
+    def command(
+        self, words: list[tuple[str, str]], dot: Any, scope: _Scope, text: str, piped: tuple[Any, ...]
+    ) -> Any:
+        operands = _operands(words, text)
+        head = operands[0]
+        if len(head) == 1 and head[0][0] == "ident" and head[0][1] not in ("true", "false", "nil"):
+            name = head[0][1]
+            rest = operands[1:]
+            if name in ("and", "or"):
+                return self.logic(name, rest, dot, scope, text, piped)
+            args = [self.operand(operand, dot, scope, text) for operand in rest] + list(piped)
+            if name == "include":
+                if len(args) != 2:
+                    raise TemplateError(f"include takes a name and a value: {text!r}")
+                return self.include(args[0], args[1])
+            if name not in FUNCTIONS:
+                raise TemplateError(f"unknown function {name!r} in {text!r}")
+            try:
+                return FUNCTIONS[name](*args)
+            except TypeError as error:
+                raise TemplateError(f"{name}: {error} in {text!r}") from error
+        if len(operands) > 1 or piped:
+            raise TemplateError(f"can't give an argument to a non-function in {text!r}")
+        return self.operand(head, dot, scope, text)
+
+    def logic(
+        self,
+        name: str,
+        operands: list[list[tuple[str, str]]],
+        dot: Any,
+        scope: _Scope,
+        text: str,
+        piped: tuple[Any, ...],
+    ) -> Any:
+        if len(operands) + len(piped) < 1:
+            raise TemplateError(f"{name} without operands in {text!r}")
+        value: Any = None
+        evaluations = [lambda o=o: self.operand(o, dot, scope, text) for o in operands]
+        evaluations += [lambda p=p: p for p in piped]
+        for evaluate in evaluations:
+            value = evaluate()
+            if truthy(value) == (name == "or"):
+                return value
+        return value
+
+    def operand(self, words: list[tuple[str, str]], dot: Any, scope: _Scope, text: str) -> Any:
+        kind, word = words[0]
+        if kind == "punct" and word == "(":
+            return self._pipeline(words[1:-1], dot, scope, text)
+        if len(words) != 1:
+            raise TemplateError(f"cannot read {words!r} in {text!r}")
+        if kind == "string":
             return json.loads(word)
-        if re.fullmatch(r"-?\d+", word):
-            return int(word)
-        if word in ("true", "false"):
-            return word == "true"
-        if word == ".":
-            return dot
-        if word.startswith("$"):
-            base: Any = self.root
-            path = word[1:]
-        elif word.startswith("."):
-            base, path = dot, word
-        else:
-            raise TemplateError(f"unsupported term {word!r}")
-        for part in filter(None, path.split(".")):
-            if not isinstance(base, Mapping) or part not in base:
-                raise TemplateError(f"{word}: no value {part!r}")
-            base = base[part]
-        return base
+        if kind == "raw":
+            return word[1:-1]
+        if kind == "number":
+            return float(word) if re.search(r"[.eE]", word) else int(word)
+        if kind == "ident":
+            if word in ("true", "false"):
+                return word == "true"
+            if word == "nil":
+                return None
+            return self.command([(kind, word)], dot, scope, text, ())
+        if kind == "field":
+            return _walk(dot, word, word)
+        if kind == "variable":
+            name, _, path = word.partition(".")
+            return _walk(scope.get(name), "." + path if path else "", word)
+        raise TemplateError(f"unexpected {word!r} in {text!r}")
 
 
-def _split_pipes(text: str) -> list[str]:
-    parts, current, quoted = [], [], False
-    for char in text:
-        if char == '"':
-            quoted = not quoted
-        if char == "|" and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    parts.append("".join(current))
-    return parts
+def _operands(words: list[tuple[str, str]], text: str) -> list[list[tuple[str, str]]]:
+    """A command's words grouped: a parenthesized pipeline is one operand."""
+    operands: list[list[tuple[str, str]]] = []
+    depth = 0
+    for word in words:
+        if depth == 0:
+            operands.append([])
+        operands[-1].append(word)
+        if word == ("punct", "("):
+            depth += 1
+        elif word == ("punct", ")"):
+            depth -= 1
+    if not operands:
+        raise TemplateError(f"empty command in {text!r}")
+    return operands
+
+
+def _walk(base: Any, path: str, word: str) -> Any:
+    for part in filter(None, path.split(".")):
+        if not isinstance(base, Mapping) or part not in base:
+            raise TemplateError(f"{word}: no value {part!r}")
+        base = base[part]
+    return base
+
+
+# --- the chart -------------------------------------------------------------------------------
 
 
 def merge(base: Any, override: Any) -> Any:
@@ -242,21 +426,72 @@ def merge(base: Any, override: Any) -> Any:
     return override
 
 
-def render_chart(
-    chart: Path, values_files: tuple[Path, ...] = (), release: str = "release", namespace: str = "default"
-) -> dict[str, str]:
-    """Every template of ``chart`` rendered, by file name (``helm template``, roughly)."""
-    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+def _as_float64(value: Any) -> Any:
+    """Helm reads every number of the values as a float64."""
+    if isinstance(value, dict):
+        return {key: _as_float64(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_float64(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def chart_values(chart: Path, values_files: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The chart's values merged with ``values_files``, checked against ``values.schema.json``."""
     values = yaml.safe_load((chart / "values.yaml").read_text()) or {}
     for extra in values_files:
         values = merge(values, yaml.safe_load(extra.read_text()) or {})
-    root = {
-        "Values": values,
-        "Release": {"Name": release, "Namespace": namespace, "Service": "Helm"},
-        "Chart": {key[:1].upper() + key[1:]: value for key, value in meta.items()},
-    }
-    renderer = Renderer(root)
+    schema_file = chart / "values.schema.json"
+    if schema_file.exists():
+        schema = json.loads(schema_file.read_text())
+        validator = jsonschema.Draft7Validator(schema)
+        errors = sorted(validator.iter_errors(values), key=lambda e: list(e.absolute_path))
+        if errors:
+            lines = [f"- {'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors]
+            raise TemplateError("values don't meet the schema:\n" + "\n".join(lines))
+    return dict(values)
+
+
+def _chart_key(key: str) -> str:
+    """``.Chart``'s field for a Chart.yaml key: appVersion is .AppVersion, apiVersion .APIVersion."""
+    return "APIVersion" if key == "apiVersion" else key[:1].upper() + key[1:]
+
+
+def render_chart(
+    chart: Path,
+    values_files: tuple[Path, ...] = (),
+    release: str = "release",
+    namespace: str = "default",
+    notes: bool = False,
+) -> dict[str, str]:
+    """Every manifest template of ``chart`` rendered, by file name (``helm template``); NOTES.txt if asked."""
+    meta = yaml.safe_load((chart / "Chart.yaml").read_text())
+    values = _as_float64(chart_values(chart, values_files))
+    chart_object = {_chart_key(key): value for key, value in meta.items()}
+    base_path = f"{meta['name']}/templates"
+    defines: dict[str, list[Node]] = {}
+    templates: dict[str, list[Node]] = {}
+    for path in sorted((chart / "templates").iterdir()):
+        nodes = parse(path.read_text(), defines)
+        defines[f"{base_path}/{path.name}"] = nodes
+        templates[path.name] = nodes
     rendered = {}
-    for template in sorted((chart / "templates").glob("*.yaml")):
-        rendered[template.name] = renderer.render(parse(template.read_text()), root)
+    for name, nodes in templates.items():
+        if name.startswith("_") or (name == "NOTES.txt" and not notes):
+            continue
+        root = {
+            "Values": values,
+            "Release": {
+                "Name": release,
+                "Namespace": namespace,
+                "Service": "Helm",
+                "IsInstall": True,
+                "IsUpgrade": False,
+                "Revision": 1,
+            },
+            "Chart": chart_object,
+            "Template": {"Name": f"{base_path}/{name}", "BasePath": base_path},
+        }
+        rendered[name] = Renderer(root, defines).render(nodes, root)
     return rendered
