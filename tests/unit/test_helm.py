@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helmrender import Renderer, TemplateError, parse, render_chart
+from tests.helmrender import render_chart
 from watchdogd.auth import Tokens
 from watchdogd.config import load_config_text
 
@@ -48,43 +48,6 @@ def container(objects: dict[str, dict[str, Any]], name: str = "watchdogd") -> di
 def loaded_config(objects: dict[str, dict[str, Any]]) -> Any:
     text = objects["ConfigMap"]["data"]["watchdogd.yaml"]
     return load_config_text(text, "watchdogd.yaml", base_dir=Path("/etc/watchdogd"))
-
-
-# --- the renderer itself ---------------------------------------------------------------
-
-
-def render(source: str, values: dict[str, Any]) -> str:
-    root = {"Values": values, "Release": {"Name": "r"}, "Chart": {"Name": "c", "Version": "1"}}
-    return Renderer(root).render(parse(source), root)
-
-
-def test_renderer_subset() -> None:
-    values = {"on": True, "off": False, "items": ["a", "b"], "map": {"k": [1, 2]}, "empty": ""}
-    assert render("x: {{ .Release.Name }}-{{ .Chart.Name }}", values) == "x: r-c"
-    assert render("a\n  {{- if .Values.on }}\n  yes\n  {{- end }}\n", values) == "a\n  yes\n"
-    assert render("{{ if .Values.off }}y{{ else }}n{{ end }}", values) == "n"
-    assert render("{{- range .Values.items }}\n- {{ . }}{{ $.Release.Name }}\n{{- end }}", values) == (
-        "\n- ar\n- br"
-    )
-    assert render("m:\n  {{- toYaml .Values.map | nindent 2 }}", values) == "m:\n  k:\n  - 1\n  - 2"
-    assert render('{{ .Values.empty | default "d" | quote }}', values) == '"d"'
-    assert render("{{ not .Values.off }} {{ .Values.on | quote }}", values) == 'true "true"'
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "{{ .Values.missing }}",
-        "{{ .Values.map }}",
-        "{{ printf .Values.on }}",
-        "{{ if .Values.on }}",
-        "{{ end }}",
-        '{{ include "x" . }}',
-    ],
-)
-def test_renderer_refuses_what_it_does_not_know(source: str) -> None:
-    with pytest.raises(TemplateError):
-        render(source, {"on": True, "map": {}})
 
 
 # --- the chart -------------------------------------------------------------------------
