@@ -190,7 +190,7 @@ class Daemon:
         if self.election.shared:
             self.supervisor.service("election", every(POLL, self.leadership.campaign, "election"))
         self.supervisor.service("ticker", every(self.tick, self._tick, "ticker"))
-        if any(s.container or s.compose for s in self.config.services.values()):
+        if any(s.container or s.compose or s.swarm_service for s in self.config.services.values()):
             self.supervisor.service("docker-events", self.deployments.watch_docker())
         self.health.started = True
         log.info("started", services=len(self.config.services), sources=len(self.config.sources))

@@ -81,8 +81,8 @@ def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Pr
         seen.add(step)
     needs = {
         "container": (
-            service.container is not None or service.compose is not None,
-            "a container step needs the service's container or compose service",
+            service.container is not None or service.compose is not None or service.swarm_service is not None,
+            "a container step needs the service's container, compose service or swarm_service",
         ),
         "sql": (service.database is not None, "a sql step needs the service's database"),
         "redis_purge": (
