@@ -8,7 +8,7 @@ part the chart uses, with their semantics (tests/unit/test_helm.py renders a
 tricky template and compares it with Helm's output, written by hand):
 
 - actions ``{{ }}``, ``{{-``/``-}}`` trimming the whitespace (newlines included)
-  beside them, comments ``{{/* */}}``;
+  beside them, comments ``{{/* */}}`` (parsed by tests/helmparse.py);
 - ``if``/``else if``/``else``, ``range`` (``$i, $v :=``; maps by sorted key;
   ``else`` when empty), ``with``, ``define``, ``template``, each closed by ``end``;
 - variables ``$x := ...``/``$x = ...`` scoped to their block, ``$`` the data the
@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,127 +38,9 @@ import jsonschema
 import yaml
 
 from tests.helmfuncs import FUNCTIONS, TemplateError, go_string, truthy
+from tests.helmparse import Action, Block, Call, Node, Text, parse
 
 __all__ = ["Renderer", "TemplateError", "chart_values", "merge", "parse", "render_chart"]
-
-_ACTION = re.compile(r"\{\{(-[ \t\r\n])?(.*?)([ \t\r\n]-)?\}\}", re.DOTALL)
-_KEYWORD = re.compile(r"(if|else|end|range|with|define|template)\b\s*(.*)", re.DOTALL)
-_SPACE = " \t\r\n"
-
-
-@dataclass
-class Text:
-    text: str
-
-
-@dataclass
-class Action:
-    pipeline: str
-
-
-@dataclass
-class Call:  # {{ template "name" pipeline }}
-    name: str
-    pipeline: str
-
-
-@dataclass
-class Block:
-    kind: str  # if, range, with, define
-    pipeline: str
-    body: list[Node] = field(default_factory=list)
-    otherwise: list[Node] = field(default_factory=list)
-
-
-Node = Text | Action | Call | Block
-
-
-def _lex(source: str) -> list[Text | tuple[str, str]]:
-    """Text pieces and (keyword, rest) actions, with whitespace trimmed where ``{{-`` or ``-}}`` asks."""
-    pieces: list[Text | tuple[str, str]] = []
-    position = 0
-    trim_next = False
-    for match in _ACTION.finditer(source):
-        text = source[position : match.start()]
-        if trim_next:
-            text = text.lstrip(_SPACE)
-        if match.group(1):
-            text = text.rstrip(_SPACE)
-        pieces.append(Text(text))
-        inner = match.group(2).strip(_SPACE)
-        trim_next = bool(match.group(3))
-        position = match.end()
-        if inner.startswith("/*"):
-            if not inner.endswith("*/"):
-                raise TemplateError(f"unclosed comment: {inner[:40]!r}")
-            continue
-        keyword = _KEYWORD.fullmatch(inner)
-        pieces.append((keyword.group(1), keyword.group(2).strip()) if keyword else ("action", inner))
-    tail = source[position:]
-    pieces.append(Text(tail.lstrip(_SPACE) if trim_next else tail))
-    return pieces
-
-
-def parse(source: str, defines: dict[str, list[Node]] | None = None) -> list[Node]:
-    """The template's nodes; its ``define``s go into ``defines``."""
-    root: list[Node] = []
-    # open blocks: the block, whether in its else part, and whether an ``else if`` opened it
-    stack: list[tuple[Block, bool, bool]] = []
-
-    def target() -> list[Node]:
-        if not stack:
-            return root
-        block, in_else, _ = stack[-1]
-        return block.otherwise if in_else else block.body
-
-    for piece in _lex(source):
-        if isinstance(piece, Text):
-            if piece.text:
-                target().append(piece)
-            continue
-        keyword, rest = piece
-        if keyword == "action":
-            target().append(Action(rest))
-        elif keyword == "template":
-            name, _, argument = rest.partition(" ")
-            target().append(Call(json.loads(name), argument.strip()))
-        elif keyword in ("if", "range", "with", "define"):
-            if not rest:
-                raise TemplateError(f"{keyword} without an expression")
-            if keyword == "define" and stack:
-                raise TemplateError("define inside a block")
-            block = Block(keyword, rest)
-            target().append(block)
-            stack.append((block, False, False))
-        elif keyword == "else":
-            if not stack or stack[-1][1] or stack[-1][0].kind not in ("if", "range", "with"):
-                raise TemplateError("else outside an if, range or with")
-            block = stack[-1][0]
-            stack[-1] = (block, True, stack[-1][2])
-            chained = _KEYWORD.fullmatch(rest) if rest else None
-            if chained and chained.group(1) in ("if", "with"):
-                inner = Block(chained.group(1), chained.group(2).strip())
-                block.otherwise.append(inner)
-                stack.append((inner, False, True))
-            elif rest:
-                raise TemplateError(f"else {rest!r}")
-        else:
-            if rest:
-                raise TemplateError(f"end {rest!r}")
-            if not stack:
-                raise TemplateError("end without an open block")
-            while True:  # an ``end`` closes an ``else if`` chain whole
-                block, _, chained_else = stack.pop()
-                if not chained_else:
-                    break
-            if block.kind == "define":
-                root.remove(block)
-                if defines is not None:
-                    defines[json.loads(block.pipeline)] = block.body
-    if stack:
-        raise TemplateError(f"{stack[-1][0].kind} {stack[-1][0].pipeline!r} is never ended")
-    return root
-
 
 # --- pipelines -------------------------------------------------------------------------------
 
