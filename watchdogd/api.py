@@ -9,6 +9,7 @@ bearer token from the tokens file; votes need the operator role.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import re
@@ -27,9 +28,11 @@ from watchdogd import openapi, ui
 from watchdogd.auth import Principal, Rejections, Role, Throttle, Tokens
 from watchdogd.config.types import DURATION_PATTERN, parse_duration
 from watchdogd.daemon import Daemon
-from watchdogd.errors import NotFound, RequestError, StoreError
+from watchdogd.decisions import group_of_record, group_outcomes
+from watchdogd.errors import Invalid, NotFound, RequestError, StoreError
 from watchdogd.events import EventHub, events_handler, install
 from watchdogd.model import Deployment, RollbackRecord, jsonable_number
+from watchdogd.rollback.backups import Backup, backups_dir, get_backup, list_backups, take_backup
 from watchdogd.rollback.migrations import MigrationRequest
 from watchdogd.sources.alertmanager import MAX_PAYLOAD_BYTES, WebhookPayload
 from watchdogd.watch.deployments import Registration
@@ -106,6 +109,13 @@ class DeploymentBody(Body):
     migrations: list[MigrationBody] = Field(default_factory=list, max_length=100)
     window: str | None = Field(None, pattern=DURATION_PATTERN, description="5m, 2h, 1d; at most 366d")
     rehearse: bool = False
+    backup_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The backup taken before migrating (POST /v1/services/{service}/backups): what a "
+        "restore step restores.",
+    )
 
     @field_validator("window")
     @classmethod
@@ -191,6 +201,8 @@ def create_app(
         ("GET", "/v1/freezes", api.list_freezes, "viewer"),
         ("POST", "/v1/services/{service}/freeze", api.freeze, "operator"),
         ("DELETE", "/v1/services/{service}/freeze", api.unfreeze, "operator"),
+        ("POST", "/v1/services/{service}/backups", api.take_backup, "deployer"),
+        ("GET", "/v1/services/{service}/backups", api.list_backups, "viewer"),
         ("GET", "/v1/whoami", api.whoami, "viewer"),
         ("GET", "/v1/events", events_handler(hub), "viewer"),
         ("POST", "/v1/deployments/{id}/rehearse", api.rehearse, "operator"),
@@ -333,7 +345,13 @@ class _Api:
         key = registration.idempotency_key
         if key is None or await self.daemon.store.deployment_for_key(key) is None:
             await self.daemon.freezes.check(body.service)  # a replay of one registered before still answers
+        if body.backup_id is not None:
+            self._backup(body.service, body.backup_id)  # refused before anything is registered
         deployment, registered = await self.daemon.deployments.register(registration, _actor(request))
+        if body.backup_id is not None and deployment.facts.backup_id != body.backup_id:
+            facts = dataclasses.replace(deployment.facts, backup_id=body.backup_id)
+            await self.daemon.store.update_facts(deployment.id, facts)
+            deployment = dataclasses.replace(deployment, facts=facts)
         return web.json_response({**self._deployment(deployment), **registered.to_json()}, status=201)
 
     async def list_deployments(self, request: web.Request) -> web.Response:
@@ -363,6 +381,34 @@ class _Api:
             request.match_info["id"], _actor(request), body.reason
         )
         return web.json_response(_rollback(record), status=202)
+
+    # --- backups -------------------------------------------------------------------------
+
+    def _backup(self, service: str, backup_id: str) -> Backup:
+        config = self.daemon.world.config
+        self.daemon.world.service(service)
+        try:
+            return get_backup(backups_dir(config), service, backup_id)
+        except NotFound as exc:
+            raise Invalid(str(exc), code="unknown_backup") from None
+
+    async def take_backup(self, request: web.Request) -> web.Response:
+        await _body(request, EmptyBody, optional=True)
+        service, actor = request.match_info["service"], _actor(request)
+        world = self.daemon.world
+        world.service(service)
+        backup = await take_backup(world.config, service, actor, time.time())
+        await self.daemon.store.audit(
+            actor, "backup", {"service": service, "backup_id": backup.id, "size": backup.size}
+        )
+        return web.json_response(_backup_json(backup), status=201)
+
+    async def list_backups(self, request: web.Request) -> web.Response:
+        service = request.match_info["service"]
+        world = self.daemon.world
+        world.service(service)
+        found = await asyncio.to_thread(list_backups, backups_dir(world.config), service)
+        return web.json_response({"items": [_backup_json(b) for b in found]})
 
     # --- freezes -------------------------------------------------------------------------
 
@@ -522,6 +568,7 @@ class _Api:
             "window_ends_at": _time(deployment.window_ends_at),
             "finished_at": _time(deployment.finished_at),
             "migrations": [m.id for m in deployment.facts.migrations],
+            "backup_id": deployment.facts.backup_id,
             "rules": [
                 {
                     "name": v.name,
@@ -559,7 +606,21 @@ def _rollback(record: RollbackRecord) -> dict[str, Any]:
             }
             for s in record.steps
         ],
+        **_group(record),
     }
+
+
+def _group(record: RollbackRecord) -> dict[str, Any]:
+    """A group's rollback: its members, in order, and which are back (nothing for one service's)."""
+    group = group_of_record(record)
+    if group is None:
+        return {}
+    ids = {str(m["service"]): m.get("deployment_id") for m in group.get("members") or ()}
+    members = [
+        {"service": o.service, "deployment_id": ids.get(o.service), "state": o.state, "why": o.why or None}
+        for o in group_outcomes(record)
+    ]
+    return {"group": {"name": group.get("name"), "members": members}}
 
 
 async def _body(request: web.Request, model: type[BaseModel], optional: bool = False) -> Any:
@@ -615,6 +676,21 @@ def _idempotency_key(request: web.Request) -> str | None:
 def _actor(request: web.Request) -> str:
     principal: Principal | None = request.get("principal")
     return principal.name if principal else "anonymous"
+
+
+def _backup_json(backup: Backup) -> dict[str, Any]:
+    return {
+        "backup_id": backup.id,
+        "service": backup.service,
+        "database": backup.database,
+        "created_at": _time(backup.created_at),
+        "size": backup.size,
+        "sha256": backup.sha256,
+        "tables": backup.tables,
+        "server_version": backup.server_version,
+        "by": backup.by,
+        "seconds": backup.seconds,
+    }
 
 
 def _time(at: float | None) -> str | None:

@@ -17,10 +17,10 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from watchdogd.config.models import Config, ServiceConfig
-from watchdogd.model import DeploymentState, RollbackState
+from watchdogd.model import DeploymentState, RollbackRecord, RollbackState
 
 Mode = Literal["auto", "manual", "dry-run"]
 Due = Literal["wait", "execute", "expire"]
@@ -39,11 +39,15 @@ class Policy:
     on_approval_timeout: Literal["execute", "cancel"] = "cancel"
 
 
-def policy_for(config: Config, service: str, sql_policy: str | None = None) -> Policy:
-    """The service's policy, defaults resolved; down SQL that needs approval makes ``auto`` manual."""
+def policy_for(
+    config: Config, service: str, sql_policy: str | None = None, backup_id: str | None = None
+) -> Policy:
+    """The service's policy, defaults resolved; ``auto`` becomes manual when the plan needs approval:
+    down SQL that needs it, or a ``restore`` of the deployment's backup (``rollback.restore.approve``)."""
     svc, defaults = config.services[service], config.defaults
     mode = svc.mode or defaults.mode
-    if sql_policy == "approve" and mode == "auto":
+    restores = backup_id is not None and "restore" in svc.plan() and svc.rollback.restore.approve
+    if (sql_policy == "approve" or restores) and mode == "auto":
         mode = "manual"
     return Policy(
         mode=mode,
@@ -233,3 +237,131 @@ def may_rehearse(plan: Sequence[str], sql_policy: str | None) -> str | None:
     if sql_policy == "refuse":
         return "the assessment refuses this down SQL (database.destructive or a problem): it is not rehearsed"
     return None
+
+
+# --- service groups: one proposal, one decision, member plans in order ------------------------
+
+GROUP_STEP_SEPARATOR = "/"
+"""A group plan's step is ``SERVICE/STEP``: a service name cannot hold it, a step name can hold ``:``."""
+
+
+def group_policy(policies: Sequence[Policy]) -> Policy:
+    """One decision for a group, as careful as its most careful member.
+
+    Dry run when any member is in dry run (a group rolls back whole or not at
+    all, and a member whose operators asked that nothing be touched is not
+    touched); otherwise manual when any member needs approval; the longest
+    grace (each member's operators keep at least their own veto window); the
+    shortest approval timeout, ``cancel`` when any member cancels unanswered.
+    """
+    modes = {p.mode for p in policies}
+    mode: Mode = "dry-run" if "dry-run" in modes else "manual" if "manual" in modes else "auto"
+    timeouts = [p.approval_timeout for p in policies if p.approval_timeout is not None]
+    cancels = any(p.on_approval_timeout == "cancel" for p in policies)
+    return Policy(
+        mode=mode,
+        grace=max((p.grace for p in policies), default=Policy().grace),
+        approval_timeout=min(timeouts) if timeouts else None,
+        on_approval_timeout="cancel" if cancels or not policies else "execute",
+    )
+
+
+def group_steps(plans: Sequence[tuple[str, Sequence[str]]]) -> tuple[str, ...]:
+    """The group's plan: each member's own steps, member after member, in the group's order."""
+    return tuple(f"{service}{GROUP_STEP_SEPARATOR}{step}" for service, steps in plans for step in steps)
+
+
+def split_step(name: str) -> tuple[str | None, str]:
+    """``(member, step)`` of a group plan's step; ``(None, step)`` for a one-service plan's."""
+    service, sep, step = name.partition(GROUP_STEP_SEPARATOR)
+    return (service, step) if sep else (None, name)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberOutcome:
+    service: str
+    state: Literal["back", "not_back", "rolling_back", "pending", "skipped"]
+    why: str = ""
+
+
+def group_outcome(
+    order: Sequence[str], steps: Sequence[tuple[str, str, str | None]], skipped: Mapping[str, str]
+) -> list[MemberOutcome]:
+    """Where each member stands, from the plan's ``(step name, state, error)`` in order.
+
+    ``back``: every step of its plan is done (or skipped); ``not_back``: a step
+    failed, or an earlier member's failure stopped the group before it;
+    ``rolling_back``: a step of it runs or is done and the rest wait; ``pending``:
+    nothing of it has run and nothing failed yet; ``skipped``: it had nothing to
+    roll back (``skipped`` says why).
+    """
+    by_member: dict[str, list[tuple[str, str, str | None]]] = {}
+    for name, state, error in steps:
+        service, step = split_step(name)
+        if service is not None:
+            by_member.setdefault(service, []).append((step, str(state), error))
+    failed_at: str | None = None
+    out: list[MemberOutcome] = []
+    for service in order:
+        if service in skipped:
+            out.append(MemberOutcome(service, "skipped", skipped[service]))
+            continue
+        own = by_member.get(service, [])
+        failed = next(((step, error) for step, state, error in own if state == "failed"), None)
+        if failed is not None:
+            failed_at = failed_at or service
+            out.append(MemberOutcome(service, "not_back", f"step {failed[0]} failed: {failed[1] or ''}"))
+        elif own and all(state in ("done", "skipped") for _, state, _ in own):
+            out.append(MemberOutcome(service, "back"))
+        elif failed_at is not None:
+            out.append(MemberOutcome(service, "not_back", f"not started: the group stopped at {failed_at}"))
+        elif any(state != "pending" for _, state, _ in own):
+            out.append(MemberOutcome(service, "rolling_back"))
+        else:
+            out.append(MemberOutcome(service, "pending"))
+    return out
+
+
+def group_summary(outcomes: Sequence[MemberOutcome]) -> str:
+    """Which members are back and which are not, in one line (notifications, the record's error)."""
+    back = [o.service for o in outcomes if o.state == "back"]
+    waiting = ("not_back", "pending", "rolling_back")
+    not_back = [f"{o.service} ({o.why or o.state.replace('_', ' ')})" for o in outcomes if o.state in waiting]
+    skipped = [f"{o.service} ({o.why})" for o in outcomes if o.state == "skipped"]
+    parts = [f"back: {', '.join(back) or 'none'}"]
+    if not_back:
+        parts.append(f"not back: {'; '.join(not_back)}")
+    if skipped:
+        parts.append(f"skipped: {'; '.join(skipped)}")
+    return "; ".join(parts)
+
+
+def group_of_record(record: RollbackRecord) -> Mapping[str, Any] | None:
+    """The group part of a rollback's target (None: a one-service rollback)."""
+    group = record.target.get("group")
+    return group if isinstance(group, Mapping) else None
+
+
+def group_outcomes(record: RollbackRecord) -> list[MemberOutcome]:
+    """Where each member of a group's rollback stands (empty for a one-service rollback)."""
+    group = group_of_record(record)
+    if group is None:
+        return []
+    members = group.get("members") or []
+    skipped = {str(m["service"]): str(m["skipped"]) for m in members if m.get("skipped")}
+    steps = [(s.name, str(s.state), s.error) for s in record.steps]
+    return group_outcome([str(m["service"]) for m in members], steps, skipped)
+
+
+def rule_keys(record: RollbackRecord) -> list[tuple[str, str]]:
+    """``(service, rule)`` of each rule that fired for the rollback, members' included."""
+    keys = {(r.service or record.service, r.rule) for r in record.reasons if r.rule is not None}
+    return sorted(keys)
+
+
+def member_services(record: RollbackRecord) -> list[str]:
+    """The services a rollback is for: the group's members in order, or its own service."""
+    group = group_of_record(record)
+    if group is None:
+        return [record.service]
+    return [str(m["service"]) for m in group.get("members") or ()]

@@ -44,6 +44,27 @@ class Freezes(_Out):
     items: list[Freeze]
 
 
+class Backup(_Out):
+    """A pg_dump -Fc of the service's database, with every table's rows at that moment."""
+
+    backup_id: str
+    service: str
+    database: str
+    created_at: str
+    size: int
+    sha256: str
+    tables: dict[str, int]
+    server_version: str
+    by: str
+    seconds: float
+
+
+class Backups(_Out):
+    """The service's backups, newest first."""
+
+    items: list[Backup]
+
+
 class Unfrozen(_Out):
     lifted: Freeze
 
@@ -102,6 +123,7 @@ class Deployment(_Out):
     window_ends_at: str
     finished_at: str | None
     migrations: list[str]
+    backup_id: str | None = None
     rules: list[RuleView]
 
 
@@ -140,6 +162,22 @@ class Rollback(_Out):
     finished_at: str | None
     error: str | None
     steps: list[Step]
+    group: RollbackGroup | None = None
+    """Only for a service group's rollback."""
+
+
+class GroupMember(_Out):
+    service: str
+    deployment_id: str | None
+    state: Literal["back", "not_back", "rolling_back", "pending", "skipped"]
+    why: str | None
+
+
+class RollbackGroup(_Out):
+    """The group's members in the order their plans run, and which are back."""
+
+    name: str
+    members: list[GroupMember]
 
 
 class AuditEntry(_Out):
@@ -241,6 +279,18 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         body="EmptyBody",
         body_optional=True,
         errors=_VOTE,
+    ),
+    ("POST", "/v1/services/{service}/backups"): Operation(
+        "Back up the service's database (pg_dump -Fc) before migrating; older backups are pruned",
+        "deployer",
+        ok=201,
+        answer=Backup,
+        body="EmptyBody",
+        body_optional=True,
+        errors=(400, 401, 403, 409, 422, 503),
+    ),
+    ("GET", "/v1/services/{service}/backups"): Operation(
+        "The service's backups, newest first", "viewer", answer=Backups, errors=(*_VIEW, 422)
     ),
     ("GET", "/v1/deployments"): Operation(
         "Deployments, newest first", "viewer", answer=Deployments, errors=_VIEW

@@ -46,6 +46,8 @@ def test_schema_command_prints_the_schema(capsys: pytest.CaptureFixture[str]) ->
         "sources",
         "services",
         "templates",
+        "backups",
+        "groups",
     }
 
 

@@ -6,6 +6,7 @@ location into a file line. All problems are collected, none stops the others.
 
 from __future__ import annotations
 
+from watchdogd.config.groups import check_groups
 from watchdogd.config.models import (
     DOCKER_FIELDS,
     EXEC_FIELDS,
@@ -30,6 +31,7 @@ _MEASURES: dict[str, tuple[str, ...]] = {
     "rate": ("scrape",),
     "ratio": ("scrape",),
     "quantile": ("scrape",),
+    "sequential": ("scrape",),
     "field": ("docker", "http", "postgres", "exec"),
     "alerts": ("alertmanager",),
     "pattern": LOG_SOURCE_TYPES,
@@ -38,7 +40,7 @@ _MEASURES: dict[str, tuple[str, ...]] = {
 }
 _WHAT_FITS: dict[str, str] = {
     "prometheus": "a query (PromQL)",
-    "scrape": "exactly one of metric, rate, ratio, quantile",
+    "scrape": "exactly one of metric, rate, ratio, quantile, sequential",
     "http": "an optional field (up, status, latency_seconds)",
     "docker": "a field (" + ", ".join(DOCKER_FIELDS) + ")",
     "docker_logs": "a pattern with over or absent_for",
@@ -54,7 +56,7 @@ def check_config(config: Config) -> list[Problem]:
     problems: list[Problem] = []
     for name, service in config.services.items():
         problems += _check_service(config, name, service)
-    return problems
+    return problems + check_groups(config)
 
 
 def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Problem]:
@@ -85,6 +87,7 @@ def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Pr
             "a container step needs the service's container, compose service or swarm_service",
         ),
         "sql": (service.database is not None, "a sql step needs the service's database"),
+        "restore": (service.database is not None, "a restore step needs the service's database"),
         "redis_purge": (
             service.rollback.redis_purge is not None,
             "a redis_purge step needs rollback.redis_purge with its keys",
@@ -189,7 +192,7 @@ def _check_measure(rule: RuleConfig, source: SourceConfig, loc: Loc) -> list[Pro
         if problem is not None:
             problems.append(((*loc, "query"), f"PromQL that does not parse: {problem}"))
     elif kind == "scrape":
-        chosen = [key for key in ("metric", "rate", "ratio", "quantile") if key in present]
+        chosen = [key for key in ("metric", "rate", "ratio", "quantile", "sequential") if key in present]
         if len(chosen) != 1:
             where = (*loc, chosen[1]) if len(chosen) > 1 else loc
             problems.append((where, f"a rule on scrape source '{rule.source}' needs {_WHAT_FITS[kind]}"))
@@ -251,6 +254,9 @@ def _check_selectors(rule: RuleConfig, loc: Loc) -> list[Problem]:
         texts.append(((*loc, "ratio", "denominator"), rule.ratio.denominator))
     if rule.quantile is not None:
         texts.append(((*loc, "quantile", "metric"), rule.quantile.metric))
+    if rule.sequential is not None:
+        texts.append(((*loc, "sequential", "errors"), rule.sequential.errors))
+        texts.append(((*loc, "sequential", "total"), rule.sequential.total))
     problems: list[Problem] = []
     for where, text in texts:
         try:
@@ -260,9 +266,24 @@ def _check_selectors(rule: RuleConfig, loc: Loc) -> list[Problem]:
     return problems
 
 
+def _check_sequential(rule: RuleConfig, loc: Loc) -> list[Problem]:
+    """A sequential rule fires on its evidence: no condition, timers or baseline of its own."""
+    problems: list[Problem] = []
+    for key in ("condition", "clear_condition", "failures", "baseline"):
+        if getattr(rule, key) is not None:
+            problems.append(
+                ((*loc, key), f"a sequential rule has no {key}: it fires when the evidence reaches its bound")
+            )
+    if rule.for_ or rule.immediate or rule.keep_firing_for:
+        problems.append(((*loc,), "a sequential rule takes no for, immediate or keep_firing_for"))
+    return problems
+
+
 def _check_timing(rule: RuleConfig, source: SourceConfig, loc: Loc) -> list[Problem]:
     problems: list[Problem] = []
     absence = rule.absent_for is not None
+    if rule.sequential is not None:
+        return _check_sequential(rule, loc)
     if absence:
         if rule.condition is not None:
             problems.append(((*loc, "condition"), "an absent_for rule has no condition: it fires on silence"))

@@ -918,7 +918,7 @@ class Config(Model):
     backups: BackupsConfig = Field(default_factory=BackupsConfig)
     groups: dict[Name, GroupConfig] = Field(
         default_factory=dict,
-        description="Services rolled back together (docs/rollback-steps.md, \"Service groups\").",
+        description="Services rolled back together (docs/rollback-steps.md, Service groups).",
     )
 
     def group_of(self, service: str) -> str | None:

@@ -96,6 +96,8 @@ TITLES = {
     "ContainerStepConfig": "services.NAME.rollback.container",
     "RedisPurgeConfig": "services.NAME.rollback.redis_purge",
     "QueuePurge": "services.NAME.rollback.redis_purge.queues[]",
+    "RestoreStepConfig": "services.NAME.rollback.restore",
+    "BackupsConfig": "backups",
     "CommandStepConfig": "services.NAME.rollback.commands.NAME",
     "WebhookStepConfig": "services.NAME.rollback.webhook",
     "VerifyStepConfig": "services.NAME.rollback.verify",

@@ -82,7 +82,10 @@ class RollbackTables(SqlBase):
                 return current, False  # executing: the plan is under way, nothing joins it
             [reason] = new.reasons
             reasons = current.reasons
-            if reason.rule is None or reason.rule not in current.rules:
+            # a rule joins once; in a group's proposal, once per member (two members' rules may share a name)
+            if reason.rule is None or (reason.service, reason.rule) not in {
+                (r.service, r.rule) for r in reasons
+            }:
                 reasons = (*reasons, reason)
             due = current.execute_at
             if due is not None and new.execute_at is not None:

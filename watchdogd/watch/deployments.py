@@ -35,6 +35,7 @@ from watchdogd.model import (
 )
 from watchdogd.rollback.migrations import MigrationRequest, resolve
 from watchdogd.rollback.sql import SqlStep
+from watchdogd.rollback.swarmspec import previous_of_service, swarm_facts
 from watchdogd.rollback.targets import target_of
 from watchdogd.store import Store
 from watchdogd.telemetry import Metrics
@@ -349,11 +350,15 @@ class Deployments:
                             continue
                         attributes = (event.get("Actor") or {}).get("Attributes") or {}
                         # A Swarm service update that is a rollback (Swarm's own or asked for) is no deploy.
-                        rollback = str(attributes.get("updatestate.new", "")).startswith("rollback")
+                        state = str(attributes.get("updatestate.new", ""))
+                        rollback = state.startswith("rollback")
                         for service, target in targets:
                             mine = getattr(target, "event_type", "container") == kind
                             if mine and target.matches(attributes):
-                                asyncio.run_coroutine_threadsafe(self.started(service, rollback), loop)
+                                done = asyncio.run_coroutine_threadsafe(
+                                    self.started(service, rollback, state), loop
+                                )
+                                done.add_done_callback(_logged)
                 except Exception as exc:
                     log.warning("docker_events_lost", error=str(exc))
                     stop.wait(2.0)
@@ -365,12 +370,13 @@ class Deployments:
         finally:
             stop.set()
 
-    async def started(self, service: str, rollback: bool = False) -> None:
-        """``rollback``: the event was a Swarm service rolled back, by Swarm or on request."""
+    async def started(self, service: str, rollback: bool = False, state: str = "") -> None:
+        """``rollback``: the event was a Swarm service rolled back, by Swarm or on request; ``state``: its
+        ``UpdateStatus`` state as the event gave it."""
         async with self.lock:
-            await self._noticed(service, rollback)
+            await self._noticed(service, rollback, state)
 
-    async def _noticed(self, service: str, rollback: bool = False) -> None:
+    async def _noticed(self, service: str, rollback: bool = False, state: str = "") -> None:
         svc = self.world().config.services.get(service)
         if svc is None or target_of(svc) is None:
             return
@@ -380,9 +386,34 @@ class Deployments:
             # bad one). A watched deployment's own rollback step finds it done and waits for the tasks.
             self.containers.remember(service, snapshot)
             log.info("swarm_service_rolled_back", service=service, image=snapshot.image_id)
+            if state == "rollback_started":
+                await self._rolled_back_not_by_us(service, snapshot)
             return
         if snapshot is not None:
             await self._noticed_running(service, snapshot)
+
+    async def _rolled_back_not_by_us(self, service: str, snapshot: ContainerSnapshot) -> None:
+        """Audit and notify a Swarm rollback watchdogd did not start: Swarm's own, or an operator's."""
+        live = self.watched.get(service)
+        if live is not None and live.deployment.state is DeploymentState.ROLLING_BACK:
+            return  # watchdogd's own rollback
+        message = str(swarm_facts(snapshot).get("update_message") or "")
+        by = "operator" if "manually requested" in message else "swarm"
+        replaced = previous_of_service(snapshot)
+        deployment = live.deployment if live is not None else None
+        if deployment is None:
+            deployment = next(
+                (d for d in await self.store.deployments(limit=20) if d.service == service), None
+            )
+        from_image = replaced.image if replaced is not None else None
+        who = "Swarm rolled" if by == "swarm" else "an operator rolled (docker service rollback)"
+        await self.report(
+            "swarm_rolled_back",
+            service=service,
+            deployment_id=deployment.id if deployment is not None else None,
+            detail={"by": by, "image": snapshot.image, "from_image": from_image, "message": message},
+            summary=f"{who} {service} back from {from_image or 'its spec'} to {snapshot.image}: {message}",
+        )
 
     async def _noticed_running(self, service: str, snapshot: ContainerSnapshot) -> None:
         """``snapshot`` runs for ``service`` now: a deployment when it replaced the last container seen."""
@@ -542,7 +573,7 @@ class Deployments:
             self.metrics.deployment_started.labels(deployment.service).set(deployment.started_at)
             if deployment.state is not DeploymentState.WATCHING or remaining > 0 or not self.leading():
                 continue
-            latest = await self.store.latest_for(deployment.id)
+            latest = await self.proposer.latest_for(deployment)  # a group's proposal holds each member
             blind = self.watched.blind_rollback_rules(deployment, world)
             verdict = window_end(
                 deployment.state, deployment.window_ends_at, now, latest.state if latest else None, blind
@@ -608,6 +639,13 @@ class Deployments:
                 summary=_promoted(deployment.service, unverified),
             )
         return await self.store.deployment(deployment.id) or deployment
+
+
+def _logged(done: Any) -> None:
+    """A Docker event's handling failed: said in the log, never lost in a future nobody reads."""
+    if not done.cancelled() and done.exception() is not None:
+        exc = done.exception()
+        log.error("docker_event_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _names(snapshot: ContainerSnapshot, named: str) -> bool:

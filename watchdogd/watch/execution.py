@@ -16,6 +16,7 @@ import aiohttp
 import structlog
 
 from watchdogd.config.models import HttpSource, ServiceConfig
+from watchdogd.decisions import group_of_record, group_outcomes, group_summary
 from watchdogd.model import (
     PROPOSED_STATES,
     Deployment,
@@ -27,6 +28,7 @@ from watchdogd.model import (
 )
 from watchdogd.rollback.base import RollbackTarget, Step
 from watchdogd.rollback.command import CommandStep
+from watchdogd.rollback.members import MemberStep
 from watchdogd.rollback.plan import Executor, target_from_json, target_to_json
 from watchdogd.rollback.redis_purge import RedisPurgeStep
 from watchdogd.rollback.restore import RestoreStep
@@ -254,17 +256,20 @@ class Executions:
 
     async def _run(self, record: RollbackRecord, deployment: Deployment) -> None:
         store, service = self.store, deployment.service
-        await store.set_deployment_state(
-            deployment.id,
-            DeploymentState.ROLLING_BACK,
-            (
-                DeploymentState.WATCHING,
-                DeploymentState.UNVERIFIED,
+        # a group's rollback undoes every member's deployment it names (a member back already stays so)
+        undone = await self._undone(record, deployment)
+        for each in undone:
+            await store.set_deployment_state(
+                each.id,
                 DeploymentState.ROLLING_BACK,
-                DeploymentState.ROLLBACK_FAILED,
-            ),
-        )
-        await self.watched.refresh(service)
+                (
+                    DeploymentState.WATCHING,
+                    DeploymentState.UNVERIFIED,
+                    DeploymentState.ROLLING_BACK,
+                    DeploymentState.ROLLBACK_FAILED,
+                ),
+            )
+            await self.watched.refresh(each.service)
         fired = [r.at for r in record.reasons if r.rule is not None]
         if fired and record.started_at is None:
             self.metrics.detection_latency.observe(max(0.0, self.clock() - min(fired)))
@@ -282,30 +287,91 @@ class Executions:
             done = await store.get(record.id) or record
         else:
             current = await store.get(record.id) or record
-            executor = Executor(store, self.plans.steps(service, self.clock()), self.metrics)
+            approver = await self._approver(record)
             target = dataclasses.replace(
                 target_from_json(current.target, svc),
-                approved_by=await self._approver(record),
+                approved_by=approver,
                 rollback_id=record.id,
                 reasons=tuple(record.reasons),
             )
-            done = await executor.execute(current, target)
+            steps_ = self._steps(current, self.clock(), approver)
+            done = await Executor(store, steps_, self.metrics).execute(current, target)
         ok = done.state is RollbackState.SUCCEEDED
-        await store.set_deployment_state(
-            deployment.id,
-            DeploymentState.ROLLED_BACK if ok else DeploymentState.ROLLBACK_FAILED,
-            (DeploymentState.ROLLING_BACK,),
-        )
-        await self.watched.refresh(service)
+        outcomes = {o.service: o for o in group_outcomes(done)}
+        for each in undone:
+            outcome = outcomes.get(each.service)
+            back = ok or (outcome is not None and outcome.state == "back")
+            await store.set_deployment_state(
+                each.id,
+                DeploymentState.ROLLED_BACK if back else DeploymentState.ROLLBACK_FAILED,
+                (DeploymentState.ROLLING_BACK,),
+            )
+            await self.watched.refresh(each.service)
         steps = [{"name": s.name, "state": s.state, "error": s.error} for s in done.steps]
+        detail: dict[str, Any] = {"steps": steps, "error": done.error, "state": done.state}
+        what = service
+        if outcomes:
+            group = group_of_record(done) or {}
+            what = f"group {group.get('name')} ({', '.join(outcomes)})"
+            detail["group"] = {
+                "name": group.get("name"),
+                "members": [
+                    {"service": o.service, "state": o.state, "why": o.why} for o in outcomes.values()
+                ],
+                "summary": group_summary(list(outcomes.values())),
+            }
+        said = "succeeded" if ok else f"failed: {done.error}"
+        if outcomes:
+            said += f"; {detail['group']['summary']}"
         await self.report(
             "rollback_succeeded" if ok else "rollback_failed",
             **ids,
-            detail={"steps": steps, "error": done.error, "state": done.state},
-            summary=f"rollback of {service} " + ("succeeded" if ok else f"failed: {done.error}"),
+            detail=detail,
+            summary=f"rollback of {what} {said}",
         )
         if self.freezes is not None:
             await self.freezes.after_rollback(done, ok)
+
+    async def _undone(self, record: RollbackRecord, deployment: Deployment) -> list[Deployment]:
+        """The deployments the rollback undoes: its own, and in a group each member's it names."""
+        group = group_of_record(record)
+        if group is None:
+            return [deployment]
+        out = []
+        for member in group.get("members") or ():
+            found = (
+                deployment
+                if member.get("deployment_id") == deployment.id
+                else await self.store.deployment(str(member["deployment_id"]))
+                if member.get("deployment_id")
+                else None
+            )
+            if found is not None:
+                out.append(found)
+        return out
+
+    def _steps(self, record: RollbackRecord, since: float, approver: str | None = None) -> dict[str, Step]:
+        """The plan's steps: the service's own, or each group member's bound to its own target."""
+        group = group_of_record(record)
+        if group is None:
+            return self.plans.steps(record.service, since)
+        world = self.world()
+        steps: dict[str, Step] = {}
+        for member in group.get("members") or ():
+            name, raw = str(member["service"]), member.get("target")
+            svc = world.config.services.get(name)
+            if raw is None or svc is None:
+                continue  # skipped, or gone from the config: its steps are reported "not configured"
+            target = dataclasses.replace(
+                target_from_json(raw, svc),
+                approved_by=approver,
+                rollback_id=record.id,
+                reasons=tuple(r for r in record.reasons if (r.service or record.service) == name),
+            )
+            for step_name, step in self.plans.steps(name, since).items():
+                qualified = f"{name}/{step_name}"
+                steps[qualified] = MemberStep(qualified, step, target)
+        return steps
 
     async def _approver(self, record: RollbackRecord) -> str | None:
         """The operator who approved or retried this rollback, from the audit (None: none did)."""
@@ -323,7 +389,7 @@ class Executions:
         target = dataclasses.replace(
             target_from_json(record.target, svc), rollback_id=record.id, reasons=tuple(record.reasons)
         )
-        steps = self.plans.steps(record.service, self.clock())
+        steps = self._steps(record, self.clock())
         plan = await Executor(self.store, steps).describe(target, tuple(s.name for s in record.steps))
         await self.report.about(
             "dry_run",

@@ -8,13 +8,14 @@ list, set and lift freezes; each change is audited and notified.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from watchdogd.config.types import format_duration
+from watchdogd.decisions import group_of_record, member_services
 from watchdogd.errors import Conflict, NotFound, StoreError
 from watchdogd.model import RollbackRecord
 from watchdogd.store import Store
@@ -83,27 +84,40 @@ class Freezes:
         if freeze is not None:
             raise Frozen(freeze)
 
-    async def after_rollback(self, record: RollbackRecord, succeeded: bool) -> Freeze | None:
-        """Freeze the rolled back service (succeeded or not: a failed rollback needs hands, not deploys)."""
-        seconds = self.duration(record.service)
+    async def after_rollback(self, record: RollbackRecord, succeeded: bool) -> list[Freeze]:
+        """Freeze the rolled back service (succeeded or not: a failed rollback needs hands, not deploys).
+
+        A group's rollback freezes every member, each for its own ``freeze_after_rollback``.
+        """
+        group = group_of_record(record)
+        made = []
+        for service in member_services(record):
+            freeze = await self._after_rollback(service, record, succeeded, group)
+            if freeze is not None:
+                made.append(freeze)
+        return made
+
+    async def _after_rollback(
+        self, service: str, record: RollbackRecord, succeeded: bool, group: Mapping[str, Any] | None
+    ) -> Freeze | None:
+        seconds = self.duration(service)
         if seconds <= 0:
             return None
         outcome = "rolled back" if succeeded else "rollback failed"
-        reason = f"{outcome} (rollback {record.id}, deployment {record.deployment_id})"
+        of_group = f"group {group.get('name')}, " if group is not None else ""
+        reason = f"{outcome} ({of_group}rollback {record.id}, deployment {record.deployment_id})"
         try:
-            freeze = await self.store.freeze(
-                record.service, reason, self.clock() + seconds, SYSTEM, record.id
-            )
+            freeze = await self.store.freeze(service, reason, self.clock() + seconds, SYSTEM, record.id)
         except StoreError as exc:  # the rollback is done and reported; the missing freeze is said loudly
-            log.error("freeze_failed", service=record.service, rollback=record.id, error=str(exc))
+            log.error("freeze_failed", service=service, rollback=record.id, error=str(exc))
             return None
         await self.report(
             "frozen",
-            service=record.service,
+            service=service,
             deployment_id=record.deployment_id,
             rollback_id=record.id,
             detail={**_detail(freeze), "for": format_duration(seconds)},
-            summary=f"{record.service} frozen until {rfc3339(freeze.until)}: {freeze.reason}",
+            summary=f"{service} frozen until {rfc3339(freeze.until)}: {freeze.reason}",
         )
         return freeze
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from watchdogd.clock import Clock
-from watchdogd.decisions import guard, may_rehearse, veto_mutes
+from watchdogd.decisions import guard, may_rehearse, rule_keys, veto_mutes
 from watchdogd.errors import Conflict, Invalid, NotFound
 from watchdogd.model import (
     PROPOSED_STATES,
@@ -85,9 +85,13 @@ class Operators:
         ):
             raise await self._refused(record, "too late to veto")
         self.proposer.disarm(record.id)
-        mutes = veto_mutes(sorted(record.rules), mute_for, self.clock())
-        for rule, until in mutes.items():
-            await self.store.mute(record.service, rule, until)
+        # a group's proposal mutes each member's rules that fired, under that member's name
+        keys = rule_keys(record)
+        mutes = veto_mutes(
+            [rule if svc == record.service else f"{svc}/{rule}" for svc, rule in keys], mute_for, self.clock()
+        )
+        for (svc, rule), until in zip(keys, mutes.values(), strict=True):
+            await self.store.mute(svc, rule, until)
         await self.report.about(
             "veto",
             record,
@@ -171,7 +175,7 @@ class Operators:
     async def manual_rollback(self, deployment_id: str, actor: str, reason: str) -> RollbackRecord:
         """An operator's rollback: proposed as a rule's is, through the service's policy."""
         deployment = await self.deployment(deployment_id)
-        latest = await self.store.latest_for(deployment_id)
+        latest = await self.proposer.latest_for(deployment)  # its group's counts
         if latest is not None and (latest.proposed or latest.state is RollbackState.EXECUTING):
             return latest  # one is on its way already: asking again changes nothing
         if deployment.state not in (DeploymentState.WATCHING, DeploymentState.UNVERIFIED):
@@ -188,7 +192,7 @@ class Operators:
         deployment = await self.deployment(deployment_id)
         if deployment.state is DeploymentState.PROMOTED:
             return deployment
-        latest = await self.store.latest_for(deployment_id)
+        latest = await self.proposer.latest_for(deployment)  # its group's counts
         if latest is not None and (latest.proposed or latest.state is RollbackState.EXECUTING):
             raise Conflict(f"deployment {deployment_id} has a rollback {latest.state}: veto it first")
         return await self.deployments.finish(deployment, DeploymentState.PROMOTED, actor)

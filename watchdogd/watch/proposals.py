@@ -8,12 +8,14 @@ once make one proposal, and the earlier ``execute_at`` of the two is kept.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import structlog
 
 from watchdogd.clock import Clock
-from watchdogd.decisions import Fire, Verdict, on_fire, plan_steps, proposal
+from watchdogd.decisions import Fire, Verdict, group_of_record, on_fire, plan_steps, proposal, rule_keys
 from watchdogd.decisions import due as due_verdict
 from watchdogd.model import (
     PROPOSED_STATES,
@@ -27,6 +29,7 @@ from watchdogd.model import (
 from watchdogd.rules import EvalState
 from watchdogd.store import Store
 from watchdogd.watch.execution import Executions, target_of
+from watchdogd.watch.groups import Groups
 from watchdogd.watch.report import SYSTEM, Reporter
 from watchdogd.watch.tasks import Health, Supervisor
 from watchdogd.watch.world import RuleRun, World
@@ -58,6 +61,8 @@ class Proposer:
         self.leading = leading
         self.output = output
         """The last output of a source (an exec source's failed tests), for the reasons."""
+        self.groups = Groups(store, world)
+        self._group_locks: dict[str, asyncio.Lock] = {}
 
     # --- rules ---------------------------------------------------------------------------------
 
@@ -68,9 +73,16 @@ class Proposer:
         rule = run.rule
         at = entered.at if entered is not None else (state.last_eval or self.clock())
         muted = await self.store.muted_until(run.service, rule.name)
-        latest = await self.store.latest_for(deployment.id)
-        open_rules = latest.rules if latest is not None and latest.proposed else None
-        fire = Fire(rule.name, rule.action, rule.immediate, at, muted, entered is not None)
+        group = self.groups.of(run.service)
+        if group is None:
+            latest = await self.store.latest_for(deployment.id)
+            open_rules = latest.rules if latest is not None and latest.proposed else None
+            named = rule.name
+        else:  # the group's open proposal, on whichever member's deployment it was made
+            latest = await self.groups.open_proposal(group)
+            open_rules = frozenset(f"{s}/{r}" for s, r in rule_keys(latest)) if latest is not None else None
+            named = f"{run.service}/{rule.name}"
+        fire = Fire(named, rule.action, rule.immediate, at, muted, entered is not None)
         verdict = on_fire(fire, deployment.state, open_rules)
         if verdict is Verdict.NOTHING:
             return
@@ -100,12 +112,18 @@ class Proposer:
         self, deployment: Deployment, reason: Reason, *, immediate: bool = False, actor: str = SYSTEM
     ) -> tuple[RollbackRecord, bool]:
         """Propose a rollback of ``deployment``, or join its open proposal; True when a new one was made."""
+        group = self.groups.of(deployment.service)
+        if group is not None:
+            async with self._group_locks.setdefault(group, asyncio.Lock()):
+                return await self._propose_group(group, deployment, reason, immediate, actor)
         world = self.world()
         # the freshest record: migrations registered a moment ago belong in the plan
         deployment = await self.store.deployment(deployment.id) or deployment
         service = world.service(deployment.service)
         sql_policy = deployment.facts.sql_policy
-        made = proposal(world.policy(deployment.service, sql_policy), reason.at, immediate)
+        made = proposal(
+            world.policy(deployment.service, sql_policy, deployment.facts.backup_id), reason.at, immediate
+        )
         steps = plan_steps(service, sql_policy)
         record, created = await self.store.propose(
             deployment.id,
@@ -145,17 +163,85 @@ class Proposer:
         self.arm(record)
         return record, created
 
+    async def _propose_group(
+        self, group: str, deployment: Deployment, reason: Reason, immediate: bool, actor: str
+    ) -> tuple[RollbackRecord, bool]:
+        """One proposal for the group: made on this member's deployment, or joined where it is open.
+
+        Serialized per group in this process (only the leader proposes), so two
+        members firing at once make one proposal.
+        """
+        deployment = await self.store.deployment(deployment.id) or deployment
+        reason = dataclasses.replace(reason, service=deployment.service)
+        joined = await self.groups.open_proposal(group)
+        anchor = (await self.store.deployment(joined.deployment_id) if joined else None) or deployment
+        members = await self.groups.members(group, anchor, joined)
+        made = proposal(self.groups.policy(members), reason.at, immediate)
+        dry_run = joined.dry_run if joined is not None else made.dry_run
+        reasons = (*joined.reasons, reason) if joined is not None else (reason,)
+        target, steps = self.groups.plan(group, anchor, members, reasons, dry_run)
+        record, created = await self.store.propose(
+            anchor.id, anchor.service, steps, reason, target, made.state, made.execute_at
+        )
+        ids = {"service": anchor.service, "deployment_id": anchor.id, "rollback_id": record.id}
+        names = ", ".join(m.service for m in members)
+        if created:
+            mode = "dry-run" if made.dry_run else str(made.state)
+            skipped = {m.service: m.skipped for m in members if m.skipped}
+            await self.report(
+                "proposed",
+                **ids,
+                actor=actor,
+                detail={
+                    "reasons": [r.to_json() for r in record.reasons],
+                    "execute_at": record.execute_at,
+                    "state": str(record.state),
+                    "steps": list(steps),
+                    "mode": mode,
+                    "group": {"name": group, "services": [m.service for m in members], "skipped": skipped},
+                },
+                summary=f"rollback of group {group} ({names}) proposed: {why(record.reasons)}",
+            )
+        else:
+            target, _ = self.groups.plan(group, anchor, members, record.reasons, record.dry_run)
+            await self.store.update_target(record.id, target, PROPOSED_STATES)
+            await self.report(
+                "reason_added",
+                **ids,
+                actor=actor,
+                detail={
+                    **reason.to_json(),
+                    "execute_at": record.execute_at,
+                    "state": str(record.state),
+                    "group": group,
+                },
+            )
+        self.arm(record)
+        return record, created
+
+    async def latest_for(self, deployment: Deployment) -> RollbackRecord | None:
+        """The newest rollback covering ``deployment``: its own, or its group's that names it."""
+        return await self.groups.covering(deployment)
+
     async def replan(self, deployment: Deployment) -> RollbackRecord | None:
         """The deployment's facts changed (migrations added): its open proposal's plan follows.
 
         Returns the proposal when its plan now has them, None when there is none
         open; a proposal already executing keeps the plan it started with.
         """
-        latest = await self.store.latest_for(deployment.id)
+        latest = await self.groups.covering(deployment)
         if latest is None or not latest.proposed:
             return None
-        service = self.world().service(deployment.service)
-        target = target_of(deployment, latest.reasons, service, latest.dry_run)
+        group = group_of_record(latest)
+        if group is not None:
+            anchor = await self.store.deployment(latest.deployment_id) or deployment
+            members = await self.groups.members(str(group.get("name")), anchor, latest)
+            target, _ = self.groups.plan(
+                str(group.get("name")), anchor, members, latest.reasons, latest.dry_run
+            )
+        else:
+            service = self.world().service(deployment.service)
+            target = target_of(deployment, latest.reasons, service, latest.dry_run)
         if not await self.store.update_target(latest.id, target, PROPOSED_STATES):
             return None
         await self.report(
@@ -204,7 +290,11 @@ class Proposer:
         if deployment.service not in world.config.services:
             await self.cancel([record], f"service '{deployment.service}' was removed from the config")
             return
-        policy = world.policy(deployment.service, deployment.facts.sql_policy)
+        policy = (
+            await self.groups.policy_of(record)
+            if group_of_record(record) is not None
+            else world.policy(deployment.service, deployment.facts.sql_policy, deployment.facts.backup_id)
+        )
         verdict = due_verdict(policy, record.state, record.execute_at, self.clock())
         if verdict == "execute":
             if record.dry_run:

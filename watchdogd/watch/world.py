@@ -39,12 +39,16 @@ class World:
     @classmethod
     def build(cls, config: Config) -> World:
         """RuleError when a rule cannot be evaluated."""
+
+        def window(service: ServiceConfig) -> float:
+            return service.window or config.defaults.window
+
         runs = {
             name: tuple(
                 RuleRun(
                     name,
                     rc,
-                    compile_rule(rc),
+                    compile_rule(rc, interval=_poll_interval(config, rc.source), window=window(service)),
                     Measure.of(rc),
                     fingerprint(rc),
                     service_initial_delay=service.initial_delay,
@@ -64,8 +68,8 @@ class World:
             raise Invalid(f"no service '{name}' in the config (services: {names})")
         return found
 
-    def policy(self, service: str, sql_policy: str | None = None) -> Policy:
-        return policy_for(self.config, service, sql_policy)
+    def policy(self, service: str, sql_policy: str | None = None, backup_id: str | None = None) -> Policy:
+        return policy_for(self.config, service, sql_policy, backup_id)
 
     def min_data(self, service: str) -> float:
         own = self.service(service).min_data
@@ -89,6 +93,19 @@ class World:
 
     def run(self, service: str, rule: str) -> RuleRun | None:
         return next((r for r in self.runs.get(service, ()) if r.rule.name == rule), None)
+
+
+def _poll_interval(config: Config, source: str) -> float:
+    """How often ``source`` is polled: its own interval, or the shortest of the services reading it."""
+    own = config.sources[source].interval if source in config.sources else None
+    if own:
+        return own
+    readers = [
+        svc.interval or config.defaults.interval
+        for svc in config.services.values()
+        if any(rc.source == source for rc in svc.rules)
+    ]
+    return min(readers, default=config.defaults.interval)
 
 
 class Current:
