@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -282,3 +283,35 @@ def test_the_false_rollback_rate_holds_on_bursty_drifting_traffic() -> None:
     """
     assert simulate(120, 0.05, None, seed=10_000) <= 13
     assert simulate(20, 0.05, 1.0, seed=20_000) >= 10
+
+
+# --- a prometheus source -----------------------------------------------------------------------
+
+
+def test_a_sequential_rule_reads_a_prometheus_source_with_counters_not_a_query(tmp_path: Path) -> None:
+    from watchdogd.config.loader import load_config_text
+    from watchdogd.errors import ConfigError
+
+    text = """\
+sources:
+  prom: {type: prometheus, url: http://127.0.0.1:9090}
+services:
+  api:
+    container: api
+    rollback: {steps: [container]}
+    rules:
+      - name: errors
+        source: prom
+        sequential: {errors: 'req_total{code="500"}', total: req_total, bad: 2%}
+        action: rollback
+"""
+    config = load_config_text(text, filename="w.yaml", base_dir=tmp_path)
+    assert config.services["api"].rules[0].sequential is not None
+    broken = text.replace("total: req_total,", "total: 'req_total{',").replace(
+        "        action: rollback", "        query: up\n        action: rollback"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(broken, filename="w.yaml", base_dir=tmp_path)
+    problems = " | ".join(str(p) for p in info.value.problems)
+    assert "a sequential rule takes its counters, not a query" in problems
+    assert "sequential.total" in problems and "does not parse" in problems

@@ -31,7 +31,7 @@ _MEASURES: dict[str, tuple[str, ...]] = {
     "rate": ("scrape",),
     "ratio": ("scrape",),
     "quantile": ("scrape",),
-    "sequential": ("scrape",),
+    "sequential": ("scrape", "prometheus"),
     "field": ("docker", "http", "postgres", "exec"),
     "alerts": ("alertmanager",),
     "pattern": LOG_SOURCE_TYPES,
@@ -39,7 +39,7 @@ _MEASURES: dict[str, tuple[str, ...]] = {
     "absent_for": LOG_SOURCE_TYPES,
 }
 _WHAT_FITS: dict[str, str] = {
-    "prometheus": "a query (PromQL)",
+    "prometheus": "a query (PromQL) or sequential",
     "scrape": "exactly one of metric, rate, ratio, quantile, sequential",
     "http": "an optional field (up, status, latency_seconds)",
     "docker": "a field (" + ", ".join(DOCKER_FIELDS) + ")",
@@ -185,7 +185,14 @@ def _check_measure(rule: RuleConfig, source: SourceConfig, loc: Loc) -> list[Pro
             )
     if problems:
         return problems
-    if kind == "prometheus" and rule.query is None:
+    if kind == "prometheus" and rule.sequential is not None:
+        if rule.query is not None:
+            problems.append(((*loc, "query"), "a sequential rule takes its counters, not a query"))
+        for key in ("errors", "total"):
+            problem = promql_problem(getattr(rule.sequential, key))
+            if problem is not None:
+                problems.append(((*loc, "sequential", key), f"PromQL that does not parse: {problem}"))
+    elif kind == "prometheus" and rule.query is None:
         problems.append(((*loc,), f"a rule on prometheus source '{rule.source}' needs a query"))
     elif kind == "prometheus" and rule.query is not None:
         problem = promql_problem(rule.query)

@@ -55,3 +55,56 @@ def counts(
     return Sample(
         at, bad / total if total > 0 else None, None if total > 0 else "no traffic", None, (bad, total)
     )
+
+
+class CounterMemory:
+    """Errors and requests counted between two polls of a Prometheus server, per series.
+
+    A ``prometheus`` source answers the counters' latest scraped values (the
+    selectors are sent as instant queries); this keeps each series' previous
+    value, keyed by its labels, and counts the growth as :func:`growth` does:
+    a counter that went down was reset and counts from zero, a series new
+    since the previous poll counts from zero. The limits, in docs/rules.md:
+    counts are as fresh as the server's scrape (a poll faster than it counts
+    nothing, then a scrape's worth at once), and a series gone stale (5 min
+    without a scrape) and back counts its whole value again.
+    """
+
+    def __init__(self) -> None:
+        self.previous: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+
+    def counts(
+        self,
+        key: str,
+        at: float,
+        errors: dict[str, float],
+        requests: dict[str, float],
+        texts: tuple[str, str],
+    ) -> Sample:
+        """(errors, requests) since the previous poll of ``key`` as a Sample; its value is their ratio."""
+        before = self.previous.get(key)
+        self.previous[key] = (errors, requests)
+        if before is None:
+            return Sample(at, None, "first poll: counting starts at the next one")
+        if not requests:
+            return Sample(at, None, f"no series match {texts[1]}")
+        bad = _grown(errors, before[0])
+        total = _grown(requests, before[1])
+        if bad > total:
+            return Sample(
+                at,
+                None,
+                f"{bad:g} errors counted in {total:g} requests: {texts[0]} is not part of {texts[1]}",
+                "bad_data",
+            )
+        return Sample(
+            at, bad / total if total > 0 else None, None if total > 0 else "no traffic", None, (bad, total)
+        )
+
+
+def _grown(now: dict[str, float], before: dict[str, float]) -> float:
+    total = 0.0
+    for labels, value in now.items():
+        last = before.get(labels)
+        total += value if last is None or value < last else value - last
+    return total

@@ -15,6 +15,7 @@ from watchdogd.config.models import PrometheusSource
 from watchdogd.errors import SourceError
 from watchdogd.model import Sample
 from watchdogd.sources.base import Measure, read_body
+from watchdogd.sources.counts import CounterMemory
 
 MAX_BODY = 8 << 20
 
@@ -45,12 +46,33 @@ class PrometheusQuery:
             if config.basic_auth
             else None
         )
+        self.memory = CounterMemory()
 
     async def fetch(self, measures: Sequence[Measure], at: float) -> Mapping[Measure, Sample]:
-        answers = await asyncio.gather(*(self.query(m.expr, at) for m in measures))
+        answers = await asyncio.gather(
+            *(self.counts(m, at) if m.kind == "counts" else self.query(m.expr, at) for m in measures)
+        )
         return dict(zip(measures, answers, strict=True))
 
+    async def counts(self, measure: Measure, at: float) -> Sample:
+        """A sequential rule's counts: both counters' series queried, their growth since the last poll."""
+        errors, requests = await asyncio.gather(self.post(measure.expr), self.post(measure.denominator))
+        by_series: list[dict[str, float]] = []
+        for status, body in (errors, requests):
+            series = parse_series_answer(status, body)
+            if isinstance(series, str):
+                return Sample.missing(at, series, "bad_answer")
+            by_series.append(series)
+        key = f"{measure.expr}\0{measure.denominator}"
+        return self.memory.counts(key, at, by_series[0], by_series[1], (measure.expr, measure.denominator))
+
     async def query(self, promql: str, at: float) -> Sample:
+        status, body = await self.post(promql)
+        return parse_query_answer(status, body, at, self.config.aggregation)
+
+    async def post(self, promql: str) -> tuple[int, bytes]:
+        """The answer (status, body) of an instant query; SourceError when there is none."""
+
         try:
             async with self.session.post(
                 self.endpoint,
@@ -79,7 +101,7 @@ class PrometheusQuery:
             raise SourceError(f"{self.config.url}: {type(exc).__name__}: {exc}", "unreachable") from exc
         except aiohttp.ClientError as exc:
             raise SourceError(f"{self.config.url}: {type(exc).__name__}: {exc}", "http") from exc
-        return parse_query_answer(status, body, at, self.config.aggregation)
+        return status, body
 
     async def close(self) -> None:
         """Nothing of its own: the HTTP session is shared and closed by its owner."""
@@ -119,6 +141,39 @@ def parse_query_answer(status: int, body: bytes, at: float, aggregation: str) ->
     return Sample.missing(
         at, f"unsupported result type {kind!r}: the query must give a scalar or a vector", "bad_answer"
     )
+
+
+def parse_series_answer(status: int, body: bytes) -> dict[str, float] | str:
+    """Each series of an instant vector answer by its labels; a text saying why not (SourceError for a
+    broken server)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise SourceError(f"answer is not JSON (HTTP {status})") from None
+    if not isinstance(doc, dict):
+        raise SourceError(f"answer is not a JSON object (HTTP {status})")
+    if doc.get("status") != "success":
+        kind, error = doc.get("errorType", "error"), str(doc.get("error", "no error given"))[:300]
+        if 400 <= status < 500 or kind == "bad_data":
+            return f"query refused: {kind}: {error}"
+        raise SourceError(f"query failed (HTTP {status}): {kind}: {error}", "server_error")
+    data = doc.get("data")
+    if (
+        not isinstance(data, dict)
+        or data.get("resultType") != "vector"
+        or not isinstance(data.get("result"), list)
+    ):
+        return "the counters' selectors must give instant vectors"
+    series: dict[str, float] = {}
+    for item in data["result"]:
+        if not isinstance(item, dict):
+            raise SourceError("malformed series in answer")
+        labels = item.get("metric")
+        key = json.dumps(labels, sort_keys=True) if isinstance(labels, dict) else ""
+        value = _number(item.get("value"))
+        if not math.isnan(value):
+            series[key] = value
+    return series
 
 
 def _number(pair: Any) -> float:
