@@ -88,10 +88,13 @@ HELP: dict[Path, tuple[str, tuple[str, ...]]] = {
     ),
     ("ctl", "deploy"): (
         "Register a deployment to watch, with the image it brought, the one it replaced and the "
-        "migration the sql step would undo. Usually called by the deploy pipeline.",
+        "migration the sql step would undo, or the backup (watchdogd ctl backup) the restore step would "
+        "put back. Usually called by the deploy pipeline.",
         (
             "watchdogd ctl deploy --service api --image registry.example.com/api:v2 "
             "--previous-image registry.example.com/api:v1 --migration-id 0042_add_index --window 2h",
+            "watchdogd ctl deploy --service api --image registry.example.com/api:v2 "
+            "--backup-id api-20260105T020000Z-3f2a1c",
         ),
     ),
     ("ctl", "ack"): (
@@ -120,6 +123,21 @@ HELP: dict[Path, tuple[str, tuple[str, ...]]] = {
         ("watchdogd ctl freeze api --for 2h --reason 'incident 4711 under investigation'",),
     ),
     ("ctl", "unfreeze"): ("Lift a service's deploy freeze.", ("watchdogd ctl unfreeze api",)),
+    ("ctl", "backup"): (
+        "Back up a service's database now (pg_dump -Fc into watchdogd's backups directory) and print "
+        "the backup's id, size, SHA-256 and every table's rows. A pipeline calls it just before it "
+        "migrates and registers the deploy with --backup-id, so the restore step can put the database "
+        "back as it was.",
+        (
+            "watchdogd ctl backup api",
+            'BACKUP=$(watchdogd ctl backup api --quiet) && watchdogd ctl deploy --service api --image app:v2 '
+            '--backup-id "$BACKUP"',
+        ),
+    ),
+    ("ctl", "backups"): (
+        "List a service's database backups, newest first, with their size and rows.",
+        ("watchdogd ctl backups api", "watchdogd ctl backups api --json"),
+    ),
     ("ctl", "promote"): (
         "End a deployment's window now and mark it healthy; no rollback is proposed for it afterwards.",
         ("watchdogd ctl promote d-81c0",),

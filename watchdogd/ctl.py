@@ -442,9 +442,78 @@ def _unfreeze(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def size_text(size: Any) -> str:
+    """Bytes for a person: ``12.3 MiB (12897484 bytes)``."""
+    if not isinstance(size, int) or isinstance(size, bool):
+        return value_text(size)
+    if size < 1024:
+        return f"{size} bytes"
+    value, units = size / 1024, ["KiB", "MiB", "GiB", "TiB"]
+    while value >= 1024 and len(units) > 1:
+        value, units = value / 1024, units[1:]
+    return f"{value:.1f} {units[0]} ({size} bytes)"
+
+
+def backup_lines(backup: dict[str, Any]) -> list[str]:
+    """What a pipeline log should keep of a backup: its id, size, checksum and every table's rows."""
+    lines = [
+        f"backup {backup['backup_id']} of {backup['service']} (database {backup['database']}):"
+        f" {size_text(backup['size'])} in {value_text(backup.get('seconds'))}s",
+        f"  sha256 {backup['sha256']}",
+        f"  taken {backup['created_at']} by {backup.get('by') or '-'},"
+        f" PostgreSQL {backup.get('server_version') or '-'}",
+    ]
+    tables = backup.get("tables") or {}
+    if not tables:
+        return [*lines, "  no tables"]
+    rows = [["TABLE", "ROWS AT BACKUP"], *([name, value_text(n)] for name, n in sorted(tables.items()))]
+    return [*lines, *table(rows, indent="  ")]
+
+
+def _backup(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    backup = client.post(f"/v1/services/{_quote(args.service)}/backups")
+    if args.json:
+        _dump(backup, out)
+    elif args.quiet:
+        say(backup["backup_id"], out)
+    else:
+        for line in backup_lines(backup):
+            say(line, out)
+        say(f"register the deploy with --backup-id {backup['backup_id']} so a restore step can use it", out)
+    return EXIT_OK
+
+
+def _backups(client: Client, args: argparse.Namespace, out: TextIO) -> int:
+    answer = client.get(f"/v1/services/{_quote(args.service)}/backups")
+    if args.json:
+        _dump(answer, out)
+        return EXIT_OK
+    items = answer["items"]
+    if not items:
+        say(f"no backups of {args.service}", out)
+        return EXIT_OK
+    rows = [["BACKUP", "CREATED", "SIZE", "TABLES", "ROWS", "BY"]]
+    for b in items:
+        tables = b.get("tables") or {}
+        total = sum(n for n in tables.values() if isinstance(n, int))
+        rows.append(
+            [
+                b["backup_id"],
+                b["created_at"],
+                size_text(b["size"]),
+                str(len(tables)),
+                str(total),
+                b.get("by") or "-",
+            ]
+        )
+    for line in table(rows):
+        say(line, out)
+    return EXIT_OK
+
+
 def _deploy(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     body: dict[str, Any] = {"service": args.service, "rehearse": args.rehearse}
-    for key in ("image", "previous_image", "window"):
+    for key in ("image", "previous_image", "window", "backup_id"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     if args.migration_id is None and (args.down_sql_file is not None or args.verify_sql):
@@ -680,6 +749,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     deploy.add_argument("--window", type=_duration, metavar="DURATION", help="e.g. 2h")
     deploy.add_argument(
+        "--backup-id", metavar="ID", help="the backup taken before migrating (watchdogd ctl backup)"
+    )
+    deploy.add_argument(
         "--rehearse", action="store_true", help="rehearse the down SQL now (rolled back); needs operator"
     )
 
@@ -704,6 +776,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     freeze.add_argument("--reason", required=True)
     unfreeze = add("unfreeze", _unfreeze, "lift a service's deploy freeze")
     unfreeze.add_argument("service", metavar="SERVICE")
+
+    backup = add("backup", _backup, "back up a service's database now (pg_dump), before migrating")
+    backup.add_argument("service", metavar="SERVICE")
+    backup.add_argument("-q", "--quiet", action="store_true", help="print only the backup id")
+    backups = add("backups", _backups, "list a service's database backups, newest first")
+    backups.add_argument("service", metavar="SERVICE")
 
     promote = add("promote", _promote, "end a deployment's window now, as healthy")
     promote.add_argument("deployment", metavar="DEPLOYMENT")

@@ -145,9 +145,15 @@ EVENT = {"at": 1_767_578_400, "service": "api" + NASTY, "deployment_id": "d1", "
 
 FREEZE = {"service": "api" + NASTY, "reason": NASTY, "since": "2026-01-05T02:05:00Z",
           "until": "2026-01-05T04:05:00Z", "by": "alice" + NASTY, "rollback_id": None}  # fmt: skip
+BACKUP = {"backup_id": "api-1" + NASTY, "service": "api" + NASTY, "database": "app" + NASTY,
+          "created_at": "2026-01-05T02:00:00Z" + NASTY, "size": 4096, "sha256": "ab" + NASTY,
+          "tables": {"public.orders" + NASTY: 3}, "server_version": NASTY, "by": "ci" + NASTY,
+          "seconds": 0.5}  # fmt: skip
 
 
 def hostile(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    if path.endswith("/backups"):
+        return json_answer(BACKUP, 201) if method == "POST" else json_answer({"items": [BACKUP]})
     if path.startswith("/v1/events"):
         body = f"id: 1\nevent: rule_state\ndata: {json.dumps(EVENT)}\n\n".encode()
         body += f"id: 2\nevent: proposal{NASTY}\ndata: {json.dumps({'state': NASTY})}\n\n".encode()
@@ -191,6 +197,9 @@ COMMANDS = [
     ("audit",),
     ("freeze", "api", "--for", "2h", "--reason", "incident"),
     ("unfreeze", "api"),
+    ("backup", "api"),
+    ("backup", "api", "--quiet"),
+    ("backups", "api"),
 ]
 
 
@@ -205,7 +214,17 @@ def test_no_server_string_reaches_the_terminal_raw(servers: Any, argv: tuple[str
     assert "\\x1b[31mred" in out + err
 
 
-@pytest.mark.parametrize("argv", [("status",), ("audit",), ("events", "--count", "2"), ("promote", "d1")])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("status",),
+        ("audit",),
+        ("events", "--count", "2"),
+        ("promote", "d1"),
+        ("backup", "api"),
+        ("backups", "api"),
+    ],
+)
 def test_json_output_escapes_every_control_character(servers: Any, argv: tuple[str, ...]) -> None:
     server = servers(hostile)
     code, out, _ = ctl(server.url, "--json", *argv)
