@@ -242,6 +242,11 @@ def _replay(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         service_name, service, rule_config = find_rule(config, args.rule)
+        if rule_config.sequential is not None:
+            from watchdogd.replay_counts import replay_sequential
+
+            print("\n".join(replay_sequential(config, service_name, service, rule_config, args)))
+            return EXIT_OK
         rule = compile_rule(rule_config)
         step = args.step if args.step is not None else interval_of(config, service)
         if args.series is not None:
@@ -369,7 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--config", "-c", required=True, metavar="PATH", help="config file")
     replay.add_argument("--rule", required=True, metavar="NAME", help="rule name, or SERVICE/NAME")
     where = replay.add_mutually_exclusive_group(required=True)
-    where.add_argument("--series", metavar="FILE", help="CSV (timestamp,value) or JSON series")
+    where.add_argument(
+        "--series",
+        metavar="FILE",
+        help="CSV (timestamp,value; a sequential rule: timestamp,errors,total) or JSON",
+    )
     where.add_argument(
         "--prometheus",
         nargs="?",
@@ -389,6 +398,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the deploy happened; earlier points only make baselines (default: the first point)",
     )
     replay.add_argument("--clock", action="store_true", help="print UTC times instead of offsets")
+    replay.add_argument(
+        "--every",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="a sequential rule without --deploy-at: a deploy every DURATION over the history"
+        " (default: its watch window), how many would have been rolled back",
+    )
     replay.set_defaults(handler=_replay)
 
     completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
