@@ -27,7 +27,44 @@ def describe_config(config: Config) -> list[str]:
     lines.append(f"services ({len(config.services)}):")
     for name, service in config.services.items():
         lines += _describe_service(config, name, service)
+    if config.groups:
+        lines.append(f"groups ({len(config.groups)}):")
+        for name in config.groups:
+            lines += describe_group(config, name)
     return lines
+
+
+def _freeze_of(config: Config, service: str) -> float:
+    own = config.services[service].freeze_after_rollback
+    return own if own is not None else config.defaults.freeze_after_rollback
+
+
+def describe_group(config: Config, name: str) -> list[str]:
+    """A group: its members, the one decision they share, the order their plans run in, the freezes."""
+    # here, not at the top: watchdogd.decisions imports the config package, which imports this module
+    from watchdogd.decisions import group_policy, policy_for
+
+    group = config.groups[name]
+    known = [s for s in group.services if s in config.services]
+    policy = group_policy([policy_for(config, s) for s in known])
+    freezes = {_freeze_of(config, s) for s in known}
+    if freezes == {0.0}:
+        frozen = "no member frozen after it"
+    elif len(freezes) == 1:
+        frozen = f"then every member frozen for {fd(freezes.pop())}"
+    else:
+        frozen = "then every member frozen for its own freeze_after_rollback"
+    return [
+        f"  {name}: {', '.join(group.services)}",
+        f"    rolled back as one: one proposal for any member's rule, one decision (mode {policy.mode}, "
+        f"veto window {fd(policy.grace)}, the most careful member's)",
+        f"    plans run in order {' -> '.join(group.sequence)}; a failure stops the rest; {frozen}",
+    ]
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def describe_source(source: SourceConfig) -> str:
@@ -85,6 +122,12 @@ def _describe_service(config: Config, name: str, service: ServiceConfig) -> list
         f"veto window {fd(grace)}, mode {mode}"
     )
     lines.append(f"    rollback: {' -> '.join(service.plan()) or '(no steps)'}")
+    group = config.group_of(name)
+    if group is not None:
+        order = config.groups[group].sequence
+        others = ", ".join(s for s in config.groups[group].services if s != name)
+        place = f"{_ordinal(order.index(name) + 1)} of {len(order)}" if name in order else "not in its order"
+        lines.append(f"    group: {group} (rolled back with {others}; {place})")
     for rule in service.rules:
         lines += describe_rule(rule)
     return lines
