@@ -9,7 +9,11 @@ Each repetition deploys v2 over v1 (the test app images), then times:
 Both stop the same app (it exits on SIGTERM at once), so the difference is the
 step's own bookkeeping plus ``settle``. Target: the step within 1.5x the bare way.
 
-Run: ``.venv/bin/python bench/container_step.py [--repeat N] [--settle S]``
+With ``--compose`` it also times a 3-replica Compose service (Debian's
+``docker-compose``): the step over every replica, the kept ones taken out of
+the project, against ``docker-compose up -d`` putting v1 back by itself.
+
+Run: ``.venv/bin/python bench/container_step.py [--repeat N] [--settle S] [--compose]``
 (needs the Docker engine; every container it makes is removed).
 """
 
@@ -18,10 +22,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +39,25 @@ import structlog
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.testbed.images import APP_V1, APP_V2, ensure_app_images
-from watchdogd.config.models import ContainerStepConfig, RollbackConfig, ServiceConfig
+from watchdogd.config.models import ComposeTarget, ContainerStepConfig, RollbackConfig, ServiceConfig
 from watchdogd.rollback.base import RollbackTarget
-from watchdogd.rollback.container import ContainerStep, capture
+from watchdogd.rollback.container import ContainerStep, capture, capture_target
+from watchdogd.rollback.targets import ComposeService
 
 MAX_REPEAT = 10
+REPLICAS = 3
+COMPOSE_FILE = """\
+version: "2.4"
+services:
+  api:
+    image: "${IMAGE}"
+    network_mode: host
+    command: ["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait $$!; done"]
+    stop_grace_period: 10s
+    restart: always
+    labels:
+      org.watchdogd-bench: "1"
+"""
 
 
 def free_port() -> int:
@@ -103,6 +124,54 @@ def time_bare(client: Any, prefix: str, index: int) -> float:
     return time.perf_counter() - started
 
 
+def compose(directory: str, project: str, image: str, *args: str) -> None:
+    subprocess.run(
+        ["docker-compose", "-p", project, *args],
+        cwd=directory,
+        env={**os.environ, "IMAGE": image},
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+
+
+def up(directory: str, project: str, image: str) -> None:
+    compose(directory, project, image, "up", "-d", "--scale", f"api={REPLICAS}")
+
+
+async def time_compose_step(client: Any, directory: str, project: str, index: int, settle: float) -> float:
+    target = ComposeService(project, "api")
+    up(directory, project, APP_V1)
+    previous = await capture_target(client, target)
+    up(directory, project, APP_V2)
+    current = await capture_target(client, target)
+    settings = ContainerStepConfig(stop_timeout="10s", healthy_timeout="30s", settle=f"{settle}s")
+    config = ServiceConfig(
+        compose=ComposeTarget(project=project, service="api"), rollback=RollbackConfig(container=settings)
+    )
+    rollback = RollbackTarget("bench", f"c{index}", config, previous=previous, current=current)
+    started = time.perf_counter()
+    result = await ContainerStep(client).run(rollback)
+    elapsed = time.perf_counter() - started
+    if result.status != "done":
+        raise RuntimeError(f"compose step {result.status}: {result.detail}")
+    return elapsed
+
+
+def time_compose_bare(directory: str, project: str) -> float:
+    up(directory, project, APP_V2)
+    started = time.perf_counter()
+    up(directory, project, APP_V1)
+    return time.perf_counter() - started
+
+
+def compose_down(client: Any, directory: str, project: str) -> None:
+    compose(directory, project, APP_V1, "down", "-t", "1")
+    for container in client.containers.list(all=True, filters={"name": project}):
+        if container.name.startswith(project):  # the kept ones, out of the project
+            container.remove(force=True)
+
+
 def cleanup(client: Any, prefix: str) -> None:
     for container in client.containers.list(all=True, filters={"name": prefix}):
         if container.name.startswith(prefix):
@@ -113,6 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help=f"repetitions (at most {MAX_REPEAT})")
     parser.add_argument("--settle", type=float, default=0.1, help="seconds running that count as healthy")
+    parser.add_argument("--compose", action="store_true", help=f"also a {REPLICAS}-replica Compose service")
     args = parser.parse_args()
     repeat = max(1, min(args.repeat, MAX_REPEAT))
 
@@ -137,12 +207,42 @@ def main() -> None:
         cleanup(client, prefix)
         client.close()
 
+    if args.compose:
+        compose_figures(client_factory=lambda: docker.from_env(timeout=60), repeat=repeat, settle=args.settle)
+
     step_median, bare_median = statistics.median(steps), statistics.median(bares)
     print(f"repetitions      {repeat} (settle {args.settle:g}s)")
     print(f"container step   median {step_median:.3f}s  [{', '.join(f'{s:.3f}' for s in steps)}]")
     print(f"stop + run       median {bare_median:.3f}s  [{', '.join(f'{s:.3f}' for s in bares)}]")
     ratio = step_median / bare_median
     print(f"ratio            {ratio:.2f}x (target <= 1.5x: {'met' if ratio <= 1.5 else 'NOT met'})")
+
+
+def compose_figures(client_factory: Any, repeat: int, settle: float) -> None:
+    client = client_factory()
+    steps: list[float] = []
+    bares: list[float] = []
+    with tempfile.TemporaryDirectory() as directory:
+        Path(directory, "docker-compose.yml").write_text(COMPOSE_FILE)
+        try:
+            for index in range(repeat):
+                project = f"wdbench{secrets.token_hex(3)}"
+                try:
+                    steps.append(asyncio.run(time_compose_step(client, directory, project, index, settle)))
+                finally:
+                    compose_down(client, directory, project)
+                project = f"wdbench{secrets.token_hex(3)}"
+                try:
+                    bares.append(time_compose_bare(directory, project))
+                finally:
+                    compose_down(client, directory, project)
+        finally:
+            client.close()
+    step_median, bare_median = statistics.median(steps), statistics.median(bares)
+    runs = ", ".join(f"{s:.3f}" for s in steps)
+    print(f"compose step     median {step_median:.3f}s  [{runs}] ({REPLICAS} replicas)")
+    print(f"compose up -d    median {bare_median:.3f}s  [{', '.join(f'{s:.3f}' for s in bares)}]")
+    print(f"compose ratio    {step_median / bare_median:.2f}x")
 
 
 if __name__ == "__main__":

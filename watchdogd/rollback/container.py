@@ -28,7 +28,9 @@ Every state a crash can leave is a starting point, for each container ``N``
 The kept container ``F`` is stopped with its own ``StopTimeout`` (Compose's
 ``stop_grace_period``) when it has one, gets restart policy ``no``, and is
 copied first when it has ``AutoRemove`` (see :mod:`watchdogd.rollback.kept`).
-Replicas a scaled-up deploy added are kept the same way.
+Replicas a scaled-up deploy added are kept the same way. Replicas are kept,
+recreated and started one after the other (the others serve meanwhile), then
+checked together.
 
 The service is never left down: when a previous container cannot be created
 or started, or does not become healthy, every container the step made is
@@ -289,12 +291,16 @@ class ContainerStep:
         extras = [n for n in await run.target.names(self.api) if n not in names] if run.target.grouped else []
         if todo:
             await self._ensure_image(run, settings)
+        started: set[str] = set()
         try:
-            for unit in todo:
+            for unit in todo:  # one replica after the other: the others serve meanwhile
                 live = await self._inspect(unit.name)
                 if live is not None:
                     await self._keep(run, unit, live, settings)
                 unit.live = await self._create(run, unit)
+                await self._call(self.api.start, unit.live["Id"])
+                run.actions.append(f"started {unit.name}")
+                started.add(unit.name)
             for name in extras:
                 extra = _Unit(name, failed_name(name, run.deployment_id), {}, "")
                 live = await self._inspect(name)
@@ -303,7 +309,7 @@ class ContainerStep:
                     run.extras.append(extra)
             for unit in run.units:
                 assert unit.live is not None
-                if not unit.live["State"].get("Running"):
+                if unit.name not in started and not unit.live["State"].get("Running"):
                     await self._call(self.api.start, unit.live["Id"])
                     run.actions.append(f"started {unit.name}")
         except (DockerException, RequestException) as exc:
@@ -320,11 +326,11 @@ class ContainerStep:
             logs = await self._tail(str(unit.live["Id"]))
             reason = f"previous image {run.ref} did not become healthy in {unit.name}: {why}"
             return await self._restore(run, reason, logs)
-        if run.target.grouped:
-            for unit in (*run.units, *run.extras):
-                done = await kept.leave_group(self.api, unit.failed)
-                if done:
-                    run.actions.append(done)
+        if run.target.grouped:  # each kept container is copied out of the project, all at once
+            left = await asyncio.gather(
+                *(kept.leave_group(self.api, unit.failed) for unit in (*run.units, *run.extras))
+            )
+            run.actions += [done for done in left if done]
         status: StepStatus = "done" if run.actions else "already_done"
         whys = sorted({why for _, why in verdicts if why})
         names_text = ", ".join(u.name for u in run.units)
