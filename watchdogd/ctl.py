@@ -43,6 +43,8 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 TIMEOUT = 30.0
 STREAM_TIMEOUT = 60.0
+BACKUP_WAIT = "1h"
+"""How long ``ctl backup`` waits for its answer by default: past the default ``backups.timeout`` (30m)."""
 """Silence on the event stream this long (four missed heartbeats) means the connection is dead."""
 RECENT = 5
 """Finished deployments ``status`` shows besides the open ones."""
@@ -62,6 +64,7 @@ class Refused(CtlError):
 class Unreachable(CtlError):
     def __init__(self, url: str, why: str) -> None:
         super().__init__(f"cannot reach watchdogd at {url}: {why}", EXIT_USAGE)
+        self.timed_out = why == "timed out"
 
 
 class Usage(CtlError):
@@ -114,16 +117,17 @@ class Client:
         params = {k: v for k, v in query.items() if v is not None}
         return self.call("GET", path + ("?" + urllib.parse.urlencode(params) if params else ""))
 
-    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
-        return self.call("POST", path, body or {})
+    def post(self, path: str, body: dict[str, Any] | None = None, timeout: float = TIMEOUT) -> Any:
+        return self.call("POST", path, body or {}, timeout)
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None, timeout: float = TIMEOUT) -> Any:
+        """One request; ``timeout`` is how long the answer may keep silent."""
         data = json.dumps(body).encode() if body is not None else None
         request = self._request(method, path, data)
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
-            with _OPENER.open(request, timeout=TIMEOUT) as response:
+            with _OPENER.open(request, timeout=timeout) as response:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             raise self._refused(exc) from None
@@ -471,7 +475,19 @@ def backup_lines(backup: dict[str, Any]) -> list[str]:
 
 
 def _backup(client: Client, args: argparse.Namespace, out: TextIO) -> int:
-    backup = client.post(f"/v1/services/{_quote(args.service)}/backups")
+    # the daemon answers once the dump is done, which may take up to its backups.timeout
+    try:
+        backup = client.post(
+            f"/v1/services/{_quote(args.service)}/backups", timeout=parse_duration(args.wait)
+        )
+    except Unreachable as exc:
+        if not exc.timed_out:
+            raise
+        raise CtlError(
+            f"no answer from {client.url} within {args.wait}: the backup may still be running; see"
+            f" `watchdogd ctl backups {args.service}` before migrating",
+            EXIT_USAGE,
+        ) from None
     if args.json:
         _dump(backup, out)
     elif args.quiet:
@@ -780,6 +796,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     backup = add("backup", _backup, "back up a service's database now (pg_dump), before migrating")
     backup.add_argument("service", metavar="SERVICE")
     backup.add_argument("-q", "--quiet", action="store_true", help="print only the backup id")
+    backup.add_argument(
+        "--wait",
+        type=_duration,
+        default=BACKUP_WAIT,
+        metavar="DURATION",
+        help=f"how long to wait for the dump (default {BACKUP_WAIT}; the daemon stops it at backups.timeout)",
+    )
     backups = add("backups", _backups, "list a service's database backups, newest first")
     backups.add_argument("service", metavar="SERVICE")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 
 from watchdogd.cli import build_parser
+from watchdogd.config.models import BackupsConfig
+from watchdogd.config.types import parse_duration
 
 pytestmark = pytest.mark.integration
 
@@ -255,3 +258,19 @@ def test_no_redirect_is_followed_by_any_command(servers: Any, status: int) -> No
         assert code == 2, err
         assert f"answered {status}" in err
     assert elsewhere.seen == []
+
+
+def test_ctl_backup_waits_for_a_slow_dump_and_says_when_it_gave_up(servers: Any) -> None:
+    def slow(method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+        time.sleep(0.6)  # a dump taking longer than the client waits
+        return json_answer({**BACKUP, "backup_id": "api-1"}, 201)
+
+    server = servers(slow)
+    code, out, err = ctl(server.url, "backup", "api", "--quiet", "--wait", "2s")
+    assert (code, out, err) == (0, "api-1\n", "")
+    code, out, err = ctl(server.url, "backup", "api", "--wait", "200ms")
+    assert (code, out) == (2, "")
+    assert "within 200ms: the backup may still be running; see `watchdogd ctl backups api`" in err
+    # by default it waits past the daemon's own limit on a dump, not the 30s of other commands
+    args = build_parser().parse_args(["ctl", "backup", "api"])
+    assert parse_duration(args.wait) > BackupsConfig().timeout
