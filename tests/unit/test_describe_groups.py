@@ -53,3 +53,24 @@ def test_no_groups_line_without_groups() -> None:
     plain = Config.model_validate({"services": {"api": {"container": "api"}}})
 
     assert not any(line.startswith("groups") for line in describe_config(plain))
+
+
+def test_a_restore_says_it_waits_for_approval_and_where_the_backups_are() -> None:
+    text = "\n".join(
+        describe_config(
+            Config.model_validate(
+                {
+                    "backups": {"dir": "/var/lib/watchdogd/backups", "keep": 10, "max_age": "30d"},
+                    "services": {
+                        "db": {
+                            "database": {"dsn": "postgresql://app@127.0.0.1/app"},
+                            "rollback": {"steps": ["restore"]},
+                        }
+                    },
+                }
+            )
+        )
+    )
+
+    assert "restore: the backup the deployment names (none: skipped), after an operator's approval" in text
+    assert "backups: pg_dump -Fc into /var/lib/watchdogd/backups, newest 10 per service kept" in text

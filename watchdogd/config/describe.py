@@ -27,6 +27,11 @@ def describe_config(config: Config) -> list[str]:
     lines.append(f"services ({len(config.services)}):")
     for name, service in config.services.items():
         lines += _describe_service(config, name, service)
+    if any("restore" in svc.plan() for svc in config.services.values()):
+        b = config.backups
+        where = str(b.dir) if b.dir is not None else "backups/ beside the state file"
+        age = f", those older than {fd(b.max_age)} pruned but the newest" if b.max_age is not None else ""
+        lines.append(f"backups: pg_dump -Fc into {where}, newest {b.keep} per service kept{age}")
     if config.groups:
         lines.append(f"groups ({len(config.groups)}):")
         for name in config.groups:
@@ -122,6 +127,14 @@ def _describe_service(config: Config, name: str, service: ServiceConfig) -> list
         f"veto window {fd(grace)}, mode {mode}"
     )
     lines.append(f"    rollback: {' -> '.join(service.plan()) or '(no steps)'}")
+    if "restore" in service.plan():
+        restore = service.rollback.restore
+        lines.append(
+            "    restore: the backup the deployment names (none: skipped), "
+            + ("after an operator's approval" if restore.approve else "without waiting for approval")
+            + f", within {fd(restore.timeout)}; the replaced database "
+            + ("kept" if restore.keep_replaced else "dropped")
+        )
     group = config.group_of(name)
     if group is not None:
         order = config.groups[group].sequence
