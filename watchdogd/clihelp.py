@@ -130,7 +130,7 @@ HELP: dict[Path, tuple[str, tuple[str, ...]]] = {
         "back as it was.",
         (
             "watchdogd ctl backup api",
-            'BACKUP=$(watchdogd ctl backup api --quiet) && watchdogd ctl deploy --service api --image app:v2 '
+            "BACKUP=$(watchdogd ctl backup api --quiet) && watchdogd ctl deploy --service api --image app:v2 "
             '--backup-id "$BACKUP"',
         ),
     ),
