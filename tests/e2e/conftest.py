@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import signal
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
+import docker.errors
 import pytest
 
 from tests.testbed.containers import free_port
@@ -172,6 +175,29 @@ def watchdogd(tmp_path: Path) -> Iterator[Any]:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.process.kill()
             daemon.process.wait(10)
+    _release_holders(tmp_path)
+
+
+def _release_holders(workdir: Path) -> None:
+    """Remove the image holders the test's deployments left (a daemon stopped inside a window keeps them)."""
+    database = workdir / "state.db"
+    if not database.exists():
+        return
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        try:
+            ids = {row[0] for row in conn.execute("SELECT id FROM deployments")}
+        except sqlite3.Error:
+            return
+    if not ids:
+        return
+    client = docker.from_env(timeout=30)
+    try:
+        for holder in client.containers.list(all=True, filters={"label": "org.watchdogd.keep=1"}):
+            if holder.labels.get("org.watchdogd.keep.deployment") in ids:
+                with contextlib.suppress(docker.errors.NotFound):
+                    holder.remove(force=True)
+    finally:
+        client.close()
 
 
 class LocalServer:
