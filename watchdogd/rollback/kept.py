@@ -21,15 +21,13 @@ lines are quoted in the step's result before the original goes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
-from docker.errors import DockerException, NotFound
+from docker.errors import NotFound
 
 from watchdogd.rollback.targets import COMPOSE, kept_labels
 
-KEPT_REPOSITORY = "watchdogd-kept"
 COPY_SUFFIX = "-copy"
 
 
@@ -58,8 +56,9 @@ async def never_restart(api: Any, container_id: str) -> None:
 async def copy(api: Any, attrs: Mapping[str, Any], name: str, *, leave_group: bool) -> str:
     """A stopped copy of the container ``attrs`` under ``name``: files, configuration, no auto-remove."""
     cfg = attrs.get("Config") or {}
-    image_tag = name.lower().replace("_", "-")[:120]
-    committed = await _call(api.commit, attrs["Id"], repository=KEPT_REPOSITORY, tag=image_tag)
+    # Untagged: the copy keeps its image from prune; removing a last tag would take --force, which
+    # deletes the image under the copy, so no tag is made at all.
+    committed = await _call(api.commit, attrs["Id"])
     host = {k: v for k, v in (attrs.get("HostConfig") or {}).items() if v not in (None, "", [], {})}
     host["AutoRemove"] = False
     host["RestartPolicy"] = {"Name": "no"}
@@ -74,9 +73,6 @@ async def copy(api: Any, attrs: Mapping[str, Any], name: str, *, leave_group: bo
         "HostConfig": host,
     }
     created = await _call(api.create_container_from_config, body, name)
-    # The image stays referenced by the copy; its tag is not needed to keep it.
-    with contextlib.suppress(DockerException):  # a tag left behind names the copy's files; harmless
-        await _call(api.remove_image, f"{KEPT_REPOSITORY}:{image_tag}", noprune=True)
     return str(created["Id"])
 
 
