@@ -54,6 +54,7 @@ def rule_config(args: argparse.Namespace) -> RuleConfig:
                 "bad": args.bad,
                 "history": args.history,
                 "false_rollback": args.false_rollback,
+                **({"dispersion": args.dispersion} if args.dispersion is not None else {}),
             },
         }
     )
@@ -136,6 +137,7 @@ def main() -> None:
     parser.add_argument("--history", default="1h", help="learned from before the deploy")
     parser.add_argument("--window", default="2h", help="watched after the deploy")
     parser.add_argument("--interval", default="1s", help="poll interval")
+    parser.add_argument("--dispersion", type=float, default=None, help="written instead of learned")
     parser.add_argument("--seed", type=int, default=1_000_000)
     parser.add_argument(
         "--after",
@@ -165,7 +167,8 @@ def main() -> None:
     low, high = clopper_pearson(k, n) if n else (0.0, 1.0)
     print()
     print(
-        f"{args.windows} healthy windows: {args.history} learned, {args.window} watched"
+        f"{args.windows} {'healthy ' if args.after is None else ''}windows: {args.history} learned,"
+        f" {args.window} watched"
         f" at {args.interval} polls,"
         f" bad {args.bad}, false_rollback {args.false_rollback}; {time.monotonic() - began:.0f}s on"
         f" {args.processes} processes"
@@ -183,7 +186,7 @@ def main() -> None:
         return
     print(
         f"  false rollbacks {k} of {n}: {rate:.4%}, 95% Clopper-Pearson interval [{low:.4%}, {high:.4%}]"
-        f" (configured {configured.false_rollback:.2%}: upper end at most the configured rate:"
+        f" (configured {configured.false_rollback * 100:.3g}%: upper end at most the configured rate:"
         f" {verdict(high <= configured.false_rollback)}; point estimate under it:"
         f" {verdict(rate <= configured.false_rollback)})"
     )

@@ -46,6 +46,20 @@ quasi-Poisson count): a true healthy rate under the bound keeps the
 statistic a supermartingale. The other half of ``alpha`` goes to ``h``.
 A written ``healthy`` rate spends all of ``alpha`` on ``h``.
 
+**Where the bound does not hold (measured).** The argument needs
+``E[exp(l)] <= 1`` for every healthy poll. Two things real traffic does break
+it, and bench/sequential.py measures both (bench/README.md has the figures):
+healthy bursts that reach the ``bad`` rate for a few seconds (a retry storm at
+four times the healthy rate is a 2% stretch for a 0.5% service: as far as the
+counts go, a bad deploy), and clumps of errors whose size varies (one failing
+upstream call failing 1, 2 or 10 requests): ``phi`` matches their variance,
+but against the high alternatives (``log(p1/p0) / phi`` above the log-ratio
+at which the clump size's moment generating function diverges) a single
+large clump carries the evidence. Neither is visible in an hour of history
+often enough to be learned from it. On that traffic the false-rollback rate
+is above the configured one, and a smaller ``false_rollback`` only lowers it
+slowly: the model, not the level, is what is wrong there.
+
 **When it cannot.** Too few pre-deploy polls or errors to measure the
 dispersion, or an upper bound on the healthy rate that reaches the bad rate:
 the rule stays ``no_data`` and says which.
