@@ -45,6 +45,7 @@ EventKind = Literal[
     "freeze",
     "unfreeze",
     "known_bad",
+    "swarm_rolled_back",
 ]
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
@@ -68,6 +69,7 @@ _FAMILY: dict[str, str] = {
     "rule_resolved": "notify",
     "rule_blind": "notify",
     "known_bad": "notify",
+    "swarm_rolled_back": "rollback",
 }
 # Fields worth repeating in the one-line text, in this order.
 _TEXT_FIELDS = ("rule", "value", "threshold", "reason", "actor", "error", "image", "previous_image")

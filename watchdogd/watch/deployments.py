@@ -405,7 +405,8 @@ class Deployments:
             deployment = next(
                 (d for d in await self.store.deployments(limit=20) if d.service == service), None
             )
-        from_image = replaced.image if replaced is not None else None
+        # Swarm's own rollback leaves no previous spec: the image rolled away from is then the deployment's
+        from_image = replaced.image if replaced is not None else deployment.image if deployment else None
         who = "Swarm rolled" if by == "swarm" else "an operator rolled (docker service rollback)"
         await self.report(
             "swarm_rolled_back",

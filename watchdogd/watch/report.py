@@ -96,6 +96,7 @@ SPECS: dict[str, Spec] = {
     "deployment_completed": Spec(),
     "superseded": Spec(level="warning", stream="deployment"),
     "known_bad_image": Spec(level="warning", notify="known_bad", stream="deployment"),
+    "swarm_rolled_back": Spec(level="warning", notify="swarm_rolled_back", stream="deployment"),
     "promoted": Spec(notify="promotion", stream="deployment"),
     "unverified": Spec(level="warning", notify="unverified", stream="deployment"),
     "rehearsal": Spec(),
