@@ -569,6 +569,7 @@ class _Api:
             "finished_at": _time(deployment.finished_at),
             "migrations": [m.id for m in deployment.facts.migrations],
             "backup_id": deployment.facts.backup_id,
+            "known_bad": deployment.facts.known_bad,
             "rules": [
                 {
                     "name": v.name,

@@ -113,6 +113,16 @@ class Principal(_Out):
     role: Role
 
 
+class KnownBad(_Out):
+    """The deployed image was rolled back recently (``known_bad_for``)."""
+
+    image: str
+    image_id: str
+    rolled_back_at: float
+    rolled_back_deployment: str
+    reason: str
+
+
 class Deployment(_Out):
     id: str
     service: str
@@ -124,6 +134,7 @@ class Deployment(_Out):
     finished_at: str | None
     migrations: list[str]
     backup_id: str | None = None
+    known_bad: KnownBad | None = None
     rules: list[RuleView]
 
 

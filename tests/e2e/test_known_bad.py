@@ -101,6 +101,8 @@ async def test_a_known_bad_image_redeployed_is_notified_and_marked_but_left_runn
         timeout=10,
     )
     assert marked[0]["detail"]["on_known_bad"] == "notify"
+    status, shown = wd.get(f"/v1/deployments/{again['id']}")
+    assert status == 200 and shown["known_bad"]["rolled_back_deployment"] == first["deployment_id"], shown
     assert "was rolled back at" in marked[0]["detail"]["reason"]
     assert [r for r in rollbacks(wd) if r["deployment_id"] == again["id"]] == []
     assert "v2" in story.running_image()
