@@ -133,7 +133,7 @@ INVALID = [
     pytest.param(
         edit("query: up", "query: up\n        field: running"),
         "config/api.yaml:15: services.api.rules[0].field: "
-        "'field' does not apply to a prometheus source; it takes a query (PromQL)",
+        "'field' does not apply to a prometheus source; it takes a query (PromQL) or sequential",
         id="field-does-not-fit-source",
     ),
     pytest.param(
@@ -151,7 +151,8 @@ INVALID = [
     pytest.param(
         edit("steps: [container, verify]", "steps: [container, rewind]"),
         "config/api.yaml:10: services.api.rollback.steps[1]: "
-        "must be 'container', 'sql', 'restore', 'redis_purge', 'webhook', 'verify' or 'command:NAME', not 'rewind'",
+        "must be 'container', 'sql', 'restore', 'redis_purge', 'webhook', 'verify' or 'command:NAME', "
+        "not 'rewind'",
         id="unknown-rollback-step",
     ),
     pytest.param(
