@@ -33,8 +33,8 @@ def all_back(service: Service, api: Any) -> bool:
 async def bare(service: Service, api: Any) -> float:
     start = time.monotonic()
     cli("service", "rollback", "-d", service.name)
-    while not all_back(service, api):
-        await asyncio.sleep(0.25)  # noqa: ASYNC110 - the step polls as often
+    while not all_back(service, api):  # noqa: ASYNC110 - a poll, as the step does
+        await asyncio.sleep(0.25)  # the step polls as often
     return time.monotonic() - start
 
 
