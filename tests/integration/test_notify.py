@@ -170,6 +170,7 @@ async def test_events_filter_keeps_only_the_families_asked_for(fake_server: Serv
         "retry",
         "freeze",
         "unfreeze",
+        "swarm_rolled_back",
     ]
 
 
