@@ -315,3 +315,30 @@ services:
     problems = " | ".join(str(p) for p in info.value.problems)
     assert "a sequential rule takes its counters, not a query" in problems
     assert "sequential.total" in problems and "does not parse" in problems
+
+
+# --- bursts in the history ---------------------------------------------------------------------
+
+
+def test_bursts_seen_before_the_deploy_raise_the_dispersion_until_the_same_burst_stays_ok() -> None:
+    """An hour of 500 requests a poll at 0.5%, with a 3-poll burst at 2% every 10 minutes.
+
+    The Pearson dispersion averages six bursts into 3,600 quiet polls and stays near 1, so
+    the same burst after the deploy would be taken for a bad deploy; calibrated on the
+    history's blocks, the dispersion makes it weigh like what it is.
+    """
+    quiet, burst = (2.5, 500.0), (10.0, 500.0)
+    history = ([quiet] * 117 + [burst] * 3) * 6
+    rule = spec(false_rollback=0.001, evaluations=1440)
+    learned = learn(rule, history, "1h")
+    assert isinstance(learned, Learned)
+    pearson = dispersion(history, learned.estimate)
+    assert learned.dispersion > 2 * pearson, (learned.dispersion, pearson)
+    stat = 0.0
+    for errors, requests in [quiet] * 10 + [burst] * 3:
+        stat = max(stat, step(stat, errors, requests, learned.rate, rule.bad, learned.dispersion))
+    assert stat < rule.bound / 2, (stat, rule.bound)
+    plain = 0.0
+    for errors, requests in [burst] * 3:
+        plain = step(plain, errors, requests, learned.rate, rule.bad, pearson)
+    assert plain >= rule.bound / 2  # what the Pearson dispersion alone would have made of it

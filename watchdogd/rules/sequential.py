@@ -37,7 +37,12 @@ binomial and the traffic changes by the hour. The counts are conditioned on
 are, and ``phi`` absorbs them: it is the Pearson dispersion of the
 pre-deploy counts, measured on blocks of 1, 2, 4, ... polls (as long as at
 least 20 blocks remain) and the largest kept, so that errors correlated over
-a few minutes count as the clumps they are. Overestimating ``phi`` only makes
+a few minutes count as the clumps they are. The Pearson dispersion is an
+average, though: six 15 s bursts in an hour of quiet polls barely move it,
+yet each would look like a bad deploy. So ``phi`` is then raised (see
+``calibrated``) until, for every bad rate weighed and every block size, the
+history's blocks have likelihood ratios ``exp(l)`` averaging at most 1: the
+condition the bound rests on, checked on the healthy data itself. Overestimating ``phi`` only makes
 the rule slower, never noisier (``r ** (1/phi) - 1 <= (r - 1) / phi``).
 
 **The healthy rate's uncertainty.** A learned ``p0`` is not the estimate but
@@ -56,7 +61,8 @@ upstream call failing 1, 2 or 10 requests): ``phi`` matches their variance,
 but against the high alternatives (``log(p1/p0) / phi`` above the log-ratio
 at which the clump size's moment generating function diverges) a single
 large clump carries the evidence. Neither is visible in an hour of history
-often enough to be learned from it. On that traffic the false-rollback rate
+often enough to be learned from it (the calibration covers the bursts the
+history holds, not the rarer ones). On that traffic the false-rollback rate
 is above the configured one, and a smaller ``false_rollback`` only lowers it
 slowly: the model, not the level, is what is wrong there.
 
@@ -213,7 +219,51 @@ def learn(spec: Sequential, counts: Sequence[tuple[float, float]], history_text:
             f" the deploy only say the healthy rate is under {percent(rate)}, not clearly under the bad"
             f" {percent(spec.bad)}"
         )
+    if spec.dispersion is None:
+        phi = calibrated(spec, polls, rate, phi)
     return Learned(rate, estimate, phi, errors, requests, len(polls))
+
+
+def calibrated(spec: Sequential, polls: Sequence[tuple[float, float]], rate: float, phi: float) -> float:
+    """``phi`` raised until, on the history, the likelihood ratio of every block averages at most 1.
+
+    For each block size (1, 2, 4, ... polls, at least ``MIN_BLOCKS`` blocks) and each
+    bad rate, the smallest ``phi >= `` the given one with ``mean(exp(l / phi)) <= 1``
+    over the history's blocks, by bisection (the mean falls as ``phi`` grows once the
+    history's mean ``l`` is negative, as it is against a rate above the healthy one);
+    the largest is kept. Computed with the largest term factored out, so that no
+    ``exp`` overflows.
+    """
+    best = phi
+    size = 1
+    while len(polls) // size >= MIN_BLOCKS:
+        blocks = [
+            (sum(c[0] for c in polls[i : i + size]), sum(c[1] for c in polls[i : i + size]))
+            for i in range(0, len(polls) - size + 1, size)
+        ]
+        for bad in spec.alternatives:
+            gain, cost = math.log(bad / rate), bad - rate
+            llrs = [x * gain - n * cost for x, n in blocks]
+            top = max(llrs)
+            if top <= 0:
+                continue
+
+            def excess(candidate: float, llrs: list[float] = llrs, top: float = top) -> float:
+                scale = top / candidate
+                total = math.fsum(math.exp(v / candidate - scale) for v in llrs)
+                return total / len(llrs) - math.exp(-scale)
+
+            if excess(best) <= 0:
+                continue
+            low, high = best, best * 2
+            while excess(high) > 0 and high < 1e6:
+                low, high = high, high * 2
+            for _ in range(30):
+                middle = (low + high) / 2
+                low, high = (middle, high) if excess(middle) > 0 else (low, middle)
+            best = high
+        size *= 2
+    return best
 
 
 def tail(errors: float, requests: float, rate: float, phi: float) -> float:
