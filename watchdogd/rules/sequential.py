@@ -228,7 +228,7 @@ def calibrated(spec: Sequential, polls: Sequence[tuple[float, float]], rate: flo
     """``phi`` raised until, on the history, the likelihood ratio of every block averages at most 1.
 
     For each block size (1, 2, 4, ... polls, at least ``MIN_BLOCKS`` blocks) and each
-    bad rate, the smallest ``phi >= `` the given one with ``mean(exp(l / phi)) <= 1``
+    bad rate, the smallest ``phi``, at least the given one, with ``mean(exp(l / phi)) <= 1``
     over the history's blocks, by bisection (the mean falls as ``phi`` grows once the
     history's mean ``l`` is negative, as it is against a rate above the healthy one);
     the largest is kept. Computed with the largest term factored out, so that no
