@@ -83,7 +83,7 @@ services:
     )
     assert done["state"] == "failed", done
     assert "creating" in done["error"] and "memory" in done["error"].lower(), done["error"]
-    assert "back under" in done["error"]
+    assert f"the deployed container is back and running: {name}" in done["error"], done["error"]
     assert deployment(wd, deployed["id"])["state"] == "rollback_failed"
 
     # the bad container is back under its name, running; nothing left under the -failed- name
