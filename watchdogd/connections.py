@@ -35,10 +35,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 RESERVED_FDS = 64
 """Descriptors kept back from the API for the store, sources, Docker and logs."""
+ACCEPT_BACKLOG = 64
+"""The listening socket's backlog. asyncio accepts up to this many connections in one
+go before the guard can close any of them, so the budget keeps this many back too."""
 
 
-def fd_budget(wanted: int, reserved: int = RESERVED_FDS) -> int:
-    """``wanted``, lowered to what the open-file limit leaves beside the descriptors open now."""
+def fd_budget(wanted: int, reserved: int = RESERVED_FDS + ACCEPT_BACKLOG) -> int:
+    """``wanted``, lowered to what the open-file limit leaves beside the descriptors open now
+    (less ``reserved``: the rest of the daemon, and a burst of connections being accepted)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return wanted

@@ -16,7 +16,9 @@ import os
 import signal
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -26,7 +28,7 @@ from watchdogd.api import create_app
 from watchdogd.auth import Rejections, Tokens
 from watchdogd.config import load_config
 from watchdogd.config.models import Config
-from watchdogd.connections import ConnectionGuard, GuardedSite, fd_budget
+from watchdogd.connections import ACCEPT_BACKLOG, ConnectionGuard, GuardedSite, fd_budget
 from watchdogd.daemon import Daemon
 from watchdogd.errors import ConfigError, ConfigProblem
 
@@ -46,16 +48,18 @@ async def serve(config: Config, config_path: Path) -> int:
     daemon = await Daemon.open(config)
     host, _, port = config.server.listen.rpartition(":")
     server = config.server
+    rejections = Rejections(log)
     guard = ConnectionGuard(
         fd_budget(server.max_connections),
         server.header_timeout,
         server.keepalive_timeout,
-        Rejections(log),
+        rejections,
     )
     app = create_app(daemon, tokens, server.open_endpoints, outer=(guard.middleware,))
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=server.keepalive_timeout)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_when_out_of_files(rejections))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(
@@ -64,7 +68,9 @@ async def serve(config: Config, config_path: Path) -> int:
     watchdog: asyncio.Task[None] | None = None
     try:
         await runner.setup()
-        site = GuardedSite(runner, host.strip("[]"), int(port), guard, ssl_context=ssl_context)
+        site = GuardedSite(
+            runner, host.strip("[]"), int(port), guard, ssl_context=ssl_context, backlog=ACCEPT_BACKLOG
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -152,3 +158,20 @@ async def _ping_watchdog(daemon: Daemon, interval: float) -> None:
             shown = current
         sdnotify.watchdog()
         await asyncio.sleep(interval / 2)
+
+
+def _quiet_when_out_of_files(
+    rejections: Rejections,
+) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """asyncio's handler logs a traceback each time ``accept()`` finds no descriptor left
+    (and retries every second): under a flood that is megabytes of log. Those become one
+    ``api_refused`` line per interval; anything else goes to asyncio's own handler."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            rejections.note("out_of_descriptors")
+            return
+        loop.default_exception_handler(context)
+
+    return handle
