@@ -70,7 +70,9 @@ async def test_a_prune_mid_window_cannot_delete_the_previous_image_and_the_hold_
             return next((d for d in body["items"] if d["service"] == "api"), None)
 
         deployment = wd.wait_for("the deploy noticed from Docker", noticed, timeout=20)
-        assert len(_holders(docker_client, deployment["id"])) == 1, wd.log()
+        # the holder is made just after the deployment is stored: the API may show it a moment earlier
+        held = deployment["id"]
+        wd.wait_for("the previous image held", lambda: len(_holders(docker_client, held)) == 1, timeout=20)
         pruned = docker_client.images.prune(filters={"dangling": False, "label": f"{PRUNE_LABEL}={run_id}"})
         deleted = [d.get("Deleted") for d in pruned.get("ImagesDeleted") or ()]
         assert v1 not in deleted
