@@ -5,9 +5,9 @@ Per poll (1 s by default), from a seeded ``random.Random``:
 - requests: Poisson around a daily shape between 10 and 200 requests/s, each
   window starting at a random time of day;
 - the error rate: ``base`` times a factor drawn afresh every minute
-  (log-normal, sigma 0.3): the rate drifts with what the users do;
-- short healthy bursts: about one every 20 minutes, 5 to 15 s at four times
-  the rate (a retry storm, a cache refill);
+  (log-normal, sigma ``drift``, 0.3): the rate drifts with what the users do;
+- short healthy bursts: about one every 20 minutes, 5 to 15 s at ``boost``
+  (four) times the rate (a retry storm, a cache refill);
 - errors come in clumps (1 + geometric, mean 2): one failing upstream call
   fails several requests.
 
@@ -34,6 +34,8 @@ class Traffic:
         interval: float = 1.0,
         bursts_per_hour: float = 3.0,
         clump: float = 2.0,
+        boost: float = 4.0,
+        drift: float = 0.3,
     ) -> None:
         self.rng = rng
         self.base = base
@@ -42,6 +44,8 @@ class Traffic:
         self.interval = interval
         self.bursts_per_hour = bursts_per_hour
         self.clump = clump
+        self.boost = boost
+        self.drift = drift
         self.phase = rng.uniform(0, DAY)
         self.factor = 1.0
         self.minute = -1
@@ -57,10 +61,10 @@ class Traffic:
         minute = int(t // 60)
         if minute != self.minute:
             self.minute = minute
-            self.factor = math.exp(rng.gauss(-0.045, 0.3))  # mean 1
+            self.factor = math.exp(rng.gauss(-(self.drift**2) / 2, self.drift))  # mean 1
         if t >= self.burst_until and rng.random() < self.bursts_per_hour * self.interval / 3600:
             self.burst_until = t + rng.uniform(5, 15)
-        boost = 4.0 if t < self.burst_until else 1.0
+        boost = self.boost if t < self.burst_until else 1.0
         return min(0.9, self.base * self.factor * boost)
 
     def poll(self, t: float, rate: float | None = None) -> tuple[int, int]:

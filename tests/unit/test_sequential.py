@@ -342,3 +342,76 @@ def test_bursts_seen_before_the_deploy_raise_the_dispersion_until_the_same_burst
     for errors, requests in [burst] * 3:
         plain = step(plain, errors, requests, learned.rate, rule.bad, pearson)
     assert plain >= rule.bound / 2  # what the Pearson dispersion alone would have made of it
+
+
+# --- healthy bursts the history does not show ----------------------------------------------------
+
+
+def simulate_family(runs: int, alpha: float, seed: int, **traffic: float) -> int:
+    """False rollbacks of ``runs`` healthy deploys through the whole family of bad rates:
+    1 h learned before, 1 h watched after, 1 s polls."""
+    rule = spec(false_rollback=alpha, evaluations=3600)
+    bound, alternatives = rule.bound, rule.alternatives
+    fired = 0
+    for r in range(runs):
+        source = Traffic(random.Random(seed + r), **traffic)
+        learned = learn(rule, list(source.polls(0, 3600)), "1h")
+        assert isinstance(learned, Learned)
+        stats = [0.0] * len(alternatives)
+        for errors, requests in source.polls(3600, 3600):
+            stats = [
+                step(s, errors, requests, learned.rate, bad, learned.dispersion)
+                for s, bad in zip(stats, alternatives, strict=True)
+            ]
+            if max(stats) >= bound:
+                fired += 1
+                break
+    return fired
+
+
+def test_bursts_on_a_drifting_rate_do_not_roll_back_more_than_stated() -> None:
+    """250 healthy hours whose rate drifts by the minute (sigma 0.6) under 4x bursts, at a stated 0.2%.
+
+    A burst on a minute that drifted up is a stretch of several times the healthy rate that
+    an hour of history rarely shows. With the dispersion taken as measured, the rule rolled
+    back 8 of these 250 deploys (3.2%, sixteen times the stated rate; 9 of 200 on another
+    seed). P(Binomial(250, 0.002) > 3) < 0.2%: only a rate above the stated one fails this.
+    """
+    assert simulate_family(250, 0.002, seed=40_000, drift=0.6) <= 3
+
+
+def test_the_dispersion_bound_is_above_the_estimate_and_near_it_on_many_blocks() -> None:
+    rng = random.Random(8)
+    binomial = [(sum(rng.random() < 0.01 for _ in range(100)), 100) for _ in range(3600)]
+    measured = dispersion(binomial, 0.01)
+    bound = dispersion(binomial, 0.01, 0.999)
+    assert 1.2 * measured < bound < 3.0  # 28 blocks of 128 polls at the coarsest scale say little
+    steady = [(i % 2, 100) for i in range(60)]  # evenly spaced errors, as bench/detect.py's exporter
+    assert dispersion(steady, 0.005, 0.999) == 1.0
+
+
+def test_a_steady_service_keeps_its_detection_speed() -> None:
+    """bench/detect.py's exporter: a minute of 100 requests a poll, an error every other poll.
+
+    Its targets: a step to 20% fires on the first poll that holds it, one to 2% within 60
+    polls; the dispersion's confidence bound must not slow a steady service.
+    """
+    history = [Sample(DEPLOY - 60 + i, None, counts=(i % 2, 100)) for i in range(60)]
+    cfg = RuleConfig.model_validate(
+        {
+            "name": "errors",
+            "source": "app",
+            "action": "rollback",
+            "sequential": {"errors": "e", "total": "t", "bad": "2%", "history": "1m"},
+        }
+    )
+    rule = compile_rule(cfg, interval=1.0, window=3600.0)
+    state = start_sequential(rule, DEPLOY, history)
+    assert state.evidence[0] == 1.0
+    fired = evaluate(rule, state, Sample(DEPLOY + 1, None, counts=(20, 100)), DEPLOY + 1)[0]
+    assert fired.state is RuleState.FIRING
+    for i in range(1, 61):
+        state, _ = evaluate(rule, state, Sample(DEPLOY + i, None, counts=(2, 100)), DEPLOY + i)
+        if state.state is RuleState.FIRING:
+            break
+    assert state.state is RuleState.FIRING and i <= 45, i
