@@ -45,6 +45,9 @@ class Sample:
     ``reason`` label of ``watchdogd_source_errors_total``. None: a plain missing value."""
     counts: tuple[float, float] | None = None
     """(errors, requests) counted since the previous poll, for a sequential rule; None otherwise."""
+    buckets: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    """A histogram's requests counted since the previous poll, for a latency rule: (finite upper
+    bounds, counts per bucket, the last above the highest bound); None otherwise."""
 
     @classmethod
     def missing(cls, time: float, reason: str, error: str | None = None) -> Sample:

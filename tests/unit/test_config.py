@@ -145,7 +145,8 @@ INVALID = [
     pytest.param(
         edit("source: prom\n        query: up", "source: app"),
         "config/api.yaml:12: services.api.rules[0]: "
-        "a rule on scrape source 'app' needs exactly one of metric, rate, ratio, quantile, sequential",
+        "a rule on scrape source 'app' needs exactly one of metric, rate, ratio, quantile, sequential,"
+        " latency",
         id="scrape-rule-measures-nothing",
     ),
     pytest.param(

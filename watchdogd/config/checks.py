@@ -32,6 +32,7 @@ _MEASURES: dict[str, tuple[str, ...]] = {
     "ratio": ("scrape",),
     "quantile": ("scrape",),
     "sequential": ("scrape", "prometheus"),
+    "latency": ("scrape",),
     "field": ("docker", "http", "postgres", "exec"),
     "alerts": ("alertmanager",),
     "pattern": LOG_SOURCE_TYPES,
@@ -40,7 +41,7 @@ _MEASURES: dict[str, tuple[str, ...]] = {
 }
 _WHAT_FITS: dict[str, str] = {
     "prometheus": "a query (PromQL) or sequential",
-    "scrape": "exactly one of metric, rate, ratio, quantile, sequential",
+    "scrape": "exactly one of metric, rate, ratio, quantile, sequential, latency",
     "http": "an optional field (up, status, latency_seconds)",
     "docker": "a field (" + ", ".join(DOCKER_FIELDS) + ")",
     "docker_logs": "a pattern with over or absent_for",
@@ -199,7 +200,9 @@ def _check_measure(rule: RuleConfig, source: SourceConfig, loc: Loc) -> list[Pro
         if problem is not None:
             problems.append(((*loc, "query"), f"PromQL that does not parse: {problem}"))
     elif kind == "scrape":
-        chosen = [key for key in ("metric", "rate", "ratio", "quantile", "sequential") if key in present]
+        chosen = [
+            key for key in ("metric", "rate", "ratio", "quantile", "sequential", "latency") if key in present
+        ]
         if len(chosen) != 1:
             where = (*loc, chosen[1]) if len(chosen) > 1 else loc
             problems.append((where, f"a rule on scrape source '{rule.source}' needs {_WHAT_FITS[kind]}"))
@@ -264,6 +267,8 @@ def _check_selectors(rule: RuleConfig, loc: Loc) -> list[Problem]:
     if rule.sequential is not None:
         texts.append(((*loc, "sequential", "errors"), rule.sequential.errors))
         texts.append(((*loc, "sequential", "total"), rule.sequential.total))
+    if rule.latency is not None:
+        texts.append(((*loc, "latency", "histogram"), rule.latency.histogram))
     problems: list[Problem] = []
     for where, text in texts:
         try:
@@ -273,16 +278,16 @@ def _check_selectors(rule: RuleConfig, loc: Loc) -> list[Problem]:
     return problems
 
 
-def _check_sequential(rule: RuleConfig, loc: Loc) -> list[Problem]:
-    """A sequential rule fires on its evidence: no condition, timers or baseline of its own."""
+def _check_sequential(rule: RuleConfig, loc: Loc, kind: str = "sequential") -> list[Problem]:
+    """A sequential (or latency) rule fires on its evidence: no condition, timers or baseline of its own."""
     problems: list[Problem] = []
     for key in ("condition", "clear_condition", "failures", "baseline"):
         if getattr(rule, key) is not None:
             problems.append(
-                ((*loc, key), f"a sequential rule has no {key}: it fires when the evidence reaches its bound")
+                ((*loc, key), f"a {kind} rule has no {key}: it fires when the evidence reaches its bound")
             )
     if rule.for_ or rule.immediate or rule.keep_firing_for:
-        problems.append(((*loc,), "a sequential rule takes no for, immediate or keep_firing_for"))
+        problems.append(((*loc,), f"a {kind} rule takes no for, immediate or keep_firing_for"))
     return problems
 
 
@@ -291,6 +296,8 @@ def _check_timing(rule: RuleConfig, source: SourceConfig, loc: Loc) -> list[Prob
     absence = rule.absent_for is not None
     if rule.sequential is not None:
         return _check_sequential(rule, loc)
+    if rule.latency is not None:
+        return _check_sequential(rule, loc, "latency")
     if absence:
         if rule.condition is not None:
             problems.append(((*loc, "condition"), "an absent_for rule has no condition: it fires on silence"))

@@ -56,3 +56,31 @@ class SequentialSpec(BaseModel):
         if self.healthy is not None and not 0 < self.healthy < self.bad:
             raise ValueError("healthy must be above 0% and under the bad rate")
         return self
+
+
+class LatencySpec(BaseModel):
+    """A latency histogram after the deploy against before it: a quantile slower by at least so much."""
+
+    histogram: str = Field(
+        min_length=1,
+        description="The histogram's name (its _bucket counters are read), with optional label matchers,"
+        " like 'http_request_duration_seconds{route=\"/api\"}'.",
+    )
+    quantile: float = Field(0.99, gt=0, lt=1, description="The quantile compared, like 0.99.")
+    slower_by: Percent = Field(
+        0.2, ge=0, description="How much slower the quantile must be after the deploy to fire, like 20%."
+    )
+    confidence: Percent = Field(
+        0.99,
+        gt=0.5,
+        lt=1,
+        description="How sure the rule must be; 1 - confidence bounds its false-rollback probability.",
+    )
+    min_observations: int = Field(
+        200, ge=10, description="Requests after the deploy (and before it) before the rule judges."
+    )
+    history: Duration = Field(
+        3600.0, gt=0, description="The span before the deploy whose histogram is the reference."
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from watchdogd.config.detection import SequentialSpec
+from watchdogd.config.detection import LatencySpec, SequentialSpec
 from watchdogd.config.notify import (  # noqa: F401 (WebhookNotify: kept importable from here)
     NotifyTarget,
     OpsgenieNotify,
@@ -449,6 +449,9 @@ class RuleConfig(Model):
     quantile: QuantileSpec | None = None
     sequential: SequentialSpec | None = Field(
         None, description="Errors over requests judged as they arrive, with a stated false-rollback rate."
+    )
+    latency: LatencySpec | None = Field(
+        None, description="A latency histogram after the deploy against before it: a quantile's slowdown."
     )
     field: str | None = Field(None, description="docker, http, postgres or exec field.")
     alerts: str | None = Field(

@@ -20,6 +20,7 @@ See docs/rules.md for every semantic with a timeline.
 """
 
 from watchdogd.rules.engine import condition_now, evaluate
+from watchdogd.rules.latency_rule import start_latency
 from watchdogd.rules.rule import MissingResult, Rule, compile_rule, fingerprint
 from watchdogd.rules.sequential_rule import start_sequential
 from watchdogd.rules.state import (
@@ -46,5 +47,6 @@ __all__ = [
     "load_state",
     "resume",
     "start",
+    "start_latency",
     "start_sequential",
 ]

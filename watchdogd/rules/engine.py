@@ -5,6 +5,7 @@ from __future__ import annotations
 from watchdogd.errors import RuleError
 from watchdogd.model import RuleState, Sample, Transition
 from watchdogd.rules.explain import _explain, _missing_reason
+from watchdogd.rules.latency_rule import evaluate_latency
 from watchdogd.rules.rule import _EPS, FIRING, NO_DATA, OK, PENDING, Rule
 from watchdogd.rules.sequential_rule import evaluate_sequential
 from watchdogd.rules.state import EvalState
@@ -35,6 +36,8 @@ def evaluate(
         )
     if rule.sequential is not None:
         return evaluate_sequential(rule, state, sample, now)
+    if rule.latency is not None:
+        return evaluate_latency(rule, state, sample, now)
     state = _skip_held(rule, state, now)
     value = sample.value
     why_missing = sample.reason

@@ -14,6 +14,7 @@ from watchdogd.config.models import RuleConfig
 from watchdogd.config.types import Condition
 from watchdogd.errors import RuleError
 from watchdogd.model import RuleState
+from watchdogd.rules.distribution import Latency
 from watchdogd.rules.sequential import Sequential
 
 OK = RuleState.OK
@@ -69,6 +70,8 @@ class Rule:
     over: float | None = None
     sequential: Sequential | None = None
     """A sequential rule's settings: it fires on the evidence of its counts (rules/sequential.py)."""
+    latency: Latency | None = None
+    """A latency rule's settings: it compares histograms (rules/distribution.py)."""
     _compare: Callable[[float, float], bool] = field(init=False, repr=False, compare=False)
     _clear: Callable[[float, float], bool] | None = field(init=False, repr=False, compare=False)
     _clear_threshold: float = field(init=False, repr=False, compare=False)
@@ -92,6 +95,8 @@ class Rule:
     def learns_from(self) -> float:
         """How long before a deploy the rule learns from: what a source must keep."""
         own = self.baseline_before or 0.0
+        if self.latency is not None:
+            own = max(own, self.latency.history)
         return max(own, self.sequential.history) if self.sequential is not None else own
 
 
@@ -130,6 +135,11 @@ def compile_rule(config: RuleConfig, *, interval: float | None = None, window: f
     if config.sequential is not None:
         sequential = _sequential(config, interval or DEFAULT_INTERVAL, window or DEFAULT_WINDOW)
         condition = Condition(">=", sequential.bound)
+    latency = None
+    if config.latency is not None:
+        spec = config.latency
+        latency = Latency(spec.quantile, spec.slower_by, spec.confidence, spec.min_observations, spec.history)
+        condition = Condition(">=", 1 + spec.slower_by)
     if config.absent_for is not None:
         condition = Condition(">=", config.absent_for)
     elif condition is None:
@@ -156,6 +166,7 @@ def compile_rule(config: RuleConfig, *, interval: float | None = None, window: f
         absent_for=config.absent_for,
         over=config.over,
         sequential=sequential,
+        latency=latency,
     )
 
 
@@ -182,7 +193,8 @@ def fingerprint(config: RuleConfig) -> str:
     """What a rule means, as a short digest: a stored state is reused only under the same one.
 
     Its source, signal (a sequential rule's counters, rates, history and
-    false-rollback probability included), condition, timers, failures, baseline
+    false-rollback probability included; a latency rule's histogram, quantile,
+    slower_by, confidence, min_observations and history), condition, timers, failures, baseline
     and missing-data policy count; its name, description, severity and action do not.
     """
     meaning = config.model_dump(mode="json", by_alias=True, exclude=set(_MEANING_FREE))
@@ -192,5 +204,7 @@ def fingerprint(config: RuleConfig) -> str:
         baseline.pop("min", None)
     if meaning.get("sequential") is None:
         meaning.pop("sequential", None)  # likewise for every rule written before sequential ones
+    if meaning.get("latency") is None:
+        meaning.pop("latency", None)  # and before latency ones
     text = json.dumps(meaning, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

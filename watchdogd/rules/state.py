@@ -43,7 +43,8 @@ class EvalState(NamedTuple):
     last_match: float | None = None
     evidence: tuple[float, ...] = ()
     """A sequential rule's: (dispersion, pre-deploy rate, errors, requests, since) of its
-    current stretch of evidence (rules/sequential_rule.py); empty for every other rule."""
+    current stretch of evidence (rules/sequential_rule.py); a latency rule's: its histograms
+    before and after the deploy (rules/latency_rule.py); empty for every other rule."""
 
 
 def start(rule: Rule, started_at: float, baseline: float | None = None) -> EvalState:

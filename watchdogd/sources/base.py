@@ -31,7 +31,7 @@ class Measure:
     """What a rule asks of its source; equal measures are computed once per poll.
 
     ``kind`` is one of ``query``, ``field``, ``metric``, ``rate``, ``ratio``,
-    ``quantile``, ``counts``, ``count``, ``absence``, ``depth``, ``alerts``.
+    ``quantile``, ``counts``, ``buckets``, ``count``, ``absence``, ``depth``, ``alerts``.
     """
 
     kind: str
@@ -50,6 +50,8 @@ class Measure:
             return cls("ratio", rule.ratio.numerator, rule.ratio.denominator, over=rule.ratio.over)
         if rule.sequential is not None:
             return cls("counts", rule.sequential.errors, rule.sequential.total)
+        if rule.latency is not None:
+            return cls("buckets", rule.latency.histogram)
         if rule.quantile is not None:
             return cls("quantile", rule.quantile.metric, over=rule.quantile.over, q=rule.quantile.q)
         if rule.metric is not None:

@@ -1,4 +1,5 @@
-"""Errors and requests counted between two scrapes: what a sequential rule weighs.
+"""Errors and requests counted between two scrapes: what a sequential rule weighs (and a
+histogram's requests per bucket: what a latency rule compares).
 
 Pure, over a :class:`~watchdogd.sources.promrate.SeriesStore`. Unlike
 ``increase()``, nothing is extrapolated: the counts are the counters' exact
@@ -10,7 +11,10 @@ counts from zero too, as its counter did.
 
 from __future__ import annotations
 
+import math
+
 from watchdogd.model import Sample
+from watchdogd.rules.distribution import from_cumulative
 from watchdogd.selector import Selector
 from watchdogd.sources.promrate import SeriesStore, format_key
 
@@ -108,3 +112,48 @@ def _grown(now: dict[str, float], before: dict[str, float]) -> float:
         last = before.get(labels)
         total += value if last is None or value < last else value - last
     return total
+
+
+def buckets(store: SeriesStore, selector: Selector, at: float, previous: float | None) -> Sample:
+    """A histogram's requests since the scrape at ``previous``, per bucket, as a Sample.
+
+    ``selector`` picks the ``_bucket`` series; their growth is summed by ``le`` (over every
+    other label, as ``sum by (le)`` would) and made per bucket from the cumulative counts.
+    The value is the requests counted.
+    """
+    if previous is None:
+        return Sample(at, None, "first scrape: counting starts at the next one")
+    duplicated = store.duplicated(selector)
+    if duplicated is not None:
+        return Sample(at, None, f"series {format_key(duplicated)} came twice in the scrape", "bad_data")
+    matching = store.matching(selector)
+    if not matching:
+        return Sample(at, None, f"no series match {selector.text}")
+    by_le: dict[float, float] = {}
+    latest = store.last_at
+    for (_, labels), points in matching.items():
+        text = dict(labels).get("le")
+        try:
+            le = float(text) if text is not None else math.nan
+        except ValueError:
+            le = math.nan
+        if math.isnan(le):
+            why = f"{selector.text}: a bucket series without a numeric le label"
+            return Sample(at, None, why, "bad_data")
+        last_t, last_v = points[-1]
+        if last_t != latest:
+            continue
+        before = next((v for t, v in reversed(points) if t <= previous), None)
+        grown = last_v if before is None or last_v < before else last_v - before
+        by_le[le] = by_le.get(le, 0.0) + grown
+    histogram = from_cumulative(list(by_le.items()))
+    if isinstance(histogram, str):
+        return Sample(at, None, f"{selector.text}: {histogram}", "bad_data")
+    bounds = _BOUNDS.setdefault(histogram[0], histogram[0]) if len(_BOUNDS) < 256 else histogram[0]
+    requests = math.fsum(histogram[1])
+    return Sample(at, requests, None if requests > 0 else "no traffic", None, buckets=(bounds, histogram[1]))
+
+
+_BOUNDS: dict[tuple[float, ...], tuple[float, ...]] = {}
+"""One tuple of bounds per layout, shared by every sample the history keeps (an hour of 1 s polls
+would otherwise hold 3,600 copies)."""

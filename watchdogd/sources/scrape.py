@@ -20,11 +20,11 @@ from watchdogd.model import Sample
 from watchdogd.selector import Selector, parse_selector
 from watchdogd.sources import promrate
 from watchdogd.sources.base import Measure, read_body
-from watchdogd.sources.counts import counts
+from watchdogd.sources.counts import buckets, counts
 from watchdogd.sources.promrate import MAX_SERIES, Answer, Scrape, SeriesKey, SeriesStore, series_key
 
 MAX_BODY = 16 << 20
-KINDS = ("metric", "rate", "ratio", "quantile", "counts")
+KINDS = ("metric", "rate", "ratio", "quantile", "counts", "buckets")
 _ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 
 
@@ -74,7 +74,7 @@ class MetricsScrape:
         scrape = await asyncio.to_thread(parse_exposition, text, wanted, self.max_series)
         previous = self.store.last_at
         horizon = self._horizon(plans)
-        if previous is not None and any(m.kind == "counts" for m in plans):
+        if previous is not None and any(m.kind in ("counts", "buckets") for m in plans):
             horizon = max(horizon, at - previous + 1e-3)  # counts are taken against the previous scrape
         try:
             self.store.ingest(at, scrape, horizon)
@@ -85,6 +85,9 @@ class MetricsScrape:
         for measure, selectors in plans.items():
             if measure.kind == "counts":
                 answers[measure] = counts(self.store, selectors[0], selectors[1], at, previous)
+                continue
+            if measure.kind == "buckets":
+                answers[measure] = buckets(self.store, _series_read(measure, selectors[0]), at, previous)
                 continue
             answer = self._answer(measure, selectors, at)
             answers[measure] = Sample(at, answer.value, answer.reason)
@@ -130,8 +133,8 @@ class MetricsScrape:
             selector = self._selector(text)
             if isinstance(selector, str):
                 return selector
-            if measure.kind == "quantile" and selector.name is None:
-                return f"{text}: a quantile needs the histogram's name"
+            if measure.kind in ("quantile", "buckets") and selector.name is None:
+                return f"{text}: a histogram needs its name"
             selectors.append(selector)
         return tuple(selectors)
 
@@ -190,7 +193,7 @@ class MetricsScrape:
 
 def _series_read(measure: Measure, selector: Selector) -> Selector:
     """What a measure's selector picks from the scrape: a histogram's ``_bucket`` series."""
-    if measure.kind == "quantile" and selector.name is not None:
+    if measure.kind in ("quantile", "buckets") and selector.name is not None:
         return Selector(selector.text, selector.name + "_bucket", selector.matchers)
     return selector
 

@@ -15,7 +15,15 @@ import structlog
 from watchdogd.config.types import format_duration
 from watchdogd.errors import RuleError, StoreError
 from watchdogd.model import Deployment, RuleState, Sample, Transition, jsonable_number
-from watchdogd.rules import EvalState, baseline_mean, dump_state, evaluate, start, start_sequential
+from watchdogd.rules import (
+    EvalState,
+    baseline_mean,
+    dump_state,
+    evaluate,
+    start,
+    start_latency,
+    start_sequential,
+)
 from watchdogd.sources import Measure
 from watchdogd.store import Store
 from watchdogd.telemetry import Metrics
@@ -155,6 +163,11 @@ class Evaluator:
             since = deployment.started_at - sequential.history
             history = self.history(run.config.source, run.measure, since)
             return start_sequential(run.rule, deployment.started_at, history)
+        latency = run.rule.latency
+        if latency is not None:
+            since = deployment.started_at - latency.history
+            history = self.history(run.config.source, run.measure, since)
+            return start_latency(run.rule, deployment.started_at, history)
         baseline = None
         if run.rule.baseline_before is not None:
             since = deployment.started_at - run.rule.baseline_before
