@@ -25,7 +25,8 @@ from watchdogd.config.models import Config, RuleConfig, ServiceConfig
 from watchdogd.config.types import format_duration
 from watchdogd.errors import SeriesError, WatchdogError
 from watchdogd.model import RuleState, Sample, Transition
-from watchdogd.rules import EvalState, Rule, baseline_mean, evaluate, start, start_sequential
+from watchdogd.rules import EvalState, Rule, baseline_mean, evaluate, start, start_latency, start_sequential
+from watchdogd.rules.distribution import from_cumulative
 
 MAX_RANGE_POINTS = 11_000
 """Prometheus refuses more points per series than this in one range query."""
@@ -89,12 +90,44 @@ def replay_rule(rule: Rule, samples: Sequence[Sample], deploy_at: float) -> Repl
         if state is None and rule.sequential is not None:
             state = start_sequential(rule, deploy_at, samples)
             baseline = state.baseline
+        elif state is None and rule.latency is not None:
+            state = start_latency(rule, deploy_at, samples)
+            baseline = state.baseline
         elif state is None:
             state = start(rule, deploy_at, baseline)
         state, transitions = evaluate(rule, state, sample, sample.time)
-        value = state.value if rule.sequential is not None else sample.value
+        value = state.value if rule.sequential is not None or rule.latency is not None else sample.value
         steps.append(Step(sample.time, value, state.state, transitions))
     return Replay(rule, tuple(steps), baseline, state)
+
+
+def bucket_samples(
+    counters: Sequence[tuple[float, Sequence[float | None]]], times: Sequence[float]
+) -> list[Sample]:
+    """Samples carrying a histogram's requests per bucket counted between consecutive points of
+    its cumulative ``le`` counters (``(le, points)``, ``+Inf`` included), as a scrape counts them."""
+    samples: list[Sample] = []
+    previous: list[float] | None = None
+    for i, at in enumerate(times):
+        points = [c[1][i] if i < len(c[1]) else None for c in counters]
+        if any(p is None for p in points):
+            samples.append(Sample(at, None, "no point in the series"))
+            previous = None
+            continue
+        now = [float(p) for p in points if p is not None]
+        if previous is None:
+            samples.append(Sample(at, None, "first point: counting starts at the next one"))
+            previous = now
+            continue
+        grown = [v - b if v >= b else v for v, b in zip(now, previous, strict=True)]
+        previous = now
+        histogram = from_cumulative([(le, g) for (le, _), g in zip(counters, grown, strict=True)])
+        if isinstance(histogram, str):
+            samples.append(Sample(at, None, histogram, "bad_data"))
+            continue
+        requests = sum(histogram[1])
+        samples.append(Sample(at, requests, None if requests > 0 else "no traffic", buckets=histogram))
+    return samples
 
 
 def counter_samples(

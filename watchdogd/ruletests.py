@@ -25,7 +25,7 @@ from watchdogd.config.models import Config, Model, ServiceConfig
 from watchdogd.config.types import Duration, format_duration
 from watchdogd.errors import ConfigError, ConfigProblem, RuleError, SeriesError
 from watchdogd.model import Sample
-from watchdogd.replay import Replay, counter_samples, replay_rule
+from watchdogd.replay import Replay, bucket_samples, counter_samples, replay_rule
 from watchdogd.rules import Rule, compile_rule
 from watchdogd.series import format_series, parse_series
 
@@ -44,6 +44,34 @@ class SeriesSpec(Model):
     total: str | None = Field(
         None, description="A sequential rule's request counter, cumulative, like '0+100x60'."
     )
+    buckets: dict[str, str] | None = Field(
+        None,
+        description="A latency rule's histogram: each le bucket's cumulative counter, like"
+        " {'0.1': '0+90x60', '+Inf': '0+100x60'}.",
+    )
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, buckets: dict[str, str] | None) -> dict[str, str] | None:
+        if buckets is None:
+            return None
+        lengths = set()
+        for le, text in buckets.items():
+            try:
+                bound = float(le)
+            except ValueError:
+                raise ValueError(f"bucket '{le}': an le is a number or +Inf") from None
+            if math.isnan(bound):
+                raise ValueError(f"bucket '{le}': an le is a number or +Inf")
+            try:
+                lengths.add(len(parse_series(text)))
+            except SeriesError as exc:
+                raise ValueError(f"bucket '{le}': {exc}") from None
+        if not any(math.isinf(float(le)) for le in buckets):
+            raise ValueError("the buckets need a '+Inf' one: it counts every request")
+        if len(lengths) > 1:
+            raise ValueError("every bucket needs as many values")
+        return buckets
 
     @field_validator("values", "errors", "total")
     @classmethod
@@ -65,16 +93,22 @@ class SeriesSpec(Model):
         counters = (self.errors is not None) + (self.total is not None)
         if counters == 1:
             raise ValueError("give both errors and total, the counters a sequential rule divides")
-        if (self.values is None) == (counters == 0):
+        if (self.values is None) == (counters == 0) and self.buckets is None:
             raise ValueError("give either values, or errors and total (for a sequential rule)")
+        if self.buckets is not None and (self.values is not None or counters):
+            raise ValueError("give buckets (for a latency rule) alone, without values or counters")
         if self.errors is not None and self.total is not None:
             errors, total = parse_series(self.errors), parse_series(self.total)
             if len(errors) != len(total):
                 raise ValueError(f"errors has {len(errors)} values and total {len(total)}: give as many")
         return self
 
-    def series(self) -> list[float | None] | tuple[list[float | None], list[float | None]]:
-        """The values, or the (errors, total) counters."""
+    def series(self) -> _Series:
+        """The values, or the (errors, total) counters, or the buckets."""
+        if self.buckets is not None:
+            return Buckets(
+                tuple((float(le), parse_series(text)) for le, text in sorted(self.buckets.items(), key=_le))
+            )
         if self.errors is not None and self.total is not None:
             return parse_series(self.errors), parse_series(self.total)
         return parse_series(self.values or "")
@@ -128,8 +162,26 @@ class Outcome:
         return not self.failures
 
 
-_Series = list[float | None] | tuple[list[float | None], list[float | None]]
-"""Values, or the (errors, total) counters a sequential rule reads."""
+@dataclass(frozen=True)
+class Buckets:
+    """A latency rule's series: each bucket's upper bound and cumulative counter."""
+
+    counters: tuple[tuple[float, list[float | None]], ...]
+
+    def __len__(self) -> int:
+        return len(self.counters[0][1]) if self.counters else 0
+
+
+def _le(item: tuple[str, str]) -> float:
+    return float(item[0])
+
+
+_Series = list[float | None] | tuple[list[float | None], list[float | None]] | Buckets
+"""Values, or the (errors, total) counters a sequential rule reads, or a latency rule's buckets."""
+
+
+def _kind(series: _Series) -> str:
+    return "counters" if isinstance(series, tuple) else "buckets" if isinstance(series, Buckets) else "values"
 
 
 @dataclass(frozen=True)
@@ -198,7 +250,10 @@ def run_test(test: RuleTest, config: Config, default_interval: float) -> Outcome
         + [0]
     )
     for target in targets:
-        if isinstance(target.series, tuple):
+        if isinstance(target.series, Buckets):
+            times = [i * interval for i in range(end + 1)]
+            samples = bucket_samples(target.series.counters, times)
+        elif isinstance(target.series, tuple):
             times = [i * interval for i in range(end + 1)]
             padded = [[*c, *[None] * (end + 1 - len(c))] for c in target.series]
             samples = counter_samples(padded[0], padded[1], times)
@@ -226,7 +281,7 @@ def _sample(series: list[float | None], index: int, interval: float) -> Sample:
 def _targets(test: RuleTest, config: Config, interval: float) -> tuple[list[_Target], list[str]]:
     """Each rule that has a series, with the series it gets (its own, else its source's)."""
     problems: list[str] = []
-    by_source: dict[tuple[str | None, str, bool], _Series] = {}
+    by_source: dict[tuple[str | None, str, str], _Series] = {}
     by_rule: dict[tuple[str | None, str], _Series] = {}
     for spec in test.series:
         parsed = spec.series()
@@ -237,14 +292,20 @@ def _targets(test: RuleTest, config: Config, interval: float) -> tuple[list[_Tar
         elif spec.source is not None:
             if spec.source not in config.sources:
                 problems.append(f"series for source '{spec.source}': no such source in the config")
-            by_source[(spec.service, spec.source, isinstance(parsed, tuple))] = parsed
+            by_source[(spec.service, spec.source, _kind(parsed))] = parsed
     targets: list[_Target] = []
     for service_name, service in config.services.items():
         for rule_config in service.rules:
-            counters = rule_config.sequential is not None
+            counters = (
+                "counters"
+                if rule_config.sequential is not None
+                else "buckets"
+                if rule_config.latency is not None
+                else "values"
+            )
             own = by_rule.get((service_name, rule_config.name)) or by_rule.get((None, rule_config.name))
-            if own is not None and isinstance(own, tuple) != counters:
-                need = "errors and total" if counters else "values"
+            if own is not None and _kind(own) != counters:
+                need = {"counters": "errors and total", "buckets": "buckets"}.get(counters, "values")
                 problems.append(
                     f"rule '{rule_config.name}' in service '{service_name}' needs a series of {need}"
                 )

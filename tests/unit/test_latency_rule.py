@@ -177,3 +177,68 @@ def test_bucket_counts_are_the_growth_since_the_previous_scrape_summed_by_le() -
     assert buckets(store, selector, 3.0, 2.0).buckets == ((0.1, 0.5), (1.0, 0.0, 1.0))
     _scrape(store, 4.0, {"0.1": 1, "0.5": 1})
     assert "+Inf" in str(buckets(store, selector, 4.0, 3.0).reason)
+
+
+CONFIG = """\
+sources:
+  app: {type: scrape, url: http://127.0.0.1:9100/metrics}
+services:
+  api:
+    container: api
+    rollback: {steps: [container]}
+    rules:
+      - name: slow
+        source: app
+        latency: {histogram: http_request_duration_seconds, slower_by: 20%, confidence: 99%}
+        action: rollback
+"""
+
+TESTS = """\
+rule_files: [api.yaml]
+interval: 5s
+tests:
+  - name: "p99 from the 0.25-0.5 s bucket to the 0.5-1 s one rolls back at the next look"
+    deploy_at: 1h
+    series:
+      - source: app
+        buckets:
+          "0.1": "0+400x720 288200+200x9"
+          "0.25": "0+490x720 353200+400x9"
+          "0.5": "0+497x720 358310+470x9"
+          "1": "0+500x720 360495+495x9"
+          "+Inf": "0+500x730"
+    expect:
+      - {rule: slow, at: 1h, state: ok}
+      - {rule: slow, at: 1h5s, state: firing}
+      - proposal_at: 1h5s
+  - name: "the same latency never does"
+    deploy_at: 1h
+    series:
+      - source: app
+        buckets: {"0.1": "0+400x800", "0.25": "0+490x800", "0.5": "0+497x800", "1": "0+500x800",
+                  "+Inf": "0+500x800"}
+    expect:
+      - {rule: slow, at: 1h5m, state: ok}
+      - proposal_at: never
+"""
+
+
+def test_test_rules_feeds_a_latency_rule_its_bucket_counters(tmp_path: Path) -> None:
+    from watchdogd.ruletests import load_test_file, run_test
+
+    (tmp_path / "api.yaml").write_text(CONFIG)
+    (tmp_path / "api.test.yaml").write_text(TESTS)
+    tests, config = load_test_file(tmp_path / "api.test.yaml")
+    outcomes = [run_test(test, config, tests.interval) for test in tests.tests]
+    assert [o.failures for o in outcomes] == [[], []]
+
+
+def test_test_rules_says_what_is_wrong_with_buckets(tmp_path: Path) -> None:
+    from watchdogd.errors import ConfigError
+    from watchdogd.ruletests import load_test_file
+
+    (tmp_path / "api.yaml").write_text(CONFIG)
+    (tmp_path / "api.test.yaml").write_text(TESTS.replace('"+Inf": "0+500x730"', '"2": "0+500x730"'))
+    with pytest.raises(ConfigError) as info:
+        load_test_file(tmp_path / "api.test.yaml")
+    assert "the buckets need a '+Inf' one" in str(info.value)

@@ -218,8 +218,8 @@ def judge(spec: Latency, before: Histogram, after: Histogram, look: int) -> Verd
     text = describe(q, point_before, point_after, n_before, n_after, p)
     if fires:
         text += (
-            f"; at confidence {_percent(1 - alpha)} the p{_q(q)} after is at least {_seconds(low_after)},"
-            f" {factor:g}x the at most {_seconds(high_before)} before"
+            f"; with confidence {_percent(1 - alpha)}: p{_q(q)} after at least {_seconds(low_after)},"
+            f" before at most {_seconds(high_before)}, past the {factor:g}x that fires"
         )
     elif not math.isfinite(high_before):
         text += f"; the p{_q(q)} before is above the highest bucket ({_seconds(before[0][-1])}): cannot tell"
