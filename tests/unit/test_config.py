@@ -133,7 +133,7 @@ INVALID = [
     pytest.param(
         edit("query: up", "query: up\n        field: running"),
         "config/api.yaml:15: services.api.rules[0].field: "
-        "'field' does not apply to a prometheus source; it takes a query (PromQL) or sequential",
+        "'field' does not apply to a prometheus source; it takes a query (PromQL), sequential or latency",
         id="field-does-not-fit-source",
     ),
     pytest.param(

@@ -147,13 +147,27 @@ services:
     config = load_config_text(text, filename="w.yaml", base_dir=tmp_path)
     spec = config.services["api"].rules[0].latency
     assert spec is not None and spec.slower_by == pytest.approx(0.2) and spec.min_observations == 200
-    broken = text.replace("source: app", "source: prom").replace(
-        "        action: rollback", "        for: 10s\n        action: rollback"
+    on_prometheus = load_config_text(text.replace("source: app", "source: prom"), filename="w.yaml")
+    assert on_prometheus.services["api"].rules[0].latency is not None
+    broken = (
+        text.replace("source: app", "source: web")
+        .replace("  prom:", "  web: {type: http, url: http://127.0.0.1:8080/health}\n  prom:")
+        .replace("        action: rollback", "        for: 10s\n        action: rollback")
     )
     with pytest.raises(ConfigError) as info:
         load_config_text(broken, filename="w.yaml", base_dir=tmp_path)
     problems = " | ".join(str(p) for p in info.value.problems)
-    assert "'latency' does not apply to a prometheus source" in problems
+    assert "'latency' does not apply to a http source" in problems
+    timed = text.replace("        action: rollback", "        for: 10s\n        action: rollback")
+    with pytest.raises(ConfigError) as info:
+        load_config_text(timed, filename="w.yaml", base_dir=tmp_path)
+    assert "a latency rule takes no for, immediate or keep_firing_for" in str(info.value.problems)
+    bad_query = text.replace("source: app", "source: prom").replace(
+        "latency: {histogram: http_request_duration_seconds,", "latency: {histogram: 'h{',"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config_text(bad_query, filename="w.yaml", base_dir=tmp_path)
+    assert "latency.histogram" in " | ".join(str(p) for p in info.value.problems)
     with pytest.raises(ConfigError):
         load_config_text(
             text.replace("confidence: 99%", "confidence: 40%"), filename="w.yaml", base_dir=tmp_path
@@ -242,3 +256,23 @@ def test_test_rules_says_what_is_wrong_with_buckets(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_test_file(tmp_path / "api.test.yaml")
     assert "the buckets need a '+Inf' one" in str(info.value)
+
+
+def test_a_prometheus_source_counts_each_bucket_series_growth_by_le() -> None:
+    import json
+
+    from watchdogd.sources.counts import BucketMemory, bucket_selector
+
+    assert bucket_selector('h{route="/a"}') == 'h_bucket{route="/a"}'
+    assert bucket_selector("h") == "h_bucket"
+
+    def key(le: str, route: str) -> str:
+        return json.dumps({"__name__": "h_bucket", "le": le, "route": route}, sort_keys=True)
+
+    memory = BucketMemory()
+    first = {key("0.1", "/a"): 5, key("+Inf", "/a"): 10, key("0.1", "/b"): 1, key("+Inf", "/b"): 1}
+    assert "first poll" in str(memory.buckets("h", 1.0, first, "h_bucket").reason)
+    second = {key("0.1", "/a"): 7, key("+Inf", "/a"): 15, key("0.1", "/b"): 2, key("+Inf", "/b"): 4}
+    sample = memory.buckets("h", 2.0, second, "h_bucket")
+    assert sample.buckets == ((0.1,), (3.0, 5.0)) and sample.value == 8
+    assert "no series match h_bucket" in str(memory.buckets("h", 3.0, {}, "h_bucket").reason)

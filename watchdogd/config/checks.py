@@ -32,7 +32,7 @@ _MEASURES: dict[str, tuple[str, ...]] = {
     "ratio": ("scrape",),
     "quantile": ("scrape",),
     "sequential": ("scrape", "prometheus"),
-    "latency": ("scrape",),
+    "latency": ("scrape", "prometheus"),
     "field": ("docker", "http", "postgres", "exec"),
     "alerts": ("alertmanager",),
     "pattern": LOG_SOURCE_TYPES,
@@ -40,7 +40,7 @@ _MEASURES: dict[str, tuple[str, ...]] = {
     "absent_for": LOG_SOURCE_TYPES,
 }
 _WHAT_FITS: dict[str, str] = {
-    "prometheus": "a query (PromQL) or sequential",
+    "prometheus": "a query (PromQL), sequential or latency",
     "scrape": "exactly one of metric, rate, ratio, quantile, sequential, latency",
     "http": "an optional field (up, status, latency_seconds)",
     "docker": "a field (" + ", ".join(DOCKER_FIELDS) + ")",
@@ -193,6 +193,13 @@ def _check_measure(rule: RuleConfig, source: SourceConfig, loc: Loc) -> list[Pro
             problem = promql_problem(getattr(rule.sequential, key))
             if problem is not None:
                 problems.append(((*loc, "sequential", key), f"PromQL that does not parse: {problem}"))
+    elif kind == "prometheus" and rule.latency is not None:
+        if rule.query is not None:
+            problems.append(((*loc, "query"), "a latency rule takes its histogram, not a query"))
+        try:
+            parse_selector(rule.latency.histogram)
+        except ValueError as exc:
+            problems.append(((*loc, "latency", "histogram"), str(exc)))
     elif kind == "prometheus" and rule.query is None:
         problems.append(((*loc,), f"a rule on prometheus source '{rule.source}' needs a query"))
     elif kind == "prometheus" and rule.query is not None:

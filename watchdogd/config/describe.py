@@ -168,6 +168,11 @@ def describe_measure(rule: RuleConfig) -> str:
     if rule.quantile is not None:
         q = rule.quantile
         return f"P{q.q * 100:g} of histogram {q.metric} over {fd(q.over)} {on}"
+    if rule.sequential is not None:
+        return f"errors {rule.sequential.errors} over requests {rule.sequential.total}, counted per poll {on}"
+    if rule.latency is not None:
+        lat = rule.latency
+        return f"P{lat.quantile * 100:g} of histogram {lat.histogram} since the deploy, per poll {on}"
     if rule.metric is not None:
         return f"{rule.metric} (summed over matching series) {on}"
     if rule.pattern is not None:
@@ -184,6 +189,18 @@ def describe_measure(rule: RuleConfig) -> str:
 def describe_trigger(rule: RuleConfig) -> str:
     if rule.absent_for is not None:
         return f"no line has matched for {fd(rule.absent_for)} after the deploy"
+    if rule.sequential is not None:
+        seq = rule.sequential
+        return (
+            f"the evidence says the error rate is {seq.bad * 100:g}% or worse rather than healthy"
+            f" (false rollback at most {seq.false_rollback * 100:g}% over the window)"
+        )
+    if rule.latency is not None:
+        lat = rule.latency
+        return (
+            f"it is at least {lat.slower_by * 100:g}% above the one of the {fd(lat.history)} before"
+            f" the deploy, with confidence {lat.confidence * 100:g}%"
+        )
     condition = rule.condition
     if condition is None:
         return "never (no condition)"

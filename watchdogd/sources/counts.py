@@ -11,11 +11,12 @@ counts from zero too, as its counter did.
 
 from __future__ import annotations
 
+import json
 import math
 
 from watchdogd.model import Sample
 from watchdogd.rules.distribution import from_cumulative
-from watchdogd.selector import Selector
+from watchdogd.selector import Selector, parse_selector
 from watchdogd.sources.promrate import SeriesStore, format_key
 
 
@@ -157,3 +158,47 @@ def buckets(store: SeriesStore, selector: Selector, at: float, previous: float |
 _BOUNDS: dict[tuple[float, ...], tuple[float, ...]] = {}
 """One tuple of bounds per layout, shared by every sample the history keeps (an hour of 1 s polls
 would otherwise hold 3,600 copies)."""
+
+
+class BucketMemory:
+    """A histogram's requests per bucket between two polls of a Prometheus server, per series.
+
+    The ``_bucket`` series are queried as an instant vector; each series' growth
+    since the previous poll is counted as :class:`CounterMemory` counts it, then
+    summed by ``le``. Its limits are CounterMemory's.
+    """
+
+    def __init__(self) -> None:
+        self.previous: dict[str, dict[str, float]] = {}
+
+    def buckets(self, key: str, at: float, series: dict[str, float], text: str) -> Sample:
+        """The requests per bucket since the previous poll of ``key``; ``series`` by JSON labels."""
+        before = self.previous.get(key)
+        self.previous[key] = series
+        if before is None:
+            return Sample(at, None, "first poll: counting starts at the next one")
+        if not series:
+            return Sample(at, None, f"no series match {text}")
+        by_le: dict[float, float] = {}
+        for labels, value in series.items():
+            try:
+                le = float(json.loads(labels).get("le", "nan"))
+            except (ValueError, AttributeError):
+                le = math.nan
+            if math.isnan(le):
+                return Sample(at, None, f"{text}: a bucket series without a numeric le label", "bad_data")
+            last = before.get(labels)
+            grown = value if last is None or value < last else value - last
+            by_le[le] = by_le.get(le, 0.0) + grown
+        histogram = from_cumulative(list(by_le.items()))
+        if isinstance(histogram, str):
+            return Sample(at, None, f"{text}: {histogram}", "bad_data")
+        requests = math.fsum(histogram[1])
+        return Sample(at, requests, None if requests > 0 else "no traffic", None, buckets=histogram)
+
+
+def bucket_selector(histogram: str) -> str:
+    """``name_bucket{...}`` for the histogram ``name{...}``: the series a latency rule reads."""
+    text = histogram.strip()
+    name = parse_selector(text).name or ""
+    return f"{name}_bucket{text[len(name) :]}" if text.startswith(name) else text

@@ -15,7 +15,7 @@ from watchdogd.config.models import PrometheusSource
 from watchdogd.errors import SourceError
 from watchdogd.model import Sample
 from watchdogd.sources.base import Measure, read_body
-from watchdogd.sources.counts import CounterMemory
+from watchdogd.sources.counts import BucketMemory, CounterMemory, bucket_selector
 
 MAX_BODY = 8 << 20
 
@@ -47,10 +47,18 @@ class PrometheusQuery:
             else None
         )
         self.memory = CounterMemory()
+        self.histograms = BucketMemory()
 
     async def fetch(self, measures: Sequence[Measure], at: float) -> Mapping[Measure, Sample]:
         answers = await asyncio.gather(
-            *(self.counts(m, at) if m.kind == "counts" else self.query(m.expr, at) for m in measures)
+            *(
+                self.counts(m, at)
+                if m.kind == "counts"
+                else self.buckets(m, at)
+                if m.kind == "buckets"
+                else self.query(m.expr, at)
+                for m in measures
+            )
         )
         return dict(zip(measures, answers, strict=True))
 
@@ -65,6 +73,18 @@ class PrometheusQuery:
             by_series.append(series)
         key = f"{measure.expr}\0{measure.denominator}"
         return self.memory.counts(key, at, by_series[0], by_series[1], (measure.expr, measure.denominator))
+
+    async def buckets(self, measure: Measure, at: float) -> Sample:
+        """A latency rule's requests per bucket: the ``_bucket`` series queried, their growth by ``le``."""
+        try:
+            promql = bucket_selector(measure.expr)
+        except ValueError as exc:
+            return Sample.missing(at, str(exc), "bad_answer")
+        status, body = await self.post(promql)
+        series = parse_series_answer(status, body)
+        if isinstance(series, str):
+            return Sample.missing(at, series, "bad_answer")
+        return self.histograms.buckets(measure.expr, at, series, promql)
 
     async def query(self, promql: str, at: float) -> Sample:
         status, body = await self.post(promql)
