@@ -247,6 +247,11 @@ def _replay(args: argparse.Namespace) -> int:
 
             print("\n".join(replay_sequential(config, service_name, service, rule_config, args)))
             return EXIT_OK
+        if rule_config.latency is not None:
+            raise WatchdogError(
+                f"rule '{rule_config.name}' is a latency rule: replay does not take histograms yet;"
+                " test it with test-rules (series of buckets)"
+            )
         rule = compile_rule(rule_config)
         step = args.step if args.step is not None else interval_of(config, service)
         if args.series is not None:

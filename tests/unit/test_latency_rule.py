@@ -276,3 +276,15 @@ def test_a_prometheus_source_counts_each_bucket_series_growth_by_le() -> None:
     sample = memory.buckets("h", 2.0, second, "h_bucket")
     assert sample.buckets == ((0.1,), (3.0, 5.0)) and sample.value == 8
     assert "no series match h_bucket" in str(memory.buckets("h", 3.0, {}, "h_bucket").reason)
+
+
+def test_replay_says_it_does_not_take_a_latency_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from watchdogd.cli import main
+
+    (tmp_path / "api.yaml").write_text(CONFIG)
+    series = tmp_path / "s.csv"
+    series.write_text("0,1\n5,1\n")
+    assert main(["replay", "-c", str(tmp_path / "api.yaml"), "--rule", "slow", "--series", str(series)]) == 2
+    assert "is a latency rule: replay does not take histograms yet" in capsys.readouterr().err
