@@ -92,7 +92,13 @@ async def test_killed_at_a_boundary_then_resumed_rolls_back_exactly_once(
 
         service = {
             "container": name,
-            "database": {"dsn": pg_dsn, "lock_timeout": "2s", "lock_wait": "5s", "allow_superuser": True},
+            "database": {
+                "dsn": pg_dsn,
+                "lock_timeout": "2s",
+                "lock_wait": "5s",
+                "allow_superuser": True,
+                "destructive": "auto",  # what is at stake here is exactly once, not the approval
+            },
             "rollback": {
                 "steps": ["container", "sql", "verify"],
                 "container": {"stop_timeout": "3s", "healthy_timeout": "15s", "settle": "300ms"},
