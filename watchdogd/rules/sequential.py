@@ -42,7 +42,9 @@ taken at its upper confidence bound at level ``1 - alpha`` (Pearson's
 chi-square over ``phi`` as a chi-square with ``blocks - 1`` degrees of
 freedom), as the healthy rate is: the coarse scales, where a rate drifting by
 the minute shows, rest on 20 to 40 blocks and say little, and a dispersion
-guessed low is what makes the rule roll back healthy deploys. The Pearson
+guessed low is what makes the rule roll back healthy deploys. (Only on block
+sizes expecting at least 5 errors, where that law holds: a sparse service's
+single polls keep their estimate.) The Pearson
 dispersion is an average, though: six 15 s bursts in an hour of quiet polls
 barely move it, yet each would look like a bad deploy. So ``phi`` is then
 raised (see ``calibrated``) until, for every bad rate weighed and every block
@@ -74,9 +76,10 @@ What holds the rate is the margin the dispersion's confidence bound puts on
 the measured burstiness: with the dispersion as measured, 1.19% of healthy
 two-hour windows rolled back for a stated 0.1%; with its bound at ``1 - alpha``,
 none of 1,500 on the same traffic. The price is paid only where the history is
-bursty or short (a steady exporter keeps ``phi = 1``; independent errors over
-an hour of 1 s polls get about 2.7, the coarsest scale's 28 blocks): there,
-a step to 2% is caught about twice as late.
+bursty or long enough to measure coarse scales (a steady exporter keeps
+``phi = 1``, a minute of a sparse service its estimate; independent errors at
+100 requests a poll over an hour of 1 s polls get about 2.7, the coarsest
+scale's 28 blocks): there, a step is caught up to about twice as late.
 
 **When it cannot.** Too few pre-deploy polls or errors to measure the
 dispersion, or an upper bound on the healthy rate that reaches the bad rate:
@@ -101,6 +104,8 @@ MIN_ERRORS = 10
 """Pre-deploy errors needed to measure the dispersion (with no ``dispersion`` written)."""
 MIN_BLOCKS = 20
 """Blocks kept at the coarsest scale the dispersion is measured on."""
+CHI2_MIN_EXPECTED = 5.0
+"""Errors expected per block for the dispersion's confidence bound to be taken."""
 CAP = 2.0
 """The statistic is capped at ``CAP * h``: after a rollback the evidence of the bad
 version drains in seconds, instead of keeping the rule firing for as long as it lasted."""
@@ -176,7 +181,9 @@ def dispersion(counts: Sequence[tuple[float, float]], rate: float, confidence: f
     With a ``confidence``, each block size's dispersion is its upper confidence bound
     (Pearson's chi-square over ``phi`` taken as chi-square with ``blocks - 1`` degrees of
     freedom): a scale measured on 20 blocks says little, and a low guess is what makes
-    the rule noisy.
+    the rule noisy. Only where that law holds, though: with at least ``CHI2_MIN_EXPECTED``
+    errors expected per block (Cochran's rule); sparser blocks keep their estimate (their
+    statistic is skewed, and the bound would be a guess on a guess).
     """
     if rate <= 0 or rate >= 1:
         return 1.0
@@ -185,6 +192,7 @@ def dispersion(counts: Sequence[tuple[float, float]], rate: float, confidence: f
     while len(counts) // size >= MIN_BLOCKS:
         chi = 0.0
         blocks = 0
+        expected_errors = 0.0
         for start in range(0, len(counts) - size + 1, size):
             x = sum(c[0] for c in counts[start : start + size])
             n = sum(c[1] for c in counts[start : start + size])
@@ -192,9 +200,13 @@ def dispersion(counts: Sequence[tuple[float, float]], rate: float, confidence: f
                 expected = n * rate
                 chi += (x - expected) ** 2 / (expected * (1 - rate))
                 blocks += 1
+                expected_errors += expected
         if blocks > 1:
-            df = blocks - 1
-            best = max(best, chi / (df if confidence is None else chi2_quantile(df, 1 - confidence)))
+            divisor: float = blocks - 1
+            # the chi-square law of the statistic holds with enough errors expected per block
+            if confidence is not None and expected_errors / blocks >= CHI2_MIN_EXPECTED:
+                divisor = chi2_quantile(blocks - 1, 1 - confidence)
+            best = max(best, chi / divisor)
         size *= 2
     return best
 
