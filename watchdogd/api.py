@@ -16,7 +16,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import structlog
 from aiohttp import web
@@ -32,12 +32,14 @@ from watchdogd.decisions import group_of_record, group_outcomes
 from watchdogd.errors import Invalid, NotFound, RequestError, StoreError
 from watchdogd.events import EventHub, events_handler, install
 from watchdogd.model import Deployment, RollbackRecord, jsonable_number
-from watchdogd.rollback.backups import Backup, backups_dir, get_backup, list_backups, take_backup
 from watchdogd.rollback.migrations import MigrationRequest
 from watchdogd.sources.alertmanager import MAX_PAYLOAD_BYTES, WebhookPayload
 from watchdogd.watch.deployments import Registration
 from watchdogd.watch.freezes import freeze_json
 from watchdogd.watch.live import RuleView
+
+if TYPE_CHECKING:
+    from watchdogd.rollback.backups import Backup
 
 log = structlog.get_logger("watchdogd.api")
 
@@ -385,6 +387,8 @@ class _Api:
     # --- backups -------------------------------------------------------------------------
 
     def _backup(self, service: str, backup_id: str) -> Backup:
+        from watchdogd.rollback.backups import backups_dir, get_backup  # asyncpg only when asked
+
         config = self.daemon.world.config
         self.daemon.world.service(service)
         try:
@@ -397,6 +401,8 @@ class _Api:
         service, actor = request.match_info["service"], _actor(request)
         world = self.daemon.world
         world.service(service)
+        from watchdogd.rollback.backups import take_backup
+
         backup = await take_backup(world.config, service, actor, time.time())
         await self.daemon.store.audit(
             actor, "backup", {"service": service, "backup_id": backup.id, "size": backup.size}
@@ -407,6 +413,8 @@ class _Api:
         service = request.match_info["service"]
         world = self.daemon.world
         world.service(service)
+        from watchdogd.rollback.backups import backups_dir, list_backups
+
         found = await asyncio.to_thread(list_backups, backups_dir(world.config), service)
         return web.json_response({"items": [_backup_json(b) for b in found]})
 

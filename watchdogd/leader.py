@@ -10,9 +10,8 @@ replica to ask gets it. With SQLite there is one process, always the leader.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import asyncpg
 import structlog
 
 from watchdogd.config.types import redact_url
@@ -25,7 +24,17 @@ POLL = 1.5
 CHECK_TIMEOUT = 5.0
 """A leader whose lock connection does not answer within this long steps down."""
 CONNECT_TIMEOUT = 10.0
-_LOST = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+if TYPE_CHECKING:
+    import asyncpg
+
+
+def _lost() -> tuple[type[BaseException], ...]:
+    """What ends a lock's session; asyncpg is imported only where a PostgreSQL state is used."""
+    import asyncpg
+
+    return (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
 """What a lock connection that went away raises (the last: the driver's state broken mid-call)."""
 
 
@@ -88,6 +97,8 @@ class AdvisoryLock:
                     self._leading = False
                     await self._drop()
                     return False
+                import asyncpg
+
                 self._conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT)
             if self._leading:
                 # A session lock cannot be lost while its connection lives: check the connection.
@@ -97,7 +108,7 @@ class AdvisoryLock:
                     "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", self.name, timeout=CHECK_TIMEOUT
                 )
                 self._leading = bool(got)
-        except _LOST as exc:
+        except _lost() as exc:
             if self._leading:
                 log.error("leadership_lost", store=self.where, error=f"{type(exc).__name__}: {exc}")
             self._leading = False
@@ -114,7 +125,7 @@ class AdvisoryLock:
         if conn is not None and not conn.is_closed():
             try:
                 await asyncio.wait_for(conn.close(), CHECK_TIMEOUT)
-            except _LOST:
+            except _lost():
                 conn.terminate()
 
 

@@ -23,7 +23,8 @@ from watchdogd.config.types import SecretUrl
 from watchdogd.model import Reason, RollbackRecord, RollbackState, StepState
 from watchdogd.rollback.base import RollbackTarget, StepResult
 from watchdogd.rollback.plan import Executor, target_from_json, target_to_json
-from watchdogd.rollback.steps import RedisPurgeStep, VerifyStep, WebhookStep
+from watchdogd.rollback.redis_purge import RedisPurgeStep
+from watchdogd.rollback.steps import VerifyStep, WebhookStep
 from watchdogd.store import Store, open_store
 from watchdogd.telemetry import Metrics
 

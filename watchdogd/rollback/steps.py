@@ -1,4 +1,5 @@
-"""The verify step; redis_purge and webhook have their own modules, re-exported here.
+"""The verify step; webhook has its own module, re-exported here (redis_purge has its own
+module too, imported from there: it brings the redis client).
 
 Each is idempotent: a webhook receiver gets an idempotency key so a repeated
 call after a crash is recognisable, and verifying twice only checks twice.
@@ -12,10 +13,9 @@ from collections.abc import Awaitable, Callable
 
 from watchdogd.config.models import VerifyStepConfig
 from watchdogd.rollback.base import RollbackTarget, StepResult
-from watchdogd.rollback.redis_purge import RedisPurgeStep
 from watchdogd.rollback.webhook import WebhookStep
 
-__all__ = ["Check", "RedisPurgeStep", "VerifyStep", "WebhookStep"]
+__all__ = ["Check", "VerifyStep", "WebhookStep"]
 
 Check = Callable[[RollbackTarget], Awaitable[tuple[bool | None, str]]]
 """An async check: (passed, what it saw); None: nothing to judge by yet (it does not fail the step)."""

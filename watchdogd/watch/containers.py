@@ -16,7 +16,6 @@ import structlog
 
 from watchdogd.config.models import ServiceConfig
 from watchdogd.model import ContainerSnapshot, Deployment
-from watchdogd.rollback import holds
 from watchdogd.rollback.targets import target_of
 
 log = structlog.get_logger("watchdogd")
@@ -73,6 +72,8 @@ class Containers:
         previous = deployment.facts.previous
         if previous is None or not previous.image_id:
             return
+        from watchdogd.rollback import holds  # the Docker SDK only where containers are watched
+
         try:
             made = await holds.hold(_api(self.docker()), deployment.service, deployment.id, previous)
         except Exception as exc:  # no engine: the rollback may still pull it back by its digest
@@ -83,6 +84,8 @@ class Containers:
 
     async def release(self, deployments: Sequence[Deployment]) -> list[str]:
         """Remove the holders of deployments nothing can roll back any more; ``deployments`` newest first."""
+        from watchdogd.rollback import holds
+
         try:
             api = _api(self.docker())
             rows = await holds.holders(api)

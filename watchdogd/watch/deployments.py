@@ -34,8 +34,6 @@ from watchdogd.model import (
     RollbackState,
 )
 from watchdogd.rollback.migrations import MigrationRequest, resolve
-from watchdogd.rollback.sql import SqlStep
-from watchdogd.rollback.swarmspec import previous_of_service, swarm_facts
 from watchdogd.rollback.targets import target_of
 from watchdogd.store import Store
 from watchdogd.telemetry import Metrics
@@ -285,6 +283,8 @@ class Deployments:
             return facts, Registered()
         draft = Deployment("", service, None, None, DeploymentState.WATCHING, 0.0, 0.0, None, facts)
         target = rollback_target(draft, (), svc)
+        from watchdogd.rollback.sql import SqlStep  # asyncpg only for a service with a database
+
         step = SqlStep()
         try:
             assessment = await step.assess(target)
@@ -397,6 +397,8 @@ class Deployments:
         live = self.watched.get(service)
         if live is not None and live.deployment.state is DeploymentState.ROLLING_BACK:
             return  # watchdogd's own rollback
+        from watchdogd.rollback.swarmspec import previous_of_service, swarm_facts
+
         message = str(swarm_facts(snapshot).get("update_message") or "")
         by = "operator" if "manually requested" in message else "swarm"
         replaced = previous_of_service(snapshot)

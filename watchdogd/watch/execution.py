@@ -27,12 +27,8 @@ from watchdogd.model import (
     why,
 )
 from watchdogd.rollback.base import RollbackTarget, Step
-from watchdogd.rollback.command import CommandStep
 from watchdogd.rollback.members import MemberStep
 from watchdogd.rollback.plan import Executor, target_from_json, target_to_json
-from watchdogd.rollback.redis_purge import RedisPurgeStep
-from watchdogd.rollback.restore import RestoreStep
-from watchdogd.rollback.sql import SqlStep
 from watchdogd.rollback.steps import VerifyStep, WebhookStep
 from watchdogd.rules import condition_now
 from watchdogd.sources import Measure
@@ -102,6 +98,12 @@ class Plans:
 
     def steps(self, service: str, since: float) -> dict[str, Step]:
         """``since``: when the plan started; verify judges only evaluations made after it."""
+        # the steps' drivers (asyncpg, redis, the Docker SDK) are imported only when a plan runs
+        from watchdogd.rollback.command import CommandStep
+        from watchdogd.rollback.redis_purge import RedisPurgeStep
+        from watchdogd.rollback.restore import RestoreStep
+        from watchdogd.rollback.sql import SqlStep
+
         svc = self.world().service(service)
         steps: dict[str, Step] = {"sql": SqlStep()}
         probe = self.health_probe(svc)

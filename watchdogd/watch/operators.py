@@ -21,7 +21,6 @@ from watchdogd.model import (
     RollbackRecord,
     RollbackState,
 )
-from watchdogd.rollback.sql import SqlStep
 from watchdogd.store import Store
 from watchdogd.watch.deployments import Deployments
 from watchdogd.watch.execution import Executions, rollback_target
@@ -206,6 +205,8 @@ class Operators:
         refusal = may_rehearse(svc.plan(), deployment.facts.sql_policy)
         if refusal is not None:
             raise Conflict(refusal, "sql_step_off")
+        from watchdogd.rollback.sql import SqlStep  # asyncpg only when a rehearsal is asked
+
         result = await SqlStep().rehearse(rollback_target(deployment, (), svc))
         outcome = {"status": result.status, "detail": result.detail}
         await self.report(
