@@ -17,8 +17,8 @@ no scipy); the verdict compares the interval's upper end with the configured
 ``false_rollback``.
 
 Run: ``.venv/bin/python bench/sequential.py [--windows 10000] [--processes 2] [--false-rollback 0.1%]``
-(about 1 ms of CPU per simulated minute; 10,000 two-hour windows take roughly
-an hour on two processes).
+(about 1 ms of CPU per simulated minute; 10,000 two-hour windows took 398 s
+on two processes of this machine).
 """
 
 from __future__ import annotations
