@@ -143,7 +143,7 @@ async def test_two_containers_and_a_database_are_rolled_back_together_in_order(
         for service, deployment_id in ids.items():
             found = await daemon.store.deployment(deployment_id)
             assert found is not None and found.state is DeploymentState.ROLLED_BACK, service
-        assert sorted(f.service for f in await daemon.store.freezes()) == ["db", "web", "worker"]
+        await _all_frozen(daemon)
         [succeeded] = recorded.of("rollback_succeeded")
         assert "back: web, worker, db" in succeeded.summary
     finally:
@@ -185,6 +185,15 @@ async def test_a_failed_member_stops_the_group_and_the_report_says_which_service
         assert "back: web" in failed.summary
         assert "not back: worker (step container failed" in failed.summary
         assert "db (not started: the group stopped at worker)" in failed.summary
-        assert sorted(f.service for f in await daemon.store.freezes()) == ["db", "web", "worker"]
+        await _all_frozen(daemon)
     finally:
         await daemon.close(10)
+
+
+async def _all_frozen(daemon: Daemon) -> None:
+    """Every member frozen: the freezes are written just after the rollback's outcome."""
+
+    async def frozen() -> bool:
+        return sorted(f.service for f in await daemon.store.freezes()) == ["db", "web", "worker"]
+
+    await wait_until(frozen, within=10, what="every member frozen")
