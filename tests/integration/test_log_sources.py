@@ -20,8 +20,8 @@ from tests.testbed.images import PRISMA_LOG_LINE, AppBehaviour
 from watchdogd.config.models import DockerLogsSource, FileSource
 from watchdogd.sources.base import Measure, Poller
 from watchdogd.sources.docker import DockerLogFollower, docker_logs_source
-from watchdogd.sources.logfile import file_source
-from watchdogd.sources.logs import LogSource
+from watchdogd.sources.logfile import FileFollower, file_source
+from watchdogd.sources.logs import LogMatcher, LogSource
 from watchdogd.telemetry import Metrics, source_errors
 
 pytestmark = pytest.mark.integration
@@ -307,3 +307,22 @@ async def test_file_100k_lines_in_bounded_memory(tmp_path: Path, sources: list[L
     assert source.matcher.total(PRISMA) == 50_000
     assert source.matcher.buckets(PRISMA) <= 63
     assert (await source.fetch([WINDOW], time.time()))[WINDOW].value == 50_000
+
+
+def test_lines_written_to_a_renamed_file_before_the_new_one_appears_are_counted(tmp_path: Path) -> None:
+    # logrotate renames the file; the application appends to the old one until it reopens
+    path = tmp_path / "api.log"
+    path.write_text("")
+    follower = FileFollower(path, LogMatcher(), 65536)
+    matcher = follower.matcher
+    matcher.watch(PRISMA)
+    follower.step()
+    append(path, ERR * 2)
+    follower.step()
+    os.rename(path, tmp_path / "api.log.1")
+    follower.step()  # nothing at the path yet
+    append(tmp_path / "api.log.1", ERR)  # a late write
+    path.write_text(ERR * 3)
+    follower.step()
+    assert matcher.total(PRISMA) == 6
+    assert follower.problem is None

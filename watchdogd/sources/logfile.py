@@ -1,15 +1,19 @@
 """A plain log file followed across rotation, as ``tail -F`` does.
 
 Rotation by rename (or delete and recreate) shows as a new inode at the path:
-the rest of the old file is read, then the new one from its start. A file
-that shrank was truncated: it is read again from its start. A file that does
-not exist yet is waited for.
+the rest of the old file is read, then the new one from its start. Between the
+rename and the new file, the writer may still append to the old one (it
+reopens later): the old file is kept open and read for ``ORPHAN_GRACE``
+seconds while nothing is at the path, then let go (a deleted file's space is
+not held for ever). A file that shrank was truncated: it is read again from
+its start. A file that does not exist yet is waited for.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -22,6 +26,9 @@ from watchdogd.sources.base import Measure
 from watchdogd.sources.logs import LineBuffer, LogMatcher, LogSource, decode_line
 
 log = structlog.get_logger("watchdogd.sources.logfile")
+
+ORPHAN_GRACE = 10.0
+"""Seconds a file renamed away or deleted is still read while no new file is at its path."""
 
 READ_CHUNK = 1 << 16
 
@@ -55,6 +62,7 @@ class FileFollower:
         self._checked = False
         self._attached = False
         self._problem: str | None = None
+        self._missing_since: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -98,12 +106,16 @@ class FileFollower:
         try:
             stat = os.stat(self.path)
         except FileNotFoundError:
+            if self._file is not None and self._orphan_kept():
+                self._read(self._file)  # its writer may append until it reopens the new file
+                return
             self._drain_and_close()
             self._problem = f"no such file: {self.path}"
             return
         except OSError as exc:
             self._problem = f"cannot read {self.path}: {exc.strerror}"
             return
+        self._missing_since = None
         identity = (stat.st_dev, stat.st_ino)
         if self._file is not None and identity != self._identity:
             log.info("log_file_rotated", path=str(self.path))
@@ -124,6 +136,13 @@ class FileFollower:
         self._attached = True
         self._problem = None
         self._read(self._file)
+
+    def _orphan_kept(self) -> bool:
+        """Whether the open file, gone from its path, is still within its grace."""
+        now = time.monotonic()
+        if self._missing_since is None:
+            self._missing_since = now
+        return now - self._missing_since < ORPHAN_GRACE
 
     def _read(self, file: BinaryIO) -> None:
         while data := file.read(READ_CHUNK):
