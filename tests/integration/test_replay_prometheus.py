@@ -7,14 +7,12 @@ recorded data exactly as it would on a production server.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.testbed.prometheus import PrometheusServer
+from tests.testbed.prometheus import prometheus_with_history
 from watchdogd.cli import main
 
 STEP = 15
@@ -46,28 +44,10 @@ def _record(start: float) -> tuple[str, list[float]]:
 def test_replay_counts_would_be_rollbacks_over_recorded_history(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool (Debian package prometheus) is missing: run scripts/testbed.sh"
     total = sum(m for m, _ in PATTERN) * 60
     start = float(int(time.time()) // STEP * STEP - total - 300)
     text, fired = _record(start)
-    workdir = tmp_path / "prom"
-    workdir.mkdir()
-    (tmp_path / "history.om").write_text(text)
-    subprocess.run(
-        [
-            promtool,
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            str(tmp_path / "history.om"),
-            str(workdir / "data"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    server = PrometheusServer(workdir)
+    server = prometheus_with_history(tmp_path / "prom", text)
     server.start()
     try:
         config = tmp_path / "api.yaml"

@@ -8,15 +8,13 @@ storage with ``promtool tsdb create-blocks-from openmetrics``; the error rate st
 from __future__ import annotations
 
 import random
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from bench.traffic import Traffic
-from tests.testbed.prometheus import PrometheusServer
+from tests.testbed.prometheus import prometheus_with_history
 from watchdogd.cli import main
 
 pytestmark = pytest.mark.integration
@@ -45,26 +43,8 @@ def _record(start: float) -> str:
 def test_a_sweep_of_deploys_over_prometheus_history_finds_the_one_bad_deploy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool (Debian package prometheus) is missing: run scripts/testbed.sh"
     start = float(int(time.time()) // STEP * STEP - SPAN - 300)
-    workdir = tmp_path / "prom"
-    workdir.mkdir()
-    (tmp_path / "history.om").write_text(_record(start))
-    subprocess.run(
-        [
-            promtool,
-            "tsdb",
-            "create-blocks-from",
-            "openmetrics",
-            str(tmp_path / "history.om"),
-            str(workdir / "data"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    server = PrometheusServer(workdir)
+    server = prometheus_with_history(tmp_path / "prom", _record(start))
     server.start()
     try:
         config = tmp_path / "api.yaml"

@@ -325,6 +325,27 @@ class PrometheusServer(ServerProcess):
             time.sleep(0.3)
 
 
+def prometheus_with_history(workdir: Path, openmetrics: str) -> PrometheusServer:
+    """A Prometheus server (not started yet) whose storage holds ``openmetrics``, samples with their
+    timestamps, written with ``promtool tsdb create-blocks-from openmetrics``: history recorded as a
+    production server would have it. Keep it within the last hour (the server's retention)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        raise RuntimeError("promtool (Debian package prometheus) is missing: run scripts/testbed.sh")
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / "history.om"
+    source.write_text(openmetrics)
+    done = subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(source), str(workdir / "data")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"promtool could not write the history: {done.stderr[-2000:]}")
+    return PrometheusServer(workdir)
+
+
 class AlertmanagerServer(ServerProcess):
     """``prometheus-alertmanager`` without clustering, optionally posting to a webhook."""
 
