@@ -227,6 +227,7 @@ def _replay(args: argparse.Namespace) -> int:
     from watchdogd.replay import (
         describe_replay,
         find_rule,
+        grace_of,
         interval_of,
         on_ticks,
         query_range,
@@ -242,16 +243,13 @@ def _replay(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     try:
         service_name, service, rule_config = find_rule(config, args.rule)
-        if rule_config.sequential is not None:
+        if rule_config.sequential is not None or rule_config.latency is not None:
             from watchdogd.replay_counts import replay_sequential
+            from watchdogd.replay_latency import replay_latency
 
-            print("\n".join(replay_sequential(config, service_name, service, rule_config, args)))
+            learns = replay_sequential if rule_config.sequential is not None else replay_latency
+            print("\n".join(learns(config, service_name, service, rule_config, args)))
             return EXIT_OK
-        if rule_config.latency is not None:
-            raise WatchdogError(
-                f"rule '{rule_config.name}' is a latency rule: replay does not take histograms yet;"
-                " test it with test-rules (series of buckets)"
-            )
         rule = compile_rule(rule_config)
         step = args.step if args.step is not None else interval_of(config, service)
         if args.series is not None:
@@ -278,12 +276,8 @@ def _replay(args: argparse.Namespace) -> int:
     except (WatchdogError, RuleError) as exc:
         print(f"watchdogd replay: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    from watchdogd.decisions import policy_for, proposal
-
-    made = proposal(policy_for(config, service_name), 0.0, rule_config.immediate)
-    grace = made.execute_at or 0.0
     print(f"rule {service_name}/{rule.name}, one evaluation every {format_duration(step)}")
-    for line in describe_replay(replay, grace, clock=args.clock):
+    for line in describe_replay(replay, grace_of(config, service_name, rule_config), clock=args.clock):
         print(line)
     return EXIT_OK
 
@@ -382,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument(
         "--series",
         metavar="FILE",
-        help="CSV (timestamp,value; a sequential rule: timestamp,errors,total) or JSON",
+        help="CSV (timestamp,value; a sequential rule: timestamp,errors,total; a latency rule:"
+        " timestamp,le,count) or JSON",
     )
     where.add_argument(
         "--prometheus",
@@ -407,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--every",
         type=_duration_arg,
         metavar="DURATION",
-        help="a sequential rule without --deploy-at: a deploy every DURATION over the history"
+        help="a sequential or latency rule without --deploy-at: a deploy every DURATION over the history"
         " (default: its watch window), how many would have been rolled back",
     )
     replay.set_defaults(handler=_replay)

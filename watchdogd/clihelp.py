@@ -59,11 +59,15 @@ HELP: dict[Path, tuple[str, tuple[str, ...]]] = {
     ),
     ("replay",): (
         "Evaluate one rule over a recorded series (a CSV or JSON file, or a range query on Prometheus) "
-        "and show when it would have fired and proposed a rollback.",
+        "and show when it would have fired and proposed a rollback. A sequential or latency rule "
+        "without --deploy-at: a deploy every --every over the history, and how many would have been "
+        "rolled back.",
         (
             "watchdogd replay -c watchdogd.yaml --rule api/error-rate --series incident.csv",
             "watchdogd replay -c watchdogd.yaml --rule error-rate --prometheus "
             "--start 2024-05-01T10:00:00Z --end 2024-05-01T11:00:00Z",
+            "watchdogd replay -c watchdogd.yaml --rule api/slow --prometheus "
+            "--start 2024-05-01T00:00:00Z --end 2024-05-08T00:00:00Z --step 1m --every 2h",
         ),
     ),
     ("completion",): (

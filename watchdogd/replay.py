@@ -15,7 +15,7 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 
 from watchdogd.config.models import Config, RuleConfig, ServiceConfig
 from watchdogd.config.types import format_duration
+from watchdogd.decisions import policy_for, proposal
 from watchdogd.errors import SeriesError, WatchdogError
 from watchdogd.model import RuleState, Sample, Transition
 from watchdogd.rules import EvalState, Rule, baseline_mean, evaluate, start, start_latency, start_sequential
@@ -87,18 +88,26 @@ def replay_rule(rule: Rule, samples: Sequence[Sample], deploy_at: float) -> Repl
     for sample in samples:
         if sample.time < deploy_at:
             continue
-        if state is None and rule.sequential is not None:
-            state = start_sequential(rule, deploy_at, samples)
-            baseline = state.baseline
-        elif state is None and rule.latency is not None:
-            state = start_latency(rule, deploy_at, samples)
-            baseline = state.baseline
-        elif state is None:
-            state = start(rule, deploy_at, baseline)
+        if state is None:
+            state = learned(rule, deploy_at, samples)
+            if state is None:
+                state = start(rule, deploy_at, baseline)
+            else:
+                baseline = state.baseline
         state, transitions = evaluate(rule, state, sample, sample.time)
         value = state.value if rule.sequential is not None or rule.latency is not None else sample.value
         steps.append(Step(sample.time, value, state.state, transitions))
     return Replay(rule, tuple(steps), baseline, state)
+
+
+def learned(rule: Rule, deploy_at: float, samples: Sequence[Sample]) -> EvalState | None:
+    """The state a sequential or latency rule starts a deploy at ``deploy_at`` in, learned from the
+    samples before it (its ``baseline`` None: it could not learn); None for the other rules."""
+    if rule.sequential is not None:
+        return start_sequential(rule, deploy_at, samples)
+    if rule.latency is not None:
+        return start_latency(rule, deploy_at, samples)
+    return None
 
 
 def bucket_samples(
@@ -200,35 +209,41 @@ def read_series_file(path: str | Path) -> list[tuple[float, float | None]]:
     null is a missing point. JSON is a list of ``[t, v]`` pairs, a list of
     ``{"timestamp": t, "value": v}`` objects, or a Prometheus range-query answer.
     """
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise SeriesFileError(f"{path}: cannot read: {reason}") from None
-    stripped = text.lstrip()
-    if file.suffix.lower() == ".json" or stripped.startswith(("[", "{")):
+    text = read_text(path)
+    if Path(path).suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
         return _json_points(text, str(path))
-    return _csv_points(text, str(path))
-
-
-def _csv_points(text: str, name: str) -> list[tuple[float, float | None]]:
-    points: list[tuple[float, float | None]] = []
-    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
-        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-            continue
-        if len(row) != 2:
-            raise SeriesFileError(f"{name}:{number}: expected 'timestamp,value', got {len(row)} columns")
-        try:
-            at = parse_time(row[0])
-        except ValueError as exc:
-            if number == 1 and not points:
-                continue  # a header line
-            raise SeriesFileError(f"{name}:{number}: {exc}") from None
-        points.append((at, _value(row[1], f"{name}:{number}")))
+    name = str(path)
+    points = [(at, _value(row[1], f"{name}:{n}")) for n, at, row in csv_rows(text, name, "timestamp,value")]
     if not points:
         raise SeriesFileError(f"{name}: no points in the file")
     return points
+
+
+def read_text(path: str | Path) -> str:
+    """A series file's text; SeriesFileError when it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SeriesFileError(f"{path}: cannot read: {reason}") from None
+
+
+def csv_rows(text: str, name: str, header: str) -> Iterator[tuple[int, float, list[str]]]:
+    """A CSV series' rows as (line number, time, cells), ``header`` naming the columns: blank lines
+    and ``#`` comments skipped, a first line without a time taken for a header."""
+    columns = header.count(",") + 1
+    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) != columns:
+            raise SeriesFileError(f"{name}:{number}: expected '{header}', got {len(row)} columns")
+        try:
+            at = parse_time(row[0])
+        except ValueError as exc:
+            if number == 1:
+                continue  # a header line
+            raise SeriesFileError(f"{name}:{number}: {exc}") from None
+        yield number, at, row
 
 
 def _json_points(text: str, name: str) -> list[tuple[float, float | None]]:
@@ -259,28 +274,45 @@ def _json_points(text: str, name: str) -> list[tuple[float, float | None]]:
     return points
 
 
+Series = list[tuple[dict[str, str], list[tuple[float, float | None]]]]
+"""A range query's series: each one's labels and points."""
+
+
 def matrix_points(doc: Any, name: str, aggregation: str) -> list[tuple[float, float | None]]:
     """Points from a Prometheus range-query answer; several series reduce by ``aggregation``."""
+    series = matrix_series(doc, name)
+    if len(series) > 1 and aggregation == "single":
+        raise SeriesFileError(f"{name}: {len(series)} series where one was expected")
+    by_time: dict[float, list[float]] = {}
+    for _, points in series:
+        for at, value in points:
+            if value is not None:
+                by_time.setdefault(at, []).append(value)
+    return [(at, _reduce(values, aggregation)) for at, values in sorted(by_time.items())]
+
+
+def matrix_series(doc: Any, name: str) -> Series:
+    """Each series of a Prometheus range-query answer with its labels (missing values None)."""
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, dict) or doc.get("status") != "success":
         error = doc.get("error", "no data in the answer") if isinstance(doc, dict) else "not an object"
         raise SeriesFileError(f"{name}: not a successful range-query answer: {str(error)[:300]}")
     if data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
         raise SeriesFileError(f"{name}: expected a matrix result, got {data.get('resultType')!r}")
-    by_time: dict[float, list[float]] = {}
+    found: Series = []
     for series in data["result"]:
         values = series.get("values") if isinstance(series, dict) else None
         if not isinstance(values, list):
             raise SeriesFileError(f"{name}: a series has no values")
+        points: list[tuple[float, float | None]] = []
         for pair in values:
             if not (isinstance(pair, list) and len(pair) == 2):
                 raise SeriesFileError(f"{name}: malformed point {str(pair)[:60]}")
-            value = _value(pair[1], name)
-            if value is not None:
-                by_time.setdefault(float(pair[0]), []).append(value)
-    if len(data["result"]) > 1 and aggregation == "single":
-        raise SeriesFileError(f"{name}: {len(data['result'])} series where one was expected")
-    return [(at, _reduce(values, aggregation)) for at, values in sorted(by_time.items())]
+            points.append((float(pair[0]), _value(pair[1], name)))
+        labels = series.get("metric")
+        labels = labels if isinstance(labels, dict) else {}
+        found.append(({str(k): str(v) for k, v in labels.items()}, points))
+    return found
 
 
 def _reduce(values: list[float], aggregation: str) -> float:
@@ -332,6 +364,20 @@ def query_range(
     url: str, query: str, start_at: float, end_at: float, step: float, aggregation: str, timeout: float = 30.0
 ) -> list[tuple[float, float | None]]:
     """A range query against a Prometheus server, as points; SeriesFileError when it fails."""
+    return matrix_points(*_range_answer(url, query, start_at, end_at, step, timeout), aggregation)
+
+
+def query_range_series(
+    url: str, query: str, start_at: float, end_at: float, step: float, timeout: float = 30.0
+) -> Series:
+    """A range query against a Prometheus server, series by series; SeriesFileError when it fails."""
+    return matrix_series(*_range_answer(url, query, start_at, end_at, step, timeout))
+
+
+def _range_answer(
+    url: str, query: str, start_at: float, end_at: float, step: float, timeout: float
+) -> tuple[Any, str]:
+    """The decoded answer of a range query and the endpoint that gave it."""
     if end_at <= start_at:
         raise SeriesFileError("--end must be after --start")
     if (end_at - start_at) / step > MAX_RANGE_POINTS:
@@ -358,7 +404,7 @@ def query_range(
         doc = json.loads(body)
     except ValueError:
         raise SeriesFileError(f"{endpoint}: the answer is not JSON") from None
-    return matrix_points(doc, endpoint, aggregation)
+    return doc, endpoint
 
 
 # --- finding a rule in a config ----------------------------------------------------------
@@ -384,6 +430,11 @@ def find_rule(config: Config, name: str) -> tuple[str, ServiceConfig, RuleConfig
 
 def interval_of(config: Config, service: ServiceConfig) -> float:
     return service.interval if service.interval is not None else config.defaults.interval
+
+
+def grace_of(config: Config, service_name: str, rule: RuleConfig) -> float:
+    """How long after it fires the rule's proposal would execute unless vetoed (0: at once)."""
+    return proposal(policy_for(config, service_name), 0.0, rule.immediate).execute_at or 0.0
 
 
 # --- printing --------------------------------------------------------------------------------

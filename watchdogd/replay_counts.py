@@ -1,5 +1,6 @@
-"""``watchdogd replay`` for a sequential rule: two counters over a history, and healthy deploys swept
-over it.
+"""``watchdogd replay`` of the rules that learn from counts before a deploy: a sequential rule's two
+counters here, a latency rule's bucket counters in watchdogd/replay_latency.py, and the sweep of
+deploys over a history both share.
 
 A sequential rule reads counts (errors, requests) between polls, so its history is two cumulative
 counters: from a Prometheus server (range queries of ``sum(errors)`` and ``sum(total)``; a counter
@@ -15,9 +16,9 @@ those is a false rollback.
 
 from __future__ import annotations
 
-import csv
-import io
+import bisect
 from argparse import Namespace
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,14 +30,22 @@ from watchdogd.model import RuleState, Sample
 from watchdogd.replay import (
     SeriesFileError,
     counter_samples,
+    csv_rows,
     describe_replay,
+    grace_of,
     interval_of,
+    learned,
     on_ticks,
-    parse_time,
     query_range,
+    read_text,
     replay_rule,
 )
-from watchdogd.rules import Rule, compile_rule, evaluate, start_sequential
+from watchdogd.rules import Rule, compile_rule, evaluate
+
+FromCsv = Callable[[str, float], list[Sample]]
+"""A rule's history from a file: (path, step) to samples."""
+FromPrometheus = Callable[[str, float, float, float, float], list[Sample]]
+"""A rule's history from a Prometheus server: (url, start, end, step, timeout) to samples."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,25 +72,9 @@ def counters_from_prometheus(
 def counters_from_csv(path: str | Path, step: float) -> list[Sample]:
     """``timestamp,errors,total`` rows (a header line allowed) as samples of counts."""
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SeriesFileError(f"{name}: cannot read: {exc}") from None
     bad: list[tuple[float, float | None]] = []
     total: list[tuple[float, float | None]] = []
-    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
-        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-            continue
-        if len(row) != 3:
-            raise SeriesFileError(
-                f"{name}:{number}: expected 'timestamp,errors,total', got {len(row)} columns"
-            )
-        try:
-            at = parse_time(row[0])
-        except ValueError as exc:
-            if number == 1 and not bad:
-                continue  # a header line
-            raise SeriesFileError(f"{name}:{number}: {exc}") from None
+    for number, at, row in csv_rows(read_text(path), name, "timestamp,errors,total"):
         try:
             bad.append((at, float(row[1]) if row[1].strip() else None))
             total.append((at, float(row[2]) if row[2].strip() else None))
@@ -105,25 +98,25 @@ def _ticks(
 
 
 def sweep(rule: Rule, samples: list[Sample], every: float, window: float) -> Sweep:
-    """A deploy every ``every`` from the first one with a full history before it."""
-    spec = rule.sequential
-    if spec is None or not samples:
+    """A deploy every ``every`` from the first one with a full history before it (a sequential or a
+    latency rule: what it learns from), each learned from the samples before it and watched ``window``."""
+    history = rule.learns_from
+    if (rule.sequential is None and rule.latency is None) or not samples:
         return Sweep(0, (), ())
-    first, last = samples[0].time, samples[-1].time
-    deploy = first + spec.history
+    times = [s.time for s in samples]
+    deploy = samples[0].time + history
     fired: list[tuple[float, float, str]] = []
     no_data: list[tuple[float, str]] = []
     deploys = 0
-    while deploy < last:
+    while deploy < times[-1]:
         deploys += 1
-        history = [s for s in samples if deploy - spec.history <= s.time < deploy]
-        state = start_sequential(rule, deploy, history)
+        lo, at = bisect.bisect_left(times, deploy - history), bisect.bisect_left(times, deploy)
+        state = learned(rule, deploy, samples[lo:at])
+        assert state is not None
         if state.baseline is None:
             no_data.append((deploy, state.reason))
         else:
-            for sample in samples:
-                if sample.time < deploy or sample.time > deploy + window:
-                    continue
+            for sample in samples[at : bisect.bisect_right(times, deploy + window)]:
                 state, _ = evaluate(rule, state, sample, sample.time)
                 if state.state is RuleState.FIRING:
                     fired.append((deploy, sample.time - deploy, state.reason))
@@ -163,11 +156,34 @@ def replay_sequential(
     """``watchdogd replay`` of a sequential rule: the lines to print; WatchdogError says what is wrong."""
     spec = rule_config.sequential
     assert spec is not None
-    step = args.step if args.step is not None else interval_of(config, service)
     window = spec.window or service.window or config.defaults.window
+
+    def from_prometheus(
+        url: str, start_at: float, end_at: float, step: float, timeout: float
+    ) -> list[Sample]:
+        return counters_from_prometheus(url, spec.errors, spec.total, start_at, end_at, step, timeout)
+
+    return replay_learning(
+        config, service_name, rule_config, args, window, counters_from_csv, from_prometheus
+    )
+
+
+def replay_learning(
+    config: Config,
+    service_name: str,
+    rule_config: RuleConfig,
+    args: Namespace,
+    window: float,
+    from_csv: FromCsv,
+    from_prometheus: FromPrometheus,
+) -> list[str]:
+    """``watchdogd replay`` of a rule that learns before a deploy, its history read by ``from_csv``
+    (``--series``) or ``from_prometheus``: from ``--deploy-at``, or a sweep of deploys."""
+    service = config.services[service_name]
+    step = args.step if args.step is not None else interval_of(config, service)
     rule = compile_rule(rule_config, interval=step, window=window)
     if args.series is not None:
-        samples = counters_from_csv(args.series, step)
+        samples = from_csv(args.series, step)
     else:
         source = config.sources.get(rule_config.source)
         if args.start is None or args.end is None:
@@ -180,10 +196,10 @@ def replay_sequential(
             raise WatchdogError(
                 f"rule '{rule.name}' does not read a prometheus source: give --prometheus URL"
             )
-        samples = counters_from_prometheus(url, spec.errors, spec.total, args.start, args.end, step, timeout)
+        samples = from_prometheus(url, args.start, args.end, step, timeout)
     head = f"rule {service_name}/{rule.name}, one evaluation every {format_duration(step)}"
     if args.deploy_at is not None:
         replay = replay_rule(rule, samples, args.deploy_at)
-        return [head, *describe_replay(replay, 0.0, clock=args.clock)]
+        return [head, *describe_replay(replay, grace_of(config, service_name, rule_config), clock=args.clock)]
     every = args.every if getattr(args, "every", None) else window
     return [head, *describe_sweep(sweep(rule, samples, every, window), every, window)]

@@ -56,6 +56,14 @@ def parse_selector(text: str) -> Selector:
     return _parse(text, text.strip(), need_name=True)
 
 
+def bucket_selector(histogram: str) -> str:
+    """``name_bucket{...}`` for the histogram ``name{...}``: the series a latency rule reads (the
+    prometheus source queries them, ``watchdogd replay`` range-queries them)."""
+    text = histogram.strip()
+    name = parse_selector(text).name or ""
+    return f"{name}_bucket{text[len(name) :]}" if text.startswith(name) else text
+
+
 def parse_matchers(text: str) -> Selector:
     """Parse label matchers alone, ``a="x", b!="y"`` with or without braces (no name).
 

@@ -261,7 +261,8 @@ def test_test_rules_says_what_is_wrong_with_buckets(tmp_path: Path) -> None:
 def test_a_prometheus_source_counts_each_bucket_series_growth_by_le() -> None:
     import json
 
-    from watchdogd.sources.counts import BucketMemory, bucket_selector
+    from watchdogd.selector import bucket_selector
+    from watchdogd.sources.counts import BucketMemory
 
     assert bucket_selector('h{route="/a"}') == 'h_bucket{route="/a"}'
     assert bucket_selector("h") == "h_bucket"
@@ -278,7 +279,7 @@ def test_a_prometheus_source_counts_each_bucket_series_growth_by_le() -> None:
     assert "no series match h_bucket" in str(memory.buckets("h", 3.0, {}, "h_bucket").reason)
 
 
-def test_replay_says_it_does_not_take_a_latency_rule(
+def test_replay_reads_a_latency_rule_s_history_as_timestamp_le_count_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from watchdogd.cli import main
@@ -287,4 +288,4 @@ def test_replay_says_it_does_not_take_a_latency_rule(
     series = tmp_path / "s.csv"
     series.write_text("0,1\n5,1\n")
     assert main(["replay", "-c", str(tmp_path / "api.yaml"), "--rule", "slow", "--series", str(series)]) == 2
-    assert "is a latency rule: replay does not take histograms yet" in capsys.readouterr().err
+    assert "s.csv:1: expected 'timestamp,le,count', got 2 columns" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import math
 
 from watchdogd.model import Sample
 from watchdogd.rules.distribution import from_cumulative
-from watchdogd.selector import Selector, parse_selector
+from watchdogd.selector import Selector
 from watchdogd.sources.promrate import SeriesStore, format_key
 
 
@@ -195,10 +195,3 @@ class BucketMemory:
             return Sample(at, None, f"{text}: {histogram}", "bad_data")
         requests = math.fsum(histogram[1])
         return Sample(at, requests, None if requests > 0 else "no traffic", None, buckets=histogram)
-
-
-def bucket_selector(histogram: str) -> str:
-    """``name_bucket{...}`` for the histogram ``name{...}``: the series a latency rule reads."""
-    text = histogram.strip()
-    name = parse_selector(text).name or ""
-    return f"{name}_bucket{text[len(name) :]}" if text.startswith(name) else text

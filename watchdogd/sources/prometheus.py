@@ -14,8 +14,9 @@ import aiohttp
 from watchdogd.config.models import PrometheusSource
 from watchdogd.errors import SourceError
 from watchdogd.model import Sample
+from watchdogd.selector import bucket_selector
 from watchdogd.sources.base import Measure, read_body
-from watchdogd.sources.counts import BucketMemory, CounterMemory, bucket_selector
+from watchdogd.sources.counts import BucketMemory, CounterMemory
 
 MAX_BODY = 8 << 20
 
