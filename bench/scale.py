@@ -12,15 +12,23 @@ deployment through the API. After one warm-up round, the process's CPU
 measured span; peak RSS is ``VmHWM`` over the process's life.
 
 Run: ``.venv/bin/python bench/scale.py [--minutes 5] [--services 200] [--rules 10]``
+
+``--profile FILE`` records the measured span (its first minute at most) with
+``py-spy`` (``pip install py-spy``) into FILE as folded stacks, and prints the
+functions holding the most samples. The time to start the daemon and to register
+every service is printed too: both grow with the fleet.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import multiprocessing
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -130,6 +138,7 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=10, help="rules per service")
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--exporters", type=int, default=8, help="exporter ports (one child process)")
+    parser.add_argument("--profile", metavar="FILE", help="record the measured span with py-spy into FILE")
     parser.add_argument("--host", nargs=2, metavar=("CONFIG", "LAGFILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.host:
@@ -149,6 +158,8 @@ def main() -> None:
         child.terminate()
         child.join(10)
     report(args, result)
+    if args.profile:
+        summarize(args.profile)
 
 
 def drive(workdir: Path, args: Any, ports: list[int], seconds: float) -> dict[str, Any]:
@@ -157,14 +168,21 @@ def drive(workdir: Path, args: Any, ports: list[int], seconds: float) -> dict[st
     wd = WatchdogdProcess(workdir, body, log_level="info")
     config_path = workdir / "watchdogd.yaml"
     command = [sys.executable, str(Path(__file__).resolve()), "--host", str(config_path), str(lag_path)]
-    wd.start(timeout=120, command=command)
+    began = time.monotonic()
+    wd.start(timeout=600, command=command)
+    started = time.monotonic() - began
     try:
+        began = time.monotonic()
         for n in range(args.services):
             wd.register(f"svc{n}")
+        registered = time.monotonic() - began
         time.sleep(2 * args.interval)  # every source polled with its deployment open
         since = time.time()
+        spy = profiler(wd.pid, min(seconds, 60.0), args.profile) if args.profile else None
         usage = measure(wd.pid, seconds)
         until = time.time()
+        if spy is not None:
+            spy.wait(timeout=120)
         _, text = wd.request("GET", "/metrics", token=None)
     finally:
         wd.stop(timeout=60)
@@ -181,7 +199,45 @@ def drive(workdir: Path, args: Any, ports: list[int], seconds: float) -> dict[st
         "missed": sum(1 for kind, _ in kept if kind == "missed"),
         "evaluations": evaluations,
         "errors": wd.log().count('"level": "error"'),
+        "started": started,
+        "registered": registered,
     }
+
+
+def profiler(pid: int, seconds: float, path: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` (every thread, without stopping it) for ``seconds`` into ``path``."""
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    command = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100"]
+    command += ["--format", "raw", "--output", path, "--nonblocking"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize(path: str, top: int = 25) -> None:
+    """The functions in the most samples (inclusive) and at the top of the most stacks (self)."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";")]
+        for frame in set(frames):
+            inclusive[frame] += n
+        own[frames[-1]] += n
+    print(f"profile: {total} samples in {path}")
+    for title, counts in (("inclusive", inclusive), ("self", own)):
+        print(f"  {title}:")
+        for frame, n in counts.most_common(top):
+            print(f"    {n / total:6.1%}  {frame}")
+
+
+def _frame(text: str) -> str:
+    """``function (path/file.py:line)`` as ``function file.py``."""
+    name, _, where = text.partition(" (")
+    return f"{name} {where.split(':')[0].rsplit('/', 1)[-1]}" if where else name
 
 
 def report(args: Any, result: dict[str, Any]) -> None:
@@ -192,6 +248,10 @@ def report(args: Any, result: dict[str, Any]) -> None:
         f"{args.services} services x {args.rules} rules at {args.interval:g}s "
         f"({scheduled:.0f} polls/s, {scheduled * args.rules:.0f} evaluations/s scheduled), "
         f"measured over {usage.seconds:.0f}s"
+    )
+    print(
+        f"start              daemon up in {result['started']:.1f}s, "
+        f"{args.services} deployments registered in {result['registered']:.1f}s"
     )
     print(f"polls done         {len(done) / usage.seconds:.1f}/s, missed runs {result['missed']}")
     print(f"evaluations total  {result['evaluations']:,.0f} since start")
