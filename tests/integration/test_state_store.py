@@ -431,6 +431,11 @@ async def test_a_new_deployment_supersedes_and_cancels(store: Store, backend: Ba
     assert [d.id for d in await store.deployments()] == [second.id, other.id, first.id]
     assert [d.id for d in await store.deployments(limit=1)] == [second.id]
     assert {d.id for d in await store.deployments(open_only=True)} == {second.id, other.id}
+    # one service's: its newest first, however many others came since
+    assert [d.id for d in await store.deployments(service="api")] == [second.id, first.id]
+    assert [d.id for d in await store.deployments(limit=1, service="worker")] == [other.id]
+    assert [d.id for d in await store.deployments(open_only=True, service="api")] == [second.id]
+    assert await store.deployments(service="nobody") == []
     # only watching ones are superseded: one rolling back goes on
     assert await store.set_deployment_state(
         second.id, DeploymentState.ROLLING_BACK, (DeploymentState.WATCHING,)
@@ -513,6 +518,16 @@ async def test_rule_states_round_trip(store: Store) -> None:
     await store.save_rule_state("d1", "p99", {"state": "firing"})
     assert await store.rule_states("d1") == {"error-rate": state, "p99": {"state": "firing"}}
     assert await store.rule_states("d3") == {}
+
+
+async def test_a_round_of_rule_states_is_saved_in_one_call(store: Store) -> None:
+    await store.save_rule_state("d1", "p99", {"state": "ok"})
+    round_ = [(f"d{n % 3}", f"r{n}", {"state": "firing", "n": n}) for n in range(300)]
+    await store.save_rule_states([*round_, ("d1", "p99", {"state": "pending"})])
+    saved = await store.rule_states("d1")
+    assert saved["p99"] == {"state": "pending"}  # an existing state is replaced
+    assert len(saved) == 101 and saved["r298"] == {"state": "firing", "n": 298}
+    await store.save_rule_states([])  # nothing to save is no error
 
 
 async def test_mutes_keep_the_later_end(store: Store) -> None:

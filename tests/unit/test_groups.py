@@ -272,6 +272,23 @@ async def test_a_member_without_an_open_deployment_is_skipped_with_the_reason(be
     assert await bed.state(api) is DeploymentState.ROLLED_BACK
 
 
+async def test_a_members_deployment_older_than_the_fleets_latest_hundreds_still_joins_the_group(
+    bed: Bed,
+) -> None:
+    # a fleet: hundreds of deploys of other services since the worker's and the db's
+    worker, db = await bed.deploy("worker"), await bed.deploy("db")
+    for n in range(510):
+        bed.clock.now += 1
+        await bed.deploy("alone", f"v{n}")
+    await bed.deploy("api")
+    await bed.feed("a", 1.0)
+    [record] = await bed.open_rollbacks()
+    assert [s.name for s in record.steps] == ["api/container", "worker/container", "db/sql"]
+    members = {m["service"]: m for m in record.target["group"]["members"]}
+    assert members["worker"]["deployment_id"] == worker.id and not members["worker"].get("skipped")
+    assert members["db"]["deployment_id"] == db.id and not members["db"].get("skipped")
+
+
 async def test_a_service_outside_any_group_is_rolled_back_alone(bed: Bed) -> None:
     alone = await bed.deploy("alone")
     await bed.deploy("api")

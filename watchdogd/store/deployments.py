@@ -113,11 +113,20 @@ class SqlStore(RollbackTables, ActionTables):
         found = await self._run(self._deployments("id = ?", (deployment_id,)), Mode.ONE)
         return found[0] if found else None
 
-    async def deployments(self, open_only: bool = False, limit: int = 200) -> list[Deployment]:
+    async def deployments(
+        self, open_only: bool = False, limit: int = 200, service: str | None = None
+    ) -> list[Deployment]:
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         if open_only:
             opened = (DeploymentState.WATCHING, DeploymentState.ROLLING_BACK)
-            return await self._run(self._deployments(f"state IN {marks(opened)}", texts(opened)), Mode.ONE)
-        return await self._run(self._deployments("1 = 1", (), limit), Mode.ONE)
+            where.append(f"state IN {marks(opened)}")
+            params += texts(opened)
+        if service is not None:
+            where.append("service = ?")
+            params.append(service)
+        op = self._deployments(" AND ".join(where), params, None if open_only else limit)
+        return await self._run(op, Mode.ONE)
 
     def _deployments(
         self, where: str, params: Sequence[Any], limit: int | None = None
@@ -133,14 +142,19 @@ class SqlStore(RollbackTables, ActionTables):
     # --- rule states ----------------------------------------------------------------------
 
     async def save_rule_state(self, deployment_id: str, rule: str, state: dict[str, Any]) -> None:
-        op = change(
+        await self.save_rule_states([(deployment_id, rule, state)])
+
+    async def save_rule_states(self, states: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        if states:
+            await self._run(self._save_rule_states(states), Mode.LAZY)
+
+    def _save_rule_states(self, states: Sequence[tuple[str, str, dict[str, Any]]]) -> Op[None]:
+        sql = (
             f"INSERT INTO {self._p}rule_states (deployment_id, rule, state) VALUES (?, ?, ?)"
-            " ON CONFLICT (deployment_id, rule) DO UPDATE SET state = excluded.state",
-            deployment_id,
-            rule,
-            rows.dumps(state),
+            " ON CONFLICT (deployment_id, rule) DO UPDATE SET state = excluded.state"
         )
-        await self._run(op, Mode.LAZY)
+        for deployment_id, rule, state in states:
+            yield from change(sql, deployment_id, rule, rows.dumps(state))
 
     async def rule_states(self, deployment_id: str) -> dict[str, dict[str, Any]]:
         op = fetch(f"SELECT rule, state FROM {self._p}rule_states WHERE deployment_id = ?", deployment_id)

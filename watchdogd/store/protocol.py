@@ -140,8 +140,11 @@ class Store(RollbackJournal, Protocol):
 
     async def deployment(self, deployment_id: str) -> Deployment | None: ...
 
-    async def deployments(self, open_only: bool = False, limit: int = 200) -> list[Deployment]:
-        """Newest first; ``open_only``: every watching or rolling back one (no limit)."""
+    async def deployments(
+        self, open_only: bool = False, limit: int = 200, service: str | None = None
+    ) -> list[Deployment]:
+        """Newest first; ``open_only``: every watching or rolling back one (no limit); ``service``:
+        that service's only."""
         ...
 
     # --- freezes and command runs ---
@@ -173,6 +176,10 @@ class Store(RollbackJournal, Protocol):
     # --- rule states, mutes, audit ---
 
     async def save_rule_state(self, deployment_id: str, rule: str, state: dict[str, Any]) -> None: ...
+
+    async def save_rule_states(self, states: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        """``(deployment_id, rule, state)`` saved in one transaction: the states of a round of polls."""
+        ...
 
     async def rule_states(self, deployment_id: str) -> dict[str, dict[str, Any]]: ...
 

@@ -230,9 +230,8 @@ class Deployments:
         The container running now comes last: a name it shares with an older image means the older one.
         """
         ran = list(self.containers.ran.get(service, ()))
-        for deployment in await self.store.deployments(limit=HISTORY_DEPLOYMENTS):
-            if deployment.service == service:
-                ran += [s for s in (deployment.facts.current, deployment.facts.previous) if s is not None]
+        for deployment in await self.store.deployments(limit=HISTORY_DEPLOYMENTS, service=service):
+            ran += [s for s in (deployment.facts.current, deployment.facts.previous) if s is not None]
         now = running.image_id if running is not None else None
         ran = [s for s in ran if s.image_id != now] + ([running] if running is not None else [])
         return [s for s in ran if s.image_id]
@@ -404,9 +403,7 @@ class Deployments:
         replaced = previous_of_service(snapshot)
         deployment = live.deployment if live is not None else None
         if deployment is None:
-            deployment = next(
-                (d for d in await self.store.deployments(limit=20) if d.service == service), None
-            )
+            deployment = next(iter(await self.store.deployments(limit=1, service=service)), None)
         # Swarm's own rollback leaves no previous spec: the image rolled away from is then the deployment's
         from_image = replaced.image if replaced is not None else deployment.image if deployment else None
         who = "Swarm rolled" if by == "swarm" else "an operator rolled (docker service rollback)"
@@ -495,7 +492,7 @@ class Deployments:
         span = defaults.known_bad_for if svc is None or svc.known_bad_for is None else svc.known_bad_for
         if span <= 0 or deployment.facts.current is None or deployment.facts.known_bad:
             return deployment
-        history = await self.store.deployments(limit=HISTORY_DEPLOYMENTS)
+        history = await self.store.deployments(limit=HISTORY_DEPLOYMENTS, service=deployment.service)
         mark = known_bad(deployment, history, self.clock() - span)
         if mark is None:
             return deployment
@@ -548,9 +545,7 @@ class Deployments:
         After a rollback that is the container rolled back to; else the deployed
         one (or, registered before its swap, the one it replaces).
         """
-        for deployment in await self.store.deployments(limit=HISTORY_DEPLOYMENTS):
-            if deployment.service != service:
-                continue
+        for deployment in await self.store.deployments(limit=HISTORY_DEPLOYMENTS, service=service):
             facts = deployment.facts
             if deployment.state is DeploymentState.ROLLED_BACK:
                 seen = facts.previous

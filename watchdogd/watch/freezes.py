@@ -158,7 +158,5 @@ class Freezes:
 
     async def _latest(self, service: str) -> str | None:
         """The service's newest deployment: what a notification about the service is attached to."""
-        for deployment in await self.store.deployments(limit=200):
-            if deployment.service == service:
-                return deployment.id
-        return None
+        newest = await self.store.deployments(limit=1, service=service)
+        return newest[0].id if newest else None

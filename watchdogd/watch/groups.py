@@ -63,12 +63,13 @@ class Groups:
     async def _find(self, group: str, wanted: Callable[[RollbackRecord], bool]) -> RollbackRecord | None:
         members = set(self.world().config.groups[group].services)
         found: list[RollbackRecord] = []
-        for deployment in await self.store.deployments(open_only=True):
-            if deployment.service not in members:
-                continue
-            record = await self.store.latest_for(deployment.id)
-            if record is not None and wanted(record) and (group_of_record(record) or {}).get("name") == group:
-                found.append(record)
+        for service in members:
+            for deployment in await self.store.deployments(open_only=True, service=service):
+                record = await self.store.latest_for(deployment.id)
+                if record is None or not wanted(record):
+                    continue
+                if (group_of_record(record) or {}).get("name") == group:
+                    found.append(record)
         return min(found, key=lambda r: r.proposed_at) if found else None
 
     async def members(self, group: str, anchor: Deployment, fixed: RollbackRecord | None) -> list[Member]:
@@ -85,15 +86,13 @@ class Groups:
                 )
                 out.append(Member(str(raw["service"]), found, raw.get("skipped")))
             return out
-        newest: dict[str, Deployment] = {}
-        for deployment in await self.store.deployments(limit=500):  # newest first
-            newest.setdefault(deployment.service, deployment)
         members = []
         for service in self.order(group):
             if service == anchor.service:
                 members.append(Member(service, anchor))
                 continue
-            last = newest.get(service)
+            newest = await self.store.deployments(limit=1, service=service)  # however old
+            last = newest[0] if newest else None
             if last is None:
                 members.append(Member(service, None, "no deployment registered: nothing to roll back"))
             elif last.state is not DeploymentState.WATCHING:

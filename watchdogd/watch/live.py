@@ -79,9 +79,13 @@ class Watched:
     def drop(self, service: str) -> None:
         self._live.pop(service, None)
 
-    async def refresh(self, service: str) -> Live | None:
-        """Read the service's open deployment from the store again; its rule states stay in memory."""
-        open_ones = [d for d in await self.store.deployments(open_only=True) if d.service == service]
+    async def refresh(self, service: str, open_ones: list[Deployment] | None = None) -> Live | None:
+        """Read the service's open deployment from the store again; its rule states stay in memory.
+
+        ``open_ones``: the service's open deployments, newest first, when the caller has read them.
+        """
+        if open_ones is None:
+            open_ones = await self.store.deployments(open_only=True, service=service)
         if not open_ones:
             self._live.pop(service, None)
             return None
@@ -108,9 +112,11 @@ class Watched:
                     del live.states[name]
 
     async def refresh_all(self) -> None:
-        services = {d.service for d in await self.store.deployments(open_only=True)}
-        for service in services | set(self._live):
-            await self.refresh(service)
+        by_service: dict[str, list[Deployment]] = {}
+        for deployment in await self.store.deployments(open_only=True):  # newest first
+            by_service.setdefault(deployment.service, []).append(deployment)
+        for service in set(by_service) | set(self._live):
+            await self.refresh(service, by_service.get(service, []))
 
     async def reload_states(self) -> None:
         """A follower's view: the states the leader saved."""
