@@ -55,12 +55,15 @@ _WHAT_FITS: dict[str, str] = {
 
 def check_config(config: Config) -> list[Problem]:
     problems: list[Problem] = []
+    intervals = poll_intervals(config)
     for name, service in config.services.items():
-        problems += _check_service(config, name, service)
+        problems += _check_service(config, name, service, intervals)
     return problems + check_groups(config)
 
 
-def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Problem]:
+def _check_service(
+    config: Config, name: str, service: ServiceConfig, intervals: dict[str, float]
+) -> list[Problem]:
     base: Loc = ("services", name)
     problems: list[Problem] = []
     if service.health is not None:
@@ -124,24 +127,26 @@ def _check_service(config: Config, name: str, service: ServiceConfig) -> list[Pr
             problems.append(((*loc, "name"), f"rule '{rule.name}' is defined twice in this service"))
         names.add(rule.name)
         problems += check_rule(config, rule, loc)
-        problems += _check_window(config, rule, loc)
+        problems += _check_window(config, rule, loc, intervals)
     return problems
 
 
-def poll_interval(config: Config, source: str) -> float:
-    """How often ``source`` is polled: its own interval, or the shortest of the services reading it."""
-    own = config.sources[source].interval
-    if own is not None:
-        return own
-    readers = [
-        svc.interval or config.defaults.interval
-        for svc in config.services.values()
-        if any(r.source == source for r in svc.rules)
-    ]
-    return min(readers, default=config.defaults.interval)
+def poll_intervals(config: Config) -> dict[str, float]:
+    """How often each source a rule reads is polled: its own interval, or the shortest of the
+    services reading it (one pass over the rules: a fleet's config has thousands)."""
+    shortest: dict[str, float] = {}
+    for svc in config.services.values():
+        interval = svc.interval or config.defaults.interval
+        for rc in svc.rules:
+            shortest[rc.source] = min(interval, shortest.get(rc.source, interval))
+    intervals: dict[str, float] = {}
+    for name, interval in shortest.items():
+        own = config.sources[name].interval if name in config.sources else None
+        intervals[name] = own or interval
+    return intervals
 
 
-def _check_window(config: Config, rule: RuleConfig, loc: Loc) -> list[Problem]:
+def _check_window(config: Config, rule: RuleConfig, loc: Loc, intervals: dict[str, float]) -> list[Problem]:
     """A window that can never hold two polls of its source gives no value, ever: a blind rule."""
     source = config.sources.get(rule.source)
     if source is None or source.type != "scrape":
@@ -150,7 +155,7 @@ def _check_window(config: Config, rule: RuleConfig, loc: Loc) -> list[Problem]:
         spec = getattr(rule, kind)
         if spec is None:
             continue
-        interval = poll_interval(config, rule.source)
+        interval = intervals[rule.source]
         if spec.over < 2 * interval:
             return [
                 (

@@ -18,6 +18,7 @@ whole-field ``X_env`` says the same thing without ambiguity.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from types import UnionType
@@ -33,8 +34,12 @@ LineMap = dict[Loc, int]
 _SUFFIXES = ("_file", "_env")
 
 
+@functools.cache
 def secret_fields(model: type[BaseModel]) -> dict[str, bool]:
-    """The secret fields of ``model`` (by their names in the file): True for a mapping of secrets."""
+    """The secret fields of ``model`` (by their names in the file): True for a mapping of secrets.
+
+    Computed once per model: a fleet's config walks the same models thousands of times.
+    """
     out: dict[str, bool] = {}
     for name, info in model.model_fields.items():
         annotation = _unwrap(info.annotation)
@@ -46,6 +51,12 @@ def secret_fields(model: type[BaseModel]) -> dict[str, bool]:
 
 
 _SECRET_TYPES = (SecretStr, SecretUrl)
+
+
+@functools.cache
+def _fields(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s fields by their names in the file, with their annotations."""
+    return {info.alias or name: info.annotation for name, info in model.model_fields.items()}
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -111,7 +122,7 @@ def _walk(
     model = _model(annotation, node)
     if model is None:
         return node
-    fields = {info.alias or name: info.annotation for name, info in model.model_fields.items()}
+    fields = _fields(model)
     out = {
         k: _walk(v, fields.get(k), (*loc, k), lines, filename, base_dir, problems) for k, v in node.items()
     }

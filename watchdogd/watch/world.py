@@ -6,8 +6,9 @@ reload, the old world keeps running) and only then swaps it in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from watchdogd.config.checks import poll_intervals
 from watchdogd.config.models import Config, RuleConfig, ServiceConfig
 from watchdogd.decisions import Policy, policy_for
 from watchdogd.errors import Invalid
@@ -35,6 +36,16 @@ class World:
     config: Config
     runs: dict[str, tuple[RuleRun, ...]]
     """Each service's rules, in config order."""
+    by_source: dict[str, tuple[RuleRun, ...]] = field(default_factory=dict)
+    """The rules that read each source, in every service (made once: looked up at every poll)."""
+
+    def __post_init__(self) -> None:
+        if not self.by_source:
+            readers: dict[str, list[RuleRun]] = {}
+            for runs in self.runs.values():
+                for run in runs:
+                    readers.setdefault(run.config.source, []).append(run)
+            self.by_source.update({name: tuple(found) for name, found in readers.items()})
 
     @classmethod
     def build(cls, config: Config) -> World:
@@ -43,12 +54,13 @@ class World:
         def window(service: ServiceConfig) -> float:
             return service.window or config.defaults.window
 
+        intervals = poll_intervals(config)
         runs = {
             name: tuple(
                 RuleRun(
                     name,
                     rc,
-                    compile_rule(rc, interval=_poll_interval(config, rc.source), window=window(service)),
+                    compile_rule(rc, interval=intervals[rc.source], window=window(service)),
                     Measure.of(rc),
                     fingerprint(rc),
                     service_initial_delay=service.initial_delay,
@@ -86,26 +98,13 @@ class World:
 
     def reading(self, source: str) -> list[RuleRun]:
         """The rules that read ``source``, in every service."""
-        return [run for runs in self.runs.values() for run in runs if run.config.source == source]
+        return list(self.by_source.get(source, ()))
 
     def sources_of(self, service: str) -> set[str]:
         return {run.config.source for run in self.runs.get(service, ())}
 
     def run(self, service: str, rule: str) -> RuleRun | None:
         return next((r for r in self.runs.get(service, ()) if r.rule.name == rule), None)
-
-
-def _poll_interval(config: Config, source: str) -> float:
-    """How often ``source`` is polled: its own interval, or the shortest of the services reading it."""
-    own = config.sources[source].interval if source in config.sources else None
-    if own:
-        return own
-    readers = [
-        svc.interval or config.defaults.interval
-        for svc in config.services.values()
-        if any(rc.source == source for rc in svc.rules)
-    ]
-    return min(readers, default=config.defaults.interval)
 
 
 class Current:
