@@ -199,6 +199,7 @@ class Daemon:
         """Stop polling, let a running rollback step finish (or leave it journaled), close everything."""
         await self.supervisor.stop(deadline, keep=("execute:",))
         await self.jobs.close()
+        await self.evaluator.states.flush()
         self.scheduler.shutdown(wait=False)
         await self.notifier.close(timeout=min(5.0, deadline))
         await self.session.close()

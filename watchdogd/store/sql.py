@@ -45,7 +45,8 @@ class Mode(Enum):
     WRITE = auto()
     """A transaction that reads, decides and writes: serialised with other writers."""
     LAZY = auto()
-    """One statement rewritten so often that a power loss may take its latest version."""
+    """Statements rewritten so often (rule states) that a power loss may take their latest
+    version: one transaction, committed without waiting for the disk."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ class SqliteStore(SqlStore):
                     # scale), so their commit skips the fsync: in WAL mode it survives the
                     # process dying; a power loss only restores an older rule state.
                     db.execute("PRAGMA synchronous=NORMAL")
+                    db.execute("BEGIN IMMEDIATE")  # a round's states in one commit
                 elif mode in _BEGIN:
                     db.execute(_BEGIN[mode])
                 try:

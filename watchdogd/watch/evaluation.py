@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 
 from watchdogd.config.types import format_duration
-from watchdogd.errors import RuleError, StoreError
+from watchdogd.errors import RuleError
 from watchdogd.model import Deployment, RuleState, Sample, Transition, jsonable_number
 from watchdogd.rules import (
     EvalState,
@@ -30,6 +30,7 @@ from watchdogd.telemetry import Metrics
 from watchdogd.watch.live import Watched
 from watchdogd.watch.proposals import Proposer
 from watchdogd.watch.report import Reporter
+from watchdogd.watch.statesave import StateSaver
 from watchdogd.watch.tasks import Health
 from watchdogd.watch.world import RuleRun
 
@@ -64,6 +65,8 @@ class Evaluator:
         self.history = history
         self.leading = leading
         self.clip = clip
+        self.states = StateSaver(store, health)
+        """Rule states, saved in rounds."""
         self._before_deploy: set[tuple[str, str]] = set()
         self._blind: set[tuple[str, str]] = set()
 
@@ -110,13 +113,10 @@ class Evaluator:
             return
         live.states[run.rule.name] = state
         tally = live.count(run.rule.name, sample.value is not None)
-        try:
-            saved = {**dump_state(state), "fingerprint": run.fingerprint, "tally": list(tally)}
-            await self.store.save_rule_state(live.deployment.id, run.rule.name, saved)
-        except StoreError as exc:
-            self.health.store_failed(exc)  # the state lives on in memory; the next evaluation saves it again
-        else:
-            self.health.store_recovered()
+        saved = {**dump_state(state), "fingerprint": run.fingerprint, "tally": list(tally)}
+        self.states.put(live.deployment.id, run.rule.name, saved)
+        if transitions:
+            await self.states.flush()  # the state that changed is stored before anything acts on it
         self.metrics.rule_state.labels(*labels).set(state.state.metric_value)
         if state.threshold is not None:
             self.metrics.rule_threshold.labels(*labels).set(state.threshold)
