@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from watchdogd.errors import SourceError
 from watchdogd.model import Sample
 from watchdogd.selector import parse_selector
+from watchdogd.sources.exposition import parse_exposition
 from watchdogd.sources.logs import LineBuffer, LogMatcher, decode_line
 from watchdogd.sources.prometheus import parse_query_answer
-from watchdogd.sources.scrape import parse_exposition
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 AGGREGATIONS = st.sampled_from(["max", "min", "sum", "avg", "single"])

@@ -11,7 +11,6 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
 from watchdogd.config.models import ScrapeSource
 from watchdogd.config.types import format_duration
@@ -21,9 +20,13 @@ from watchdogd.selector import Selector, parse_selector
 from watchdogd.sources import promrate
 from watchdogd.sources.base import Measure, read_body
 from watchdogd.sources.counts import buckets, counts
-from watchdogd.sources.promrate import MAX_SERIES, Answer, Scrape, SeriesKey, SeriesStore, series_key
+from watchdogd.sources.exposition import parse_exposition
+from watchdogd.sources.promrate import MAX_SERIES, Answer, Scrape, SeriesStore
 
 MAX_BODY = 16 << 20
+INLINE_PARSE = 256 << 10
+"""A body up to this size is parsed on the event loop (well under a millisecond of it per
+100 KiB); a larger one in a thread, so that one huge exposition never stalls the other polls."""
 KINDS = ("metric", "rate", "ratio", "quantile", "counts", "buckets")
 _ACCEPT = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 
@@ -71,7 +74,7 @@ class MetricsScrape:
                 plans[measure] = plan
         wanted = [_series_read(m, s) for m, plan in plans.items() for s in plan]
         text = await self.get()
-        scrape = await asyncio.to_thread(parse_exposition, text, wanted, self.max_series)
+        scrape = await read_exposition(text, wanted, self.max_series)
         previous = self.store.last_at
         horizon = self._horizon(plans)
         if previous is not None and any(m.kind in ("counts", "buckets") for m in plans):
@@ -198,28 +201,8 @@ def _series_read(measure: Measure, selector: Selector) -> Selector:
     return selector
 
 
-def parse_exposition(text: str, wanted: Sequence[Selector], max_series: int = MAX_SERIES) -> Scrape:
-    """The values of the series ``wanted`` picks; raises SourceError for a body that will not do.
-
-    A series that comes twice keeps its first value and is reported in
-    ``duplicates``; more than ``max_series`` series refuse the whole scrape.
-    """
-    values: dict[SeriesKey, float] = {}
-    duplicates: set[SeriesKey] = set()
-    count = 0
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                count += 1
-                if count > max_series:
-                    raise SourceError(f"more than {max_series} series in the scrape")
-                if not any(s.matches(sample.name, sample.labels) for s in wanted):
-                    continue
-                key = series_key(sample.name, sample.labels)
-                if key in values:
-                    duplicates.add(key)
-                else:
-                    values[key] = float(sample.value)
-    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as exc:
-        raise SourceError(f"not a Prometheus text exposition: {str(exc)[:200]}") from None
-    return Scrape(values, frozenset(duplicates))
+async def read_exposition(text: str, wanted: Sequence[Selector], max_series: int) -> Scrape:
+    """``parse_exposition``, on the loop for a small body, in a thread for a large one."""
+    if len(text) <= INLINE_PARSE:
+        return parse_exposition(text, wanted, max_series)
+    return await asyncio.to_thread(parse_exposition, text, wanted, max_series)

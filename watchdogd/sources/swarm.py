@@ -34,7 +34,7 @@ from watchdogd.sources.base import Measure
 from watchdogd.sources.docker import ClientFactory, DockerLogFollower, _close_stream, client_factory
 from watchdogd.sources.logs import LineBuffer, LogMatcher, LogSource
 from watchdogd.sources.promrate import Scrape, SeriesKey
-from watchdogd.sources.scrape import MetricsScrape, _series_read, parse_exposition
+from watchdogd.sources.scrape import MetricsScrape, _series_read, read_exposition
 
 log = structlog.get_logger("watchdogd.sources.swarm")
 
@@ -120,7 +120,7 @@ class SwarmScrape(MetricsScrape):
                     raise text
                 errors.append(f"task {task_id[:12]}: {text}")
                 continue
-            one = await asyncio.to_thread(parse_exposition, text, wanted, self.max_series)
+            one = await read_exposition(text, wanted, self.max_series)
             for (metric, labels), value in one.values.items():
                 key: SeriesKey = (metric, tuple(sorted((*labels, (TASK_LABEL, task_id)))))
                 values[key] = value
