@@ -24,7 +24,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from watchdogd import openapi, ui
+from watchdogd import ui
 from watchdogd.auth import Principal, Rejections, Role, Throttle, Tokens
 from watchdogd.config.types import DURATION_PATTERN, parse_duration
 from watchdogd.daemon import Daemon
@@ -51,6 +51,8 @@ THROTTLE = web.AppKey("throttle", Throttle)
 STORE_RETRY_AFTER = 5
 """Seconds a client is told to wait (Retry-After) when the state store refuses a request."""
 AUDIT_LIMIT = 500
+OPENAPI_PATH = "v1/openapi.json"
+"""Open to anyone, whatever ``open_endpoints`` says: the document describes the API, nothing more."""
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -167,8 +169,7 @@ def create_app(
     outer: tuple[Middleware, ...] = (),
 ) -> web.Application:
     """The aiohttp application over ``daemon``; ``outer`` middlewares run before all others."""
-    api = _Api(daemon, tokens, {*open_endpoints, openapi.ALWAYS_OPEN})
-    api.document = openapi.document(BODIES, open_endpoints)
+    api = _Api(daemon, tokens, {*open_endpoints, OPENAPI_PATH}, open_endpoints)
     app = web.Application(middlewares=[*outer, api.errors, api.auth], client_max_size=MAX_BODY)
     app[THROTTLE] = api.throttle
     app.on_response_prepare.append(_security_headers)
@@ -219,14 +220,17 @@ def create_app(
 
 
 class _Api:
-    def __init__(self, daemon: Daemon, tokens: Tokens, open_endpoints: set[str]) -> None:
+    def __init__(
+        self, daemon: Daemon, tokens: Tokens, open_endpoints: set[str], documented_open: tuple[str, ...] = ()
+    ) -> None:
         self.daemon = daemon
         self.tokens = tokens
         self.open = open_endpoints
         self.roles: dict[Any, Role | None] = {}
         self.throttle = Throttle()
         self.rejections = Rejections(log)
-        self.document: dict[str, Any] = {}
+        self.documented_open = documented_open
+        self._document: dict[str, Any] | None = None
         self._probe: asyncio.Task[None] | None = None
 
     @web.middleware
@@ -316,6 +320,16 @@ class _Api:
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.daemon.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @property
+    def document(self) -> dict[str, Any]:
+        """The OpenAPI document, made at the first request for it: its models are not kept
+        in memory by a daemon nobody asks (a sidecar)."""
+        if self._document is None:
+            from watchdogd import openapi
+
+            self._document = openapi.document(BODIES, self.documented_open)
+        return self._document
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(self.document)

@@ -19,7 +19,7 @@ from watchdogd.model import DeploymentState, RollbackState, RuleState, StepState
 
 Role = Literal["viewer", "deployer", "operator", "admin"]
 REF = "#/components/schemas/{model}"
-ALWAYS_OPEN = "v1/openapi.json"
+ALWAYS_OPEN = "v1/openapi.json"  # api.OPENAPI_PATH (not imported: api imports this module on demand)
 """This document needs no token, whatever the config opens."""
 UI_OPEN = ("ui", "ui/{file}")
 """The operator page's files need no token either: they hold no data."""
