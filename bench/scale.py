@@ -16,7 +16,9 @@ Run: ``.venv/bin/python bench/scale.py [--minutes 5] [--services 200] [--rules 1
 ``--profile FILE`` records the measured span (its first minute at most) with
 ``py-spy`` (``pip install py-spy``) into FILE as folded stacks, and prints the
 functions holding the most samples. The time to start the daemon and to register
-every service is printed too: both grow with the fleet.
+every service is printed too: both grow with the fleet. ``--tracemalloc`` traces
+the daemon's allocations (slower: for where the memory goes, not for the figures)
+and prints the lines holding the most at the end.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import collections
 import json
 import multiprocessing
+import os
 import shutil
 import statistics
 import subprocess
@@ -84,7 +87,6 @@ def config_for(services: int, rules: int, interval: float, ports: list[int]) -> 
 
 def host(config_path: str, lag_path: str) -> int:
     """``watchdogd run`` with a scheduler listener that records lateness; lags are written at exit."""
-    import os
 
     from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED, EVENT_JOB_SUBMITTED, JobEvent
 
@@ -94,6 +96,11 @@ def host(config_path: str, lag_path: str) -> int:
     from watchdogd.telemetry import configure_logging, resolve_level
 
     records: list[tuple[str, float, float]] = []
+    traced = os.environ.get("WATCHDOGD_BENCH_TRACEMALLOC")
+    if traced:
+        import tracemalloc
+
+        tracemalloc.start()
 
     class ObservedDaemon(Daemon):
         async def _start(self) -> None:
@@ -110,6 +117,13 @@ def host(config_path: str, lag_path: str) -> int:
                     records.append(("missed", now, 0.0))
 
             self.scheduler.add_listener(listen, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_MISSED)
+            if traced:
+                self.supervisor.service("bench-allocations", self._snapshots(Path(traced)))
+
+        async def _snapshots(self, path: Path) -> None:
+            while True:  # the last one taken while running is what is printed
+                await asyncio.sleep(30)
+                path.write_text(_allocations())  # noqa: ASYNC240 - a diagnostic, blocking on purpose
 
     config = load_config(Path(config_path))
     configure_logging(resolve_level(config.logging.level, dict(os.environ)), config.logging.format)
@@ -118,6 +132,23 @@ def host(config_path: str, lag_path: str) -> int:
         return asyncio.run(runner.serve(config, Path(config_path)))
     finally:
         Path(lag_path).write_text(json.dumps(records))
+
+
+def _allocations(top: int = 30) -> str:
+    """The source lines holding the most traced memory, and the total."""
+    import tracemalloc
+
+    snapshot = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, "<frozen importlib._bootstrap*>"), tracemalloc.Filter(False, "<unknown>")]
+    )
+    stats = snapshot.statistics("lineno")
+    total = sum(stat.size for stat in stats)
+    lines = [f"traced {total / 2**20:.1f} MiB in {len(stats)} lines; the largest:"]
+    for stat in stats[:top]:
+        frame = stat.traceback[0]
+        where = f"{frame.filename}:{frame.lineno}"
+        lines.append(f"  {stat.size / 2**20:7.2f} MiB {stat.count:9,} blocks  {where}")
+    return "\n".join(lines) + "\n"
 
 
 # --- the driver ------------------------------------------------------------------------------
@@ -139,6 +170,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--exporters", type=int, default=8, help="exporter ports (one child process)")
     parser.add_argument("--profile", metavar="FILE", help="record the measured span with py-spy into FILE")
+    parser.add_argument("--tracemalloc", action="store_true", help="print where the daemon's memory goes")
     parser.add_argument("--host", nargs=2, metavar=("CONFIG", "LAGFILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.host:
@@ -160,6 +192,8 @@ def main() -> None:
     report(args, result)
     if args.profile:
         summarize(args.profile)
+    if result.get("allocations"):
+        print(result["allocations"], end="")
 
 
 def drive(workdir: Path, args: Any, ports: list[int], seconds: float) -> dict[str, Any]:
@@ -168,6 +202,9 @@ def drive(workdir: Path, args: Any, ports: list[int], seconds: float) -> dict[st
     wd = WatchdogdProcess(workdir, body, log_level="info")
     config_path = workdir / "watchdogd.yaml"
     command = [sys.executable, str(Path(__file__).resolve()), "--host", str(config_path), str(lag_path)]
+    allocations = workdir / "allocations.txt"
+    if args.tracemalloc:
+        os.environ["WATCHDOGD_BENCH_TRACEMALLOC"] = str(allocations)  # the daemon's process inherits it
     began = time.monotonic()
     wd.start(timeout=600, command=command)
     started = time.monotonic() - began
@@ -201,6 +238,7 @@ def drive(workdir: Path, args: Any, ports: list[int], seconds: float) -> dict[st
         "errors": wd.log().count('"level": "error"'),
         "started": started,
         "registered": registered,
+        "allocations": allocations.read_text() if allocations.exists() else "",
     }
 
 
