@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from watchdogd.model import AuditEntry, Deployment, DeploymentFacts, DeploymentState
 from watchdogd.store import rows
 from watchdogd.store.actions import ActionTables
+from watchdogd.store.group import GroupCommit
 from watchdogd.store.rollbacks import RollbackTables, new_id
 from watchdogd.store.rows import AUDIT_COLUMNS, DEPLOYMENT_COLUMNS
 from watchdogd.store.sql import Mode, Op, change, fetch, marks, texts
@@ -200,17 +202,24 @@ class SqlStore(RollbackTables, ActionTables):
         deployment_id: str | None = None,
         rollback_id: str | None = None,
     ) -> None:
-        op = change(
+        row = (self.clock(), actor, action, deployment_id, rollback_id, rows.audit_detail(detail))
+        await self._audit_commit(row)
+
+    @functools.cached_property
+    def _audit_commit(self) -> GroupCommit[tuple[Any, ...]]:
+        """Audit lines written together when many come at once, each caller back once it is durable."""
+        return GroupCommit(self._write_audit)
+
+    async def _write_audit(self, lines: list[tuple[Any, ...]]) -> None:
+        await self._run(self._audit_lines(lines), Mode.WRITE)
+
+    def _audit_lines(self, lines: list[tuple[Any, ...]]) -> Op[None]:
+        sql = (
             f"INSERT INTO {self._p}audit (at, actor, action, deployment_id, rollback_id, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            self.clock(),
-            actor,
-            action,
-            deployment_id,
-            rollback_id,
-            rows.audit_detail(detail),
+            " VALUES (?, ?, ?, ?, ?, ?)"
         )
-        await self._run(op, Mode.ONE)
+        for line in lines:
+            yield from change(sql, *line)
 
     async def audit_entries(
         self,

@@ -9,6 +9,7 @@ mute ended while it still fires proposes again.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import structlog
 
@@ -67,8 +68,17 @@ class Evaluator:
         self.clip = clip
         self.states = StateSaver(store, health)
         """Rule states, saved in rounds."""
+        self._children: dict[tuple[Any, ...], Any] = {}
         self._before_deploy: set[tuple[str, str]] = set()
         self._blind: set[tuple[str, str]] = set()
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, found once: thousands of evaluations a second ask for the same."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def callback(self, run: RuleRun) -> Callable[[str, Mapping[Measure, Sample]], Awaitable[None]]:
         async def on_poll(_: str, samples: Mapping[Measure, Sample]) -> None:
@@ -79,7 +89,7 @@ class Evaluator:
     async def evaluate(self, run: RuleRun, sample: Sample) -> None:
         labels = (run.service, run.rule.name)
         if sample.value is not None:
-            self.metrics.rule_value.labels(*labels).set(sample.value)
+            self._child(self.metrics.rule_value, *labels).set(sample.value)
         if not self.leading():
             return  # the leader evaluates and saves the states; a follower reads them
         live = self.watched.get(run.service)
@@ -117,10 +127,10 @@ class Evaluator:
         self.states.put(live.deployment.id, run.rule.name, saved)
         if transitions:
             await self.states.flush()  # the state that changed is stored before anything acts on it
-        self.metrics.rule_state.labels(*labels).set(state.state.metric_value)
+        self._child(self.metrics.rule_state, *labels).set(state.state.metric_value)
         if state.threshold is not None:
-            self.metrics.rule_threshold.labels(*labels).set(state.threshold)
-        self.metrics.rule_evaluations.labels(*labels, state.state.value).inc()
+            self._child(self.metrics.rule_threshold, *labels).set(state.threshold)
+        self._child(self.metrics.rule_evaluations, *labels, state.state.value).inc()
         for transition in transitions:
             await self._transition(run, deployment, transition)
         if state.state is RuleState.FIRING:
@@ -139,7 +149,7 @@ class Evaluator:
         ids = {"service": run.service, "deployment_id": deployment.id}
         if blind and key not in self._blind:
             self._blind.add(key)
-            self.metrics.rule_blind.labels(*labels).set(1)
+            self._child(self.metrics.rule_blind, *labels).set(1)
             detail = {"rule": run.rule.name, "since": state.since, "reason": state.reason}
             summary = (
                 f"rollback rule {run.rule.name} of {run.service} has had no data for"
@@ -148,10 +158,10 @@ class Evaluator:
             await self.report("rule_blind", **ids, detail=detail, summary=summary)
         elif not blind and key in self._blind and state.state is not RuleState.NO_DATA:
             self._blind.discard(key)
-            self.metrics.rule_blind.labels(*labels).set(0)
+            self._child(self.metrics.rule_blind, *labels).set(0)
             await self.report("rule_sees", **ids, detail={"rule": run.rule.name, "state": state.state.value})
         elif key not in self._blind:
-            self.metrics.rule_blind.labels(*labels).set(0)  # a series from the first evaluation on
+            self._child(self.metrics.rule_blind, *labels).set(0)  # a series from the first evaluation on
 
     def _initial_delay(self, run: RuleRun) -> float:
         own = run.config.initial_delay
