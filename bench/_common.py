@@ -96,8 +96,11 @@ def measure(pid: int, seconds: float, every: float = 5.0) -> Usage:
 class WatchdogdProcess:
     """A ``watchdogd run`` process with a config file in ``workdir``."""
 
-    def __init__(self, workdir: Path, body: str, log_level: str = "warning") -> None:
+    def __init__(
+        self, workdir: Path, body: str, log_level: str = "warning", python: str = sys.executable
+    ) -> None:
         self.workdir = workdir
+        self.python = python  # runs ``-m watchdogd`` from the repository root: the working tree's code
         self.port = free_port()
         self.body = body
         self.log_level = log_level
@@ -123,7 +126,7 @@ class WatchdogdProcess:
             f"state: {{url: 'sqlite:///{self.workdir / 'state.db'}'}}\n"
             f"logging: {{level: {self.log_level}, format: json}}\n" + self.body
         )
-        argv = command or [sys.executable, "-m", "watchdogd", "run", "--config", str(config)]
+        argv = command or [self.python, "-m", "watchdogd", "run", "--config", str(config)]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -172,11 +175,12 @@ class WatchdogdProcess:
         except ValueError:
             return status, raw.decode(errors="replace")
 
-    def register(self, service: str) -> dict[str, Any]:
-        """An open deployment of ``service``, through the API."""
-        status, body = self.request(
-            "POST", "/v1/deployments", {"service": service, "image": "app:v2", "previous_image": "app:v1"}
-        )
+    def register(self, service: str, previous_image: str | None = "app:v1") -> dict[str, Any]:
+        """An open deployment of ``service``, through the API (``previous_image`` None: left out)."""
+        body: dict[str, Any] = {"service": service, "image": "app:v2"}
+        if previous_image is not None:
+            body["previous_image"] = previous_image
+        status, body = self.request("POST", "/v1/deployments", body)
         if status != 201:
             raise RuntimeError(f"registering {service}: HTTP {status} {body}")
         return dict(body)
