@@ -1,4 +1,4 @@
-"""watchdogd at scale: 200 services x 10 rules at a 5 s interval, against local exporters.
+"""watchdogd at fleet scale: 1,000 services x 10 rules at a 5 s interval, against local exporters.
 
 Fake exporters (the ones of ``bench/sources.py``: request counters, a latency
 histogram, 20 gauges) run in a child process on 127.0.0.1, one path per
@@ -43,9 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import WatchdogdProcess, free_port, measure, verdict
 from bench.sources import serve
 
-TARGET_CPU = 0.50
-TARGET_RSS_MIB = 150.0
+TARGET_CPU = 0.60
+TARGET_RSS_MIB = 300.0
 TARGET_P99_LAG = 1.0
+"""Issue 25's targets for 1,000 services x 10 rules at 5 s (the earlier 200-service ones were 50%
+and 150 MiB): of one core, peak RSS, evaluation lag; and no missed poll."""
 MAX_MINUTES = 60.0
 
 RULES = [
@@ -165,7 +167,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help=f"measured span (at most {MAX_MINUTES:g})")
-    parser.add_argument("--services", type=int, default=200)
+    parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--rules", type=int, default=10, help="rules per service")
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--exporters", type=int, default=8, help="exporter ports (one child process)")
@@ -291,10 +293,18 @@ def report(args: Any, result: dict[str, Any]) -> None:
         f"start              daemon up in {result['started']:.1f}s, "
         f"{args.services} deployments registered in {result['registered']:.1f}s"
     )
-    print(f"polls done         {len(done) / usage.seconds:.1f}/s, missed runs {result['missed']}")
+    rate = len(done) / usage.seconds
+    kept_up = result["missed"] == 0 and rate >= 0.98 * scheduled  # 2% for the span's two ends
+    print(
+        f"polls done         {rate:.1f}/s of {scheduled:.0f}/s, missed runs {result['missed']} "
+        f"(target none missed: {verdict(kept_up)})"
+    )
     print(f"evaluations total  {result['evaluations']:,.0f} since start")
     share = usage.share
-    print(f"CPU                {share:.1%} of one core (target < 50%: {verdict(share < TARGET_CPU)})")
+    print(
+        f"CPU                {share:.1%} of one core "
+        f"(target < {TARGET_CPU:.0%}: {verdict(share < TARGET_CPU)})"
+    )
     print(
         f"RSS                {usage.rss_mib:.0f} MiB at the end, peak {usage.peak_mib:.0f} MiB "
         f"(target < {TARGET_RSS_MIB:g} MiB: {verdict(usage.peak_mib < TARGET_RSS_MIB)})"

@@ -211,7 +211,19 @@ def test_sources_alike_poll_apart_each_on_a_fixed_beat() -> None:
     phases = {name: jobs.phase(name, 10) for name in ("a", "b")}
     assert phases == {name: jobs.phase(name, 10) for name in ("a", "b")}  # the same every time
     assert phases["a"] != phases["b"]
-    assert all(0 <= p <= 1.0 for p in phases.values())
+    assert all(0 <= p < 10 for p in phases.values())
+
+
+def test_a_fleet_of_sources_alike_is_spread_over_the_whole_interval() -> None:
+    # a thousand sources every 5 s: about 200 polls in each second, not a herd at its start
+    scheduler = AsyncIOScheduler()
+    jobs = SourceJobs(scheduler, Metrics(CollectorRegistry()))
+    for n in range(1000):
+        jobs.add(Scripted(f"svc{n}"), interval=5, timeout=1.0, scheduled=False)
+    per_second = [0] * 5
+    for n in range(1000):
+        per_second[int(jobs.phase(f"svc{n}", 5))] += 1
+    assert all(150 <= count <= 250 for count in per_second), per_second
 
 
 async def wait_for(done: Callable[[], bool], timeout: float) -> None:
