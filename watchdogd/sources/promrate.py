@@ -16,9 +16,13 @@ A range ``[over]`` at ``at`` holds the points in ``(at - over, at]``.
 from __future__ import annotations
 
 import math
+from array import array
+from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from typing import overload
 
 from watchdogd.selector import Selector
 
@@ -70,10 +74,85 @@ class _Empty(NoData):
     """Nothing to compute from: no series match, or none has two points in the window."""
 
 
-@dataclass(slots=True)
+class Points(Sequence[Point]):
+    """A series' kept points, oldest first, as ``(time, value)`` pairs read from its arrays."""
+
+    __slots__ = ("_head", "_times", "_values")
+
+    def __init__(self, times: array[float], values: array[float], head: int) -> None:
+        self._times = times
+        self._values = values
+        self._head = head
+
+    def __len__(self) -> int:
+        return len(self._times) - self._head
+
+    @overload
+    def __getitem__(self, index: int) -> Point: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Point]: ...
+
+    def __getitem__(self, index: int | slice) -> Point | list[Point]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        size = len(self)
+        if index < 0:
+            index += size
+        if not 0 <= index < size:
+            raise IndexError(index)
+        at = self._head + index
+        return self._times[at], self._values[at]
+
+    def __iter__(self) -> Iterator[Point]:
+        return zip(islice(self._times, self._head, None), islice(self._values, self._head, None), strict=True)
+
+    def __reversed__(self) -> Iterator[Point]:
+        for at in range(len(self._times) - 1, self._head - 1, -1):
+            yield self._times[at], self._values[at]
+
+    def window(self, start: float, end: float) -> list[Point]:
+        """The points in ``(start, end]``, found by bisection."""
+        first = bisect_right(self._times, start, self._head)
+        last = bisect_right(self._times, end, first)
+        return list(zip(self._times[first:last], self._values[first:last], strict=True))
+
+
 class _Series:
-    points: deque[Point] = field(default_factory=deque)
-    last_seen: float = -math.inf
+    """Times and values in two arrays of doubles (16 bytes a point, not a tuple and a float's
+    88): a fleet keeps a million points. Trimmed points are skipped, then cut off in bulk."""
+
+    __slots__ = ("head", "last_seen", "times", "values")
+
+    def __init__(self) -> None:
+        self.times = array("d")
+        self.values = array("d")
+        self.head = 0
+        self.last_seen = -math.inf
+
+    def __len__(self) -> int:
+        return len(self.times) - self.head
+
+    def append(self, at: float, value: float) -> None:
+        self.times.append(at)
+        self.values.append(value)
+
+    def trim(self, oldest: float) -> None:
+        """Forget the points before ``oldest``."""
+        head = bisect_left(self.times, oldest, self.head)
+        if head > 32 and 2 * head > len(self.times):
+            del self.times[:head]
+            del self.values[:head]
+            head = 0
+        self.head = head
+
+    @property
+    def points(self) -> Points:
+        return Points(self.times, self.values, self.head)
+
+    @property
+    def last(self) -> float:
+        return self.values[-1]
 
 
 class SeriesStore:
@@ -92,6 +171,7 @@ class SeriesStore:
         self.duplicates: frozenset[SeriesKey] = frozenset()
         self._series: dict[SeriesKey, _Series] = {}
         self._scrapes: deque[float] = deque()
+        self._matched: dict[Selector, list[SeriesKey]] = {}
 
     def __len__(self) -> int:
         return len(self._series)
@@ -99,7 +179,7 @@ class SeriesStore:
     @property
     def points(self) -> int:
         """How many points are kept, over all series."""
-        return sum(len(s.points) for s in self._series.values())
+        return sum(len(s) for s in self._series.values())
 
     def ingest(self, at: float, scrape: Scrape, horizon: float) -> None:
         """Record ``scrape`` as taken at ``at``; keep ``horizon`` seconds of history."""
@@ -111,7 +191,8 @@ class SeriesStore:
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = _Series()
-            series.points.append((at, value))
+                self._matched.clear()
+            series.append(at, value)
             series.last_seen = at
         self.duplicates = scrape.duplicates
         self._trim(at - max(horizon, 0.0))
@@ -124,13 +205,13 @@ class SeriesStore:
             scrapes.popleft()
         gone: list[SeriesKey] = []
         for key, series in self._series.items():
-            points = series.points
-            while points and points[0][0] < oldest:
-                points.popleft()
-            if not points:
+            series.trim(oldest)
+            if not len(series):
                 gone.append(key)
         for key in gone:
             del self._series[key]
+        if gone:
+            self._matched.clear()
         excess = len(self._series) - self.max_series
         if excess > 0:
             vanished = sorted(
@@ -139,26 +220,30 @@ class SeriesStore:
             )
             for key in vanished[:excess]:
                 del self._series[key]
+            self._matched.clear()
 
     def scrapes_in(self, start: float, end: float) -> int:
         """How many scrapes fall in ``(start, end]``."""
         return sum(1 for t in self._scrapes if start < t <= end)
 
-    def matching(self, selector: Selector) -> dict[SeriesKey, Sequence[Point]]:
+    def matching(self, selector: Selector) -> dict[SeriesKey, Points]:
         """The kept series ``selector`` picks, with their points, oldest first."""
-        return {
-            key: series.points
-            for key, series in self._series.items()
-            if selector.matches(key[0], dict(key[1]))
-        }
+        return {key: self._series[key].points for key in self._picked(selector)}
 
     def latest(self, selector: Selector) -> dict[SeriesKey, float]:
         """Values in the latest scrape of the series ``selector`` picks."""
-        return {
-            key: series.points[-1][1]
-            for key, series in self._series.items()
-            if series.last_seen == self.last_at and selector.matches(key[0], dict(key[1]))
-        }
+        found = ((key, self._series[key]) for key in self._picked(selector))
+        return {key: series.last for key, series in found if series.last_seen == self.last_at}
+
+    def _picked(self, selector: Selector) -> list[SeriesKey]:
+        """The keys ``selector`` picks, matched again only when the kept series change."""
+        keys = self._matched.get(selector)
+        if keys is None:
+            keys = [key for key in self._series if selector.matches(key[0], dict(key[1]))]
+            if len(self._matched) > 256:
+                self._matched.clear()
+            self._matched[selector] = keys
+        return keys
 
     def duplicated(self, selector: Selector) -> SeriesKey | None:
         """A series ``selector`` picks that came more than once in the latest scrape."""
@@ -356,7 +441,7 @@ def _rates(store: SeriesStore, selector: Selector, at: float, over: float) -> di
         raise _Empty(NOT_ENOUGH_HISTORY)
     rates: dict[SeriesKey, float] = {}
     for key, points in sorted(series.items()):
-        window = [p for p in points if start < p[0] <= at]
+        window = points.window(start, at)
         if len(window) < 2:
             continue
         for _, value in window:
