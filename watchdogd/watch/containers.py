@@ -45,11 +45,11 @@ class Containers:
 
     async def capture(self, svc: ServiceConfig) -> ContainerSnapshot | None:
         """The service's target as it runs now: its container, or every replica of its Compose service."""
-        from watchdogd.rollback.container import capture_target
-
         target = target_of(svc)
         if target is None:
-            return None
+            return None  # nothing to capture: the Docker SDK is not even imported
+        from watchdogd.rollback.container import capture_target
+
         try:
             return await capture_target(self.docker(), target)
         except Exception as exc:  # no engine, no container: the deployment is still watched
