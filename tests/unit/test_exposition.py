@@ -27,7 +27,8 @@ latency_seconds_bucket{le="+Inf"} 9
 latency_seconds_count 9
 app_info{version="v1 \\"blue\\"\\n\\\\"} 1
 up 1
-temperature -Inf
+  temperature -Inf
+	# an indented comment
 ratio NaN
 
 other_metric{a="b"} not-read-so-not-checked

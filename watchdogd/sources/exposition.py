@@ -44,6 +44,8 @@ def parse_exposition(text: str, wanted: Sequence[Selector], max_series: int = MA
     duplicates: set[SeriesKey] = set()
     count = 0
     for number, line in enumerate(text.split("\n"), start=1):
+        if line[:1] in (" ", "\t"):
+            line = line.lstrip(" \t")  # indented: read as written from its first character
         if not line or line[0] == "#" or line.isspace():
             continue
         count += 1
