@@ -128,11 +128,12 @@ def _secret_sources(schema: dict[str, Any]) -> None:
     """``X_file`` and ``X_env`` beside every secret field ``X``: resolved before validation."""
     from pydantic import BaseModel
 
-    from watchdogd.config import models
+    from watchdogd.config import detection, models, notify, sources, steps, webhook
     from watchdogd.config.secrets import secret_fields
 
+    modules = (models, sources, steps, notify, detection, webhook)
     for name, node in schema["$defs"].items():
-        model = getattr(models, name, None)
+        model = next((getattr(m, name) for m in modules if hasattr(m, name)), None)
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             continue
         properties = node.get("properties", {})
