@@ -181,13 +181,20 @@ async def test_an_update_swarm_is_rolling_back_itself_is_not_fought(
 
     result = await SwarmStep(docker_client, config=FAST).run(target_for(swarm_service, previous, current))
 
-    assert result.status == "already_done", result.detail
     assert "rolling back" in result.data["actions"][0]
+    assert not any(a.startswith(("asked", "wrote")) for a in result.data["actions"]), "fought Swarm"
     attrs = swarm_service.inspect(api)
-    assert attrs["UpdateStatus"]["State"] == "rollback_completed"
     assert "manually requested" not in attrs["UpdateStatus"].get("Message", "")
     assert image_of(attrs["Spec"]) == APP_V1
     assert "PreviousSpec" not in attrs, "Swarm's own rollback leaves no previous spec; a requested one would"
+    if attrs["UpdateStatus"]["State"] == "rollback_paused":
+        # Swarm gave up on its own rollback (a v1 task ended within its monitor on a loaded host):
+        # its decision, reported as a failure to bring the service back, never overridden
+        assert result.status == "failed", result.detail
+        assert "Swarm paused it (rollback_paused)" in result.detail
+        return
+    assert result.status == "already_done", result.detail
+    assert attrs["UpdateStatus"]["State"] == "rollback_completed"
     assert swarm_service.task_images(api) == [(APP_V1, "running")] * REPLICAS
 
 

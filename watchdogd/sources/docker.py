@@ -388,7 +388,10 @@ class DockerLogFollower:
         elif self._last_ns is not None:
             # whole seconds: the lines of that second already seen are dropped below
             since = max(since, float(self._last_ns // 1_000_000_000))
-        stream = container.logs(stream=True, follow=True, timestamps=True, since=since)
+        self._pump(container.logs(stream=True, follow=True, timestamps=True, since=since))
+
+    def _pump(self, stream: Any) -> None:
+        """Attached to ``stream`` (closing it ends the read at once): read it line by line to its end."""
         with self._lock:
             self._stream = stream
         if self._stop.is_set():

@@ -31,8 +31,8 @@ from watchdogd.errors import SourceError
 from watchdogd.model import Sample
 from watchdogd.selector import Selector
 from watchdogd.sources.base import Measure
-from watchdogd.sources.docker import ClientFactory, DockerLogFollower, _close_stream, client_factory
-from watchdogd.sources.logs import LineBuffer, LogMatcher, LogSource
+from watchdogd.sources.docker import ClientFactory, DockerLogFollower, client_factory
+from watchdogd.sources.logs import LogMatcher, LogSource
 from watchdogd.sources.promrate import Scrape, SeriesKey
 from watchdogd.sources.scrape import MetricsScrape, _series_read, read_exposition
 
@@ -185,28 +185,7 @@ class SwarmLogFollower(DockerLogFollower):
         params = {"follow": True, "stdout": True, "stderr": True, "timestamps": True, "since": int(since)}
         response = api._get(api._url("/services/{0}/logs", self.container), params=params, stream=True)
         # What container.logs(stream=True) returns: close() shuts the socket, ending the read at once.
-        stream = CancellableStream(api._get_result_tty(True, response, tty), response)
-        with self._lock:
-            self._stream = stream
-        if self._stop.is_set():
-            _close_stream(stream)
-        self.connections += 1
-        self._attached = True
-        self._problem = None
-        self._fatal = False
-        self._resume_ns = self._last_ns
-        self._pending = type(self._boundary)(self._boundary)
-        buffer = LineBuffer(self.max_line_bytes + TIMESTAMP_ROOM)
-        try:
-            for chunk in stream:
-                self._take(buffer.feed(chunk))
-            tail = buffer.flush()
-            if tail is not None:
-                self._take([tail])
-        finally:
-            with self._lock:
-                self._stream = None
-            _close_stream(stream)
+        self._pump(CancellableStream(api._get_result_tty(True, response, tty), response))
 
 
 def swarm_logs_source(
