@@ -30,7 +30,7 @@ from watchdogd.config.types import DURATION_PATTERN, parse_duration
 from watchdogd.daemon import Daemon
 from watchdogd.decisions import group_of_record, group_outcomes
 from watchdogd.errors import Invalid, NotFound, RequestError, StoreError
-from watchdogd.events import EventHub, events_handler, install
+from watchdogd.events import PRINCIPAL, EventHub, events_handler, install
 from watchdogd.model import Deployment, RollbackRecord, jsonable_number
 from watchdogd.rollback.migrations import MigrationRequest
 from watchdogd.sources.alertmanager import MAX_PAYLOAD_BYTES, WebhookPayload
@@ -301,7 +301,7 @@ class _Api:
                 code="forbidden",
                 message=f"{principal.name} is {principal.role}; this needs {role}",
             )
-        request["principal"] = principal
+        request[PRINCIPAL] = principal
         return await handler(request)
 
     # --- open -------------------------------------------------------------------------------
@@ -338,7 +338,7 @@ class _Api:
 
     async def create_deployment(self, request: web.Request) -> web.Response:
         body = await _body(request, DeploymentBody)
-        principal: Principal | None = request.get("principal")
+        principal: Principal | None = request.get(PRINCIPAL)
         if body.rehearse and (principal is None or not principal.may("operator")):
             who = f"{principal.name} is {principal.role}" if principal else "anonymous"
             raise RequestError(
@@ -517,7 +517,7 @@ class _Api:
 
     async def whoami(self, request: web.Request) -> web.Response:
         """The token's name and role: what the operator page shows and which buttons it offers."""
-        principal: Principal = request["principal"]
+        principal: Principal = request[PRINCIPAL]
         return web.json_response({"name": principal.name, "role": principal.role})
 
     async def audit(self, request: web.Request) -> web.Response:
@@ -697,7 +697,7 @@ def _idempotency_key(request: web.Request) -> str | None:
 
 
 def _actor(request: web.Request) -> str:
-    principal: Principal | None = request.get("principal")
+    principal: Principal | None = request.get(PRINCIPAL)
     return principal.name if principal else "anonymous"
 
 

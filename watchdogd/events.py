@@ -32,12 +32,23 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
-from watchdogd.auth import Rejections
+from watchdogd.auth import Principal, Rejections
 from watchdogd.clock import now as steady
 
 log = structlog.get_logger("watchdogd.events")
 
 EventsHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _principal_key() -> Any:
+    """Where a request keeps who made it: aiohttp's typed ``RequestKey`` where it has one (3.13
+    and later warn about plain strings), else the plain string."""
+    make = getattr(web, "RequestKey", None)
+    return make("principal", Principal) if make is not None else "principal"
+
+
+PRINCIPAL: Any = _principal_key()
+"""``request[PRINCIPAL]``: the token's principal, set by the API's auth middleware."""
 PING = b": ping\n\n"
 RETRY_MS = 2000
 """How long an EventSource waits before reconnecting after the stream ends."""
@@ -230,7 +241,7 @@ def events_handler(hub: EventHub) -> EventsHandler:
             if last_id < 0:
                 message = "Last-Event-ID: ids are not negative"
                 return web.json_response({"error": {"code": "bad_request", "message": message}}, status=400)
-        principal = request.get("principal")
+        principal = request.get(PRINCIPAL)
         owner = principal.name if principal is not None else ""
         refused = hub.full(owner)
         if refused is not None:
