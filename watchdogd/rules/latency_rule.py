@@ -29,7 +29,7 @@ from watchdogd.errors import RuleError
 from watchdogd.model import Sample, Transition
 from watchdogd.rules.distribution import Histogram, add, judge, quantile, total
 from watchdogd.rules.rule import FIRING, NO_DATA, OK, PENDING, Rule
-from watchdogd.rules.state import EvalState
+from watchdogd.rules.state import EvalState, no_counts
 
 
 def start_latency(rule: Rule, started_at: float, history: Iterable[Sample]) -> EvalState:
@@ -81,7 +81,7 @@ def evaluate_latency(
     if sample.buckets is None:
         if sample.reason == "no traffic":
             return state._replace(last_eval=now, last_sample=at), ()
-        return _missing(rule, state, now, at, sample.reason)
+        return no_counts(rule, state, now, at, sample.reason)
     after = sample.buckets if after is None else add(after, sample.buckets)
     counted = total(after)
     evidence = (*_flat(before), *_flat(after), float(looks))
@@ -104,19 +104,6 @@ def evaluate_latency(
     moved = kept._replace(state=new, since=now, reason=reason)
     threshold = state.threshold
     return moved, (Transition(rule.name, now, current, new, value, threshold, reason, (value,)),)
-
-
-def _missing(
-    rule: Rule, state: EvalState, now: float, at: float, why: str | None
-) -> tuple[EvalState, tuple[Transition, ...]]:
-    """No counts this poll: no evidence either way; ok becomes no_data (ok is a verdict on data)."""
-    missing_since = state.missing_since if state.missing_since is not None else now
-    kept = state._replace(last_eval=now, last_sample=at, missing_since=missing_since)
-    if state.state is not OK:
-        return kept, ()
-    reason = f"no data ({why})" if why else "no data"
-    new = kept._replace(state=NO_DATA, since=now, reason=reason)
-    return new, (Transition(rule.name, now, OK, NO_DATA, None, state.threshold, reason, (None,)),)
 
 
 def _flat(h: Histogram) -> tuple[float, ...]:

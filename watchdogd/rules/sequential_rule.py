@@ -31,7 +31,7 @@ from watchdogd.errors import RuleError
 from watchdogd.model import RuleState, Sample, Transition
 from watchdogd.rules.rule import FIRING, NO_DATA, OK, PENDING, Rule
 from watchdogd.rules.sequential import CAP, Learned, learn, percent, probability, step, tail
-from watchdogd.rules.state import EvalState
+from watchdogd.rules.state import EvalState, no_counts
 
 
 def start_sequential(rule: Rule, started_at: float, history: Iterable[Sample]) -> EvalState:
@@ -75,7 +75,7 @@ def evaluate_sequential(
         # nothing to weigh the counts against: no verdict, and the reason stays
         return state._replace(last_eval=now, last_sample=at), ()
     if sample.counts is None:
-        return _missing(rule, state, now, at, sample.reason)
+        return no_counts(rule, state, now, at, sample.reason)
     errors, requests = sample.counts
     phi = state.evidence[0]
     previous = state.last_sample if state.last_sample is not None else state.started_at
@@ -114,19 +114,6 @@ def _leading(evidence: tuple[float, ...]) -> tuple[float, int]:
         if evidence[at] > best:
             best, lead = evidence[at], at
     return best, lead
-
-
-def _missing(
-    rule: Rule, state: EvalState, now: float, at: float, why: str | None
-) -> tuple[EvalState, tuple[Transition, ...]]:
-    """No counts this poll: no evidence either way; ok becomes no_data (ok is a verdict on data)."""
-    missing_since = state.missing_since if state.missing_since is not None else now
-    kept = state._replace(last_eval=now, last_sample=at, missing_since=missing_since)
-    if state.state is not OK:
-        return kept, ()
-    reason = f"no data ({why})" if why else "no data"
-    new = kept._replace(state=NO_DATA, since=now, reason=reason)
-    return new, (Transition(rule.name, now, OK, NO_DATA, None, state.threshold, reason, (None,)),)
 
 
 def explain_sequential(rule: Rule, state: EvalState, new: RuleState) -> str:

@@ -8,8 +8,8 @@ from typing import Any, NamedTuple
 
 from watchdogd.config.types import format_duration as _fd
 from watchdogd.errors import RuleError
-from watchdogd.model import RuleState, Sample
-from watchdogd.rules.rule import NO_DATA, Rule
+from watchdogd.model import RuleState, Sample, Transition
+from watchdogd.rules.rule import NO_DATA, OK, Rule
 
 
 class EvalState(NamedTuple):
@@ -112,6 +112,20 @@ def resume(state: EvalState, now: float) -> EvalState:
         missing_since=moved(state.missing_since),
         last_match=moved(state.last_match),
     )
+
+
+def no_counts(
+    rule: Rule, state: EvalState, now: float, at: float, why: str | None
+) -> tuple[EvalState, tuple[Transition, ...]]:
+    """A sequential or latency rule's poll without counts: no evidence either way; ``ok``
+    becomes ``no_data`` (ok is a verdict on data), any other state only notes the gap."""
+    missing_since = state.missing_since if state.missing_since is not None else now
+    kept = state._replace(last_eval=now, last_sample=at, missing_since=missing_since)
+    if state.state is not OK:
+        return kept, ()
+    reason = f"no data ({why})" if why else "no data"
+    new = kept._replace(state=NO_DATA, since=now, reason=reason)
+    return new, (Transition(rule.name, now, OK, NO_DATA, None, state.threshold, reason, (None,)),)
 
 
 def dump_state(state: EvalState) -> dict[str, Any]:
