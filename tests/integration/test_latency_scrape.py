@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from tests.testbed.containers import free_port
 from watchdogd.config.models import RuleConfig, ScrapeSource
 from watchdogd.model import RuleState, Sample
 from watchdogd.rules import compile_rule, evaluate, start_latency
@@ -53,28 +51,6 @@ class Exporter:
             lines.append(f'http_request_duration_seconds_count{{route="{route}"}} {running}')
             lines.append(f'http_request_duration_seconds_sum{{route="{route}"}} {self.sum}')
         return "\n".join(lines) + "\n"
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[Callable[[Exporter], Awaitable[str]]]:
-    runners: list[web.AppRunner] = []
-
-    async def serve(exporter: Exporter) -> str:
-        async def metrics(_: web.Request) -> web.Response:
-            return web.Response(text=exporter.text(), content_type="text/plain")
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{port}/metrics"
-
-    yield serve
-    for runner in runners:
-        await runner.cleanup()
 
 
 LATENCY = RuleConfig.model_validate(

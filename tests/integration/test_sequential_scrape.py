@@ -10,14 +10,12 @@ scheduler stamps them; the traffic per poll is what 100 requests/s would bring.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from bench.traffic import Traffic
-from tests.testbed.containers import free_port
 from watchdogd.config.models import RuleConfig, ScrapeSource
 from watchdogd.model import RuleState, Sample
 from watchdogd.rules import compile_rule, evaluate, start, start_sequential
@@ -45,28 +43,6 @@ class Exporter:
         if self.failed:  # the 500 series appears with the first error, as client libraries do
             lines.append(f'req_total{{code="500"}} {self.failed}')
         return "\n".join(lines) + "\n"
-
-
-@pytest.fixture
-async def served() -> AsyncIterator[Callable[[Exporter], Awaitable[str]]]:
-    runners: list[web.AppRunner] = []
-
-    async def serve(exporter: Exporter) -> str:
-        async def metrics(_: web.Request) -> web.Response:
-            return web.Response(text=exporter.text(), content_type="text/plain")
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{port}/metrics"
-
-    yield serve
-    for runner in runners:
-        await runner.cleanup()
 
 
 SEQUENTIAL = RuleConfig.model_validate(
