@@ -586,6 +586,29 @@ async def test_time_watchdogd_was_down_does_not_count_toward_for(tmp_path: Path)
         await world.daemon.close(2)
 
 
+async def test_the_first_poll_after_a_restart_is_evaluated_though_planned_before_the_states_were_read(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    world = await make(store=await open_store(url, clock=clock), clock=clock)
+    deployment = await world.deploy()
+    await world.feed("a", 0.0)
+    world = await restart(world, url, CONFIG, down_for=5)
+    try:
+        # a scheduled poll is stamped with its planned time: here 0.2s before the
+        # restarted daemon carried its saved states over to the time it read them
+        clock.now -= 0.2
+        await world.feed("a", 1.0)
+        errors = world.recorded.of("rule_error")
+        assert errors == [], errors
+        live = world.daemon.watched.get("api")
+        assert live is not None and live.states["errors"].state == "firing"
+        assert len(await world.rollbacks(deployment)) == 1
+    finally:
+        await world.daemon.close(2)
+
+
 async def test_a_changed_rule_starts_again_and_a_reworded_one_keeps_its_state(tmp_path: Path) -> None:
     clock = FakeClock()
     url = f"sqlite:///{tmp_path / 'state.db'}"

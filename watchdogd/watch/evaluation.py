@@ -21,6 +21,7 @@ from watchdogd.rules import (
     baseline_mean,
     dump_state,
     evaluate,
+    resume,
     start,
     start_latency,
     start_sequential,
@@ -116,6 +117,13 @@ class Evaluator:
         # No await between reading and replacing the state: evaluations of other rules
         # interleave freely, and one rule's polls never overlap (one job per source).
         state = live.states.get(run.rule.name) or self._start(run, live.deployment)
+        if live.resumed and run.rule.name in live.resumed:
+            live.resumed.discard(run.rule.name)
+            if state.last_eval is not None and sample.time < state.last_eval:
+                # a poll planned before the saved state was carried over to the time it was
+                # read (a restart, a takeover): carried to this poll's time instead, and this
+                # poll evaluated as the first since the gap
+                state = resume(state, sample.time)._replace(last_eval=None)
         try:
             state, transitions = evaluate(run.rule, state, sample, sample.time)
         except RuleError as exc:

@@ -28,6 +28,8 @@ class Live:
     states: dict[str, EvalState] = field(default_factory=dict)
     tallies: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Each rule's evaluations with data, and in all: how much of the window it saw."""
+    resumed: set[str] = field(default_factory=set)
+    """Rules whose saved state was carried over to the time it was read, not evaluated since."""
 
     def count(self, rule: str, had_data: bool) -> tuple[int, int]:
         seen, total = self.tallies.get(rule, (0, 0))
@@ -96,7 +98,8 @@ class Watched:
             return live
         raw = await self.store.rule_states(newest.id)
         tallies = {rule: _tally(saved) for rule, saved in raw.items()}
-        live = self._live[service] = Live(newest, await self.stored_states(newest, saved=raw), tallies)
+        states = await self.stored_states(newest, saved=raw)
+        live = self._live[service] = Live(newest, states, tallies, resumed=set(states))
         self.on_new(service)
         return live
 
