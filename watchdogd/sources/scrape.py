@@ -63,7 +63,10 @@ class MetricsScrape:
         self.first_at: float | None = None
         """The first scrape this process made: a window reaching before it is not covered yet."""
 
-    async def fetch(self, measures: Sequence[Measure], at: float) -> Mapping[Measure, Sample]:
+    def _plans(
+        self, measures: Sequence[Measure], at: float
+    ) -> tuple[dict[Measure, Sample], dict[Measure, tuple[Selector, ...]], list[Selector]]:
+        """Each measure's selectors; a measure that has none answered at once; the series to parse."""
         answers: dict[Measure, Sample] = {}
         plans: dict[Measure, tuple[Selector, ...]] = {}
         for measure in measures:
@@ -72,7 +75,10 @@ class MetricsScrape:
                 answers[measure] = Sample(at, None, plan)
             else:
                 plans[measure] = plan
-        wanted = [_series_read(m, s) for m, plan in plans.items() for s in plan]
+        return answers, plans, [_series_read(m, s) for m, plan in plans.items() for s in plan]
+
+    async def fetch(self, measures: Sequence[Measure], at: float) -> Mapping[Measure, Sample]:
+        answers, plans, wanted = self._plans(measures, at)
         text = await self.get()
         scrape = await read_exposition(text, wanted, self.max_series)
         previous = self.store.last_at

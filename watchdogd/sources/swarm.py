@@ -29,12 +29,11 @@ from docker.types.daemon import CancellableStream
 from watchdogd.config.models import DockerLogsSource, ScrapeSource
 from watchdogd.errors import SourceError
 from watchdogd.model import Sample
-from watchdogd.selector import Selector
 from watchdogd.sources.base import Measure
 from watchdogd.sources.docker import ClientFactory, DockerLogFollower, client_factory
 from watchdogd.sources.logs import LogMatcher, LogSource
 from watchdogd.sources.promrate import Scrape, SeriesKey
-from watchdogd.sources.scrape import MetricsScrape, _series_read, read_exposition
+from watchdogd.sources.scrape import MetricsScrape, read_exposition
 
 log = structlog.get_logger("watchdogd.sources.swarm")
 
@@ -98,15 +97,7 @@ class SwarmScrape(MetricsScrape):
         return out
 
     async def fetch(self, measures: Sequence[Measure], at: float) -> Mapping[Measure, Sample]:
-        answers: dict[Measure, Sample] = {}
-        plans: dict[Measure, tuple[Selector, ...]] = {}
-        for measure in measures:
-            plan = self._plan(measure)
-            if isinstance(plan, str):
-                answers[measure] = Sample(at, None, plan)
-            else:
-                plans[measure] = plan
-        wanted = [_series_read(m, s) for m, plan in plans.items() for s in plan]
+        answers, plans, wanted = self._plans(measures, at)
         urls = await self.urls()
         if not urls:
             raise SourceError(f"no running task of Swarm service {self.service}", "unreachable")
