@@ -25,6 +25,7 @@ import docker.errors
 import pytest
 
 from tests.testbed.containers import free_port
+from tests.testbed.exposition import metrics_handler
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "operator-token-0123456789"
@@ -245,24 +246,14 @@ class Exporter(LocalServer):
     """A /metrics endpoint on 127.0.0.1; ``value(n)`` gives the gauge for the n-th scrape (from 0)."""
 
     def __init__(self, value: Callable[[int], float]) -> None:
+        self.value = value
         self.scrapes = 0
-        exporter = self
+        self.serve(metrics_handler(self.text), "/metrics")
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                number = value(exporter.scrapes)
-                exporter.scrapes += 1
-                body = f"# TYPE errors gauge\nerrors {number}\n".encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.serve(Handler, "/metrics")
+    def text(self) -> str:
+        number = self.value(self.scrapes)
+        self.scrapes += 1
+        return f"# TYPE errors gauge\nerrors {number}\n"
 
 
 @pytest.fixture

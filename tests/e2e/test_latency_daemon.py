@@ -8,7 +8,6 @@ the deploy it turns slow (the p99 from the 0.25-0.5 s bucket to the 0.5-1 s one)
 
 from __future__ import annotations
 
-import http.server
 import threading
 import time
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import LocalServer, Watchdogd
+from tests.testbed.exposition import metrics_handler
 
 pytestmark = pytest.mark.integration
 
@@ -29,21 +29,7 @@ class HistogramExporter(LocalServer):
         self.cumulative = [0] * len(BOUNDS)
         self.slow = False
         self.lock = threading.Lock()
-        exporter = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = exporter.scrape().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.serve(Handler, "/metrics")
+        self.serve(metrics_handler(self.scrape), "/metrics")
 
     def scrape(self) -> str:
         with self.lock:

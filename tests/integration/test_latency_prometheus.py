@@ -8,16 +8,15 @@ Prometheus scrapes a local exporter every second; watchdogd's prometheus source 
 from __future__ import annotations
 
 import asyncio
-import http.server
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.testbed.exposition import serving
 from tests.testbed.prometheus import PrometheusServer
 from watchdogd.config.models import PrometheusSource, RuleConfig
 from watchdogd.model import RuleState, Sample
@@ -62,25 +61,8 @@ class Histogram:
 @pytest.fixture
 def exporter() -> Iterator[tuple[Histogram, str]]:
     histogram = Histogram()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = histogram.text().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield histogram, f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(histogram.text) as address:
+        yield histogram, address
 
 
 async def until_scraped(source: PrometheusQuery, histogram: Histogram, deadline: float) -> None:

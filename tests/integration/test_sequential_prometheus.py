@@ -8,7 +8,6 @@ counters' series at each poll, as the daemon would.
 from __future__ import annotations
 
 import asyncio
-import http.server
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.testbed.exposition import serving
 from tests.testbed.prometheus import PrometheusServer
 from watchdogd.config.models import PrometheusSource, RuleConfig
 from watchdogd.model import RuleState
@@ -60,25 +60,8 @@ class Counters:
 @pytest.fixture
 def exporter() -> Iterator[tuple[Counters, str]]:
     counters = Counters()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = counters.text().encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            return
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield counters, f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(counters.text) as address:
+        yield counters, address
 
 
 async def until_scraped(source: PrometheusQuery, counters: Counters, session_deadline: float) -> None:
