@@ -50,6 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import Receiver, WatchdogdProcess, verdict
+from tests.testbed.exposition import metrics_handler
 from tests.testbed.prometheus import AlertmanagerServer, PrometheusServer
 
 RPS = 100.0
@@ -95,21 +96,8 @@ class Exporter:
         self.t0 = time.time()
         self.flip: float | None = None
         self.after = after
-        exporter = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = exporter.exposition(time.time()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                return
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        handler = metrics_handler(lambda: self.exposition(time.time()))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
