@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.latency_history import BOUNDS, cumulative
-from tests.testbed.prometheus import prometheus_with_history
+from tests.testbed.prometheus import prometheus_with_history, replay_argv, replay_config
 from watchdogd.cli import main
 
 pytestmark = pytest.mark.integration
@@ -56,27 +56,16 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, fl
     start = float(int(time.time()) // STEP * STEP - SPAN - 300)
     server = prometheus_with_history(tmp_path / "prom", _record(start))
     server.start()
-    config = tmp_path / "api.yaml"
-    config.write_text(
-        f"""
-defaults: {{window: 10m}}
-sources:
-  prom: {{type: prometheus, url: "{server.url}"}}
-services:
-  api:
-    container: api
-    rollback: {{steps: [container]}}
-    rules:
-      - name: steady
+    rules = """      - name: steady
         source: prom
-        latency: {{histogram: 'lat_seconds{{app="steady"}}', history: 10m}}
+        latency: {histogram: 'lat_seconds{app="steady"}', history: 10m}
         action: rollback
       - name: slower
         source: prom
-        latency: {{histogram: 'lat_seconds{{app="slower"}}', history: 10m}}
+        latency: {histogram: 'lat_seconds{app="slower"}', history: 10m}
         action: rollback
 """
-    )
+    config = replay_config(tmp_path / "api.yaml", server.url, rules, defaults="window: 10m")
     try:
         yield config, start
     finally:
@@ -84,21 +73,7 @@ services:
 
 
 def _replay(config: Path, rule: str, start: float, end: float, *more: str) -> list[str]:
-    return [
-        "replay",
-        "--config",
-        str(config),
-        "--rule",
-        rule,
-        "--prometheus",
-        "--step",
-        "5s",
-        "--start",
-        f"{start:.0f}",
-        "--end",
-        f"{end:.0f}",
-        *more,
-    ]
+    return replay_argv(config, rule, start, end, "5s", *more)
 
 
 def test_a_sweep_over_a_steady_histogram_rolls_back_no_deploy(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.testbed.prometheus import prometheus_with_history
+from tests.testbed.prometheus import prometheus_with_history, replay_argv, replay_config
 from watchdogd.cli import main
 
 STEP = 15
@@ -50,40 +50,15 @@ def test_replay_counts_would_be_rollbacks_over_recorded_history(
     server = prometheus_with_history(tmp_path / "prom", text)
     server.start()
     try:
-        config = tmp_path / "api.yaml"
-        config.write_text(
-            f"""
-sources:
-  prom: {{type: prometheus, url: "{server.url}"}}
-services:
-  api:
-    container: api
-    rollback: {{steps: [container]}}
-    rules:
-      - name: error-rate
+        rules = """      - name: error-rate
         source: prom
-        query: 'app_error_ratio{{job="app"}}'
+        query: 'app_error_ratio{job="app"}'
         condition: "> 0.05"
         for: 5m
         action: rollback
 """
-        )
-        code = main(
-            [
-                "replay",
-                "--config",
-                str(config),
-                "--rule",
-                "error-rate",
-                "--prometheus",
-                "--start",
-                f"{start:.0f}",
-                "--end",
-                f"{start + total - STEP:.0f}",
-                "--step",
-                "15s",
-            ]
-        )
+        config = replay_config(tmp_path / "api.yaml", server.url, rules)
+        code = main(replay_argv(config, "error-rate", start, start + total - STEP, "15s"))
     finally:
         server.stop()
     out = capsys.readouterr().out

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.traffic import Traffic
-from tests.testbed.prometheus import prometheus_with_history
+from tests.testbed.prometheus import prometheus_with_history, replay_argv, replay_config
 from watchdogd.cli import main
 
 pytestmark = pytest.mark.integration
@@ -47,25 +47,13 @@ def test_a_sweep_of_deploys_over_prometheus_history_finds_the_one_bad_deploy(
     server = prometheus_with_history(tmp_path / "prom", _record(start))
     server.start()
     try:
-        config = tmp_path / "api.yaml"
-        config.write_text(
-            f"""
-defaults: {{window: 10m}}
-sources:
-  prom: {{type: prometheus, url: "{server.url}"}}
-services:
-  api:
-    container: api
-    rollback: {{steps: [container]}}
-    rules:
-      - name: errors
+        rules = """      - name: errors
         source: prom
-        sequential: {{errors: 'req_total{{code="500"}}', total: req_total, bad: 2%, history: 10m}}
+        sequential: {errors: 'req_total{code="500"}', total: req_total, bad: 2%, history: 10m}
         action: rollback
 """
-        )
-        argv = ["replay", "--config", str(config), "--rule", "errors", "--prometheus", "--step", "5s"]
-        code = main([*argv, "--start", f"{start:.0f}", "--end", f"{start + SPAN - STEP:.0f}"])
+        config = replay_config(tmp_path / "api.yaml", server.url, rules, defaults="window: 10m")
+        code = main(replay_argv(config, "errors", start, start + SPAN - STEP, "5s"))
     finally:
         server.stop()
     out = capsys.readouterr().out

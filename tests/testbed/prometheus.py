@@ -413,3 +413,28 @@ class AlertmanagerServer(ServerProcess):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"alerts {alerts!r} after {timeout}s")
             time.sleep(0.3)
+
+
+def replay_config(path: Path, url: str, rules: str, defaults: str = "") -> Path:
+    """A config at ``path`` for ``watchdogd replay``: service ``api`` (rolled back by its container)
+    with ``rules``, YAML list items indented by six spaces, on the prometheus source ``prom`` at ``url``."""
+    head = f"defaults: {{{defaults}}}\n" if defaults else ""
+    path.write_text(
+        f"""{head}sources:
+  prom: {{type: prometheus, url: "{url}"}}
+services:
+  api:
+    container: api
+    rollback: {{steps: [container]}}
+    rules:
+{rules}"""
+    )
+    return path
+
+
+def replay_argv(config: Path, rule: str, start: float, end: float, step: str, *more: str) -> list[str]:
+    """``watchdogd replay`` of ``rule`` over the config's Prometheus from ``start`` to ``end``."""
+    return [
+        "replay", "--config", str(config), "--rule", rule, "--prometheus", "--step", step,
+        "--start", f"{start:.0f}", "--end", f"{end:.0f}", *more,
+    ]  # fmt: skip
