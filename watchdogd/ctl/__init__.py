@@ -35,7 +35,7 @@ from watchdogd.ctl.client import (
     Usage,
     parse_sse,
 )
-from watchdogd.ctl.commands import OPEN_ROLLBACKS, RECENT
+from watchdogd.ctl.commands import RECENT
 from watchdogd.ctl.parser import BACKUP_WAIT, add_parser, run
 from watchdogd.ctl.render import (
     ago,
@@ -62,7 +62,6 @@ __all__ = [
     "EXIT_OK",
     "EXIT_REFUSED",
     "EXIT_USAGE",
-    "OPEN_ROLLBACKS",
     "RECENT",
     "STREAM_TIMEOUT",
     "TIMEOUT",

@@ -42,7 +42,6 @@ from watchdogd.errors import CtlError
 
 RECENT = 5
 """Finished deployments ``status`` shows besides the open ones."""
-OPEN_ROLLBACKS = ("pending", "awaiting_approval", "executing")
 
 
 def status(client: Client, args: argparse.Namespace, out: TextIO) -> int:
