@@ -26,11 +26,15 @@ async def test_a_megabyte_of_down_sql_does_not_stall_the_event_loop() -> None:
             last = now
 
     task = asyncio.create_task(ticker())
+    started = loop.time()
     try:
         assessment = await SqlStep(connect_timeout=1).assess(target)
         lines = await SqlStep().describe(target)
     finally:
         task.cancel()
+    took = loop.time() - started
     assert assessment.unreachable  # nothing listens on port 1: it could not count the rows
     assert len(lines) > 80_000
-    assert max(gaps) < 0.5, f"the event loop stalled for {max(gaps):.2f}s"
+    # On the loop, one gap would be the whole read; a loaded machine may stall the loop a while
+    # for other reasons, never for most of the read.
+    assert max(gaps) < max(0.5, took / 3), f"the event loop stalled for {max(gaps):.2f}s of {took:.2f}s"
