@@ -34,187 +34,75 @@ replica rolling back the same service in the same database agrees on it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import structlog
 
 from watchdogd.config.models import DatabaseConfig
-from watchdogd.rollback import migrations, sqlassess, sqlclass, sqlledger, sqlrisk, sqlsplit
-from watchdogd.rollback.base import Migration, RollbackTarget, StepResult, StepStatus
+from watchdogd.rollback import migrations, sqlassess, sqlledger
+from watchdogd.rollback.base import RollbackTarget, StepResult, StepStatus
 from watchdogd.rollback.sqlassess import Assessment, Finding
+from watchdogd.rollback.sqlerrors import _QUOTING_CLASSES as _QUOTING_CLASSES
+from watchdogd.rollback.sqlerrors import (
+    LOST,
+    RETRYABLE,
+    _CommitLost,
+    _connection_lost,
+    _Failed,
+    _postgres_reason,
+    _retryable,
+)
 from watchdogd.rollback.sqlledger import INSERT as LEDGER_INSERT
 from watchdogd.rollback.sqlledger import LEDGER, LEDGER_DDL, LEDGER_STATEMENTS, advisory_key
-from watchdogd.rollback.sqlrisk import Risk
-from watchdogd.rollback.sqlsplit import Script, ScriptError, Statement
-from watchdogd.rollback.sqltables import MIGRATOR_LOCKS, TableUpdate, quote_ident, rows_touched, table_updates
+from watchdogd.rollback.sqlplan import (
+    Plan,
+    _concurrent_index_name,
+    _leaks,
+    _render,
+    database_name,
+    literal,
+    plan,
+    set_locals,
+    sha256,
+)
+from watchdogd.rollback.sqlsession import _LOCK_HOLDER as _LOCK_HOLDER
+from watchdogd.rollback.sqlsession import _LOCK_POLL_FIRST as _LOCK_POLL_FIRST
+from watchdogd.rollback.sqlsession import _LOCK_POLL_MAX as _LOCK_POLL_MAX
+from watchdogd.rollback.sqlsession import _MIGRATOR_HOLDER as _MIGRATOR_HOLDER
+from watchdogd.rollback.sqlsession import KEEPALIVES, SUPERUSER, Sessions, _Session
+from watchdogd.rollback.sqlsession import _holders as _holders
+from watchdogd.rollback.sqlsplit import ScriptError, Statement
+from watchdogd.rollback.sqltables import quote_ident, rows_touched
+
+# every name this module held before its plan, errors and session moved out stays importable here
+# (the private ones imported ``as`` themselves)
+__all__ = [
+    "KEEPALIVES",
+    "LOST",
+    "REHEARSAL_LOCK_TIMEOUT",
+    "RETRYABLE",
+    "SUPERUSER",
+    "FaultHook",
+    "Plan",
+    "SqlStep",
+    "advisory_key",
+    "database_name",
+    "literal",
+    "plan",
+    "set_locals",
+    "sha256",
+]
 
 log = structlog.get_logger("watchdogd.rollback")
 
 FaultHook = Callable[[str, asyncpg.Connection], Awaitable[None]]
 """Called at named points ("commit": just before COMMIT, "committed": just after) for fault injection."""
 
-RETRYABLE = {
-    "55P03": "lock_not_available",
-    "57014": "query_canceled",
-    "40001": "serialization_failure",
-    "40P01": "deadlock_detected",
-}
-_LOCK_HOLDER = """
-SELECT a.pid, a.application_name, a.client_addr::text AS addr, a.backend_start, a.state, a.query
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND l.classid::int8 = $1 AND l.objid::int8 = $2
-"""
-_MIGRATOR_HOLDER = """
-SELECT a.pid, a.application_name, a.client_addr::text AS addr, a.backend_start, a.state, a.query
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.objid::int8 = $1
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-"""
 REHEARSAL_LOCK_TIMEOUT = 0.2
 """A rehearsal's lock_timeout (at most the configured one): it never blocks the app's queries longer."""
-KEEPALIVES = {"tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "3"}
-"""The server notices a vanished watchdogd within about a minute and rolls its transaction back."""
-SUPERUSER = """
-SELECT current_user::text, current_setting('is_superuser') = 'on'
-    OR coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = current_user), false)
-"""
-_LOCK_POLL_FIRST = 0.05
-_LOCK_POLL_MAX = 1.0
-
-
-class _Failed(Exception):
-    """A failure with a reason fit for the operator; ``sqlstate`` when the server gave one."""
-
-    def __init__(self, reason: str, sqlstate: str | None = None, retryable: bool | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.sqlstate = sqlstate
-        self.retryable = sqlstate in RETRYABLE if retryable is None else retryable
-
-
-LOST = "connection_lost"
-"""The ``sqlstate`` of a _Failed raised when the connection went away before COMMIT."""
-
-
-class _CommitLost(Exception):
-    """The connection went away while COMMIT was in flight: only the ledger knows the outcome."""
-
-
-def database_name(dsn: str) -> str:
-    """The database a DSN names, with libpq's fallbacks (the user name, then ``postgres``)."""
-    parts = urlsplit(dsn)
-    name = unquote(parts.path.lstrip("/"))
-    return name or unquote(parts.username or "") or "postgres"
-
-
-def sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def literal(value: object) -> str:
-    """``value`` as an SQL literal, for the dry-run text."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, int):
-        return str(value)
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """One migration ready to run: its script read and its table update built."""
-
-    migration: Migration
-    script: Script
-    sql_sha256: str
-    table_updates: tuple[TableUpdate, ...]
-    risks: tuple[Risk, ...] = ()
-    """Each statement's verdict, read by PostgreSQL's parser (sqlrisk)."""
-
-    @property
-    def phase(self) -> str:
-        return "no_transaction_pending" if self.script.deferred else "complete"
-
-
-def plan(target: RollbackTarget, database: DatabaseConfig) -> list[Plan]:
-    """Every migration's plan, in registration order; ScriptError names the migration and line."""
-    plans = []
-    for migration in target.migrations:
-        try:
-            script = sqlsplit.parse_script(migration.down_sql)
-            updates = (
-                table_updates(database.migrations_table, migration.id, script)
-                if database.migrations_table is not None
-                else ()
-            )
-            found = tuple(sqlrisk.risks(migration.down_sql))
-        except sqlclass.SqlSyntaxError as exc:
-            raise ScriptError(f"migration {migration.id}: PostgreSQL would not parse it: {exc}") from exc
-        except ScriptError as exc:
-            if str(exc).startswith(f"migration {migration.id}:"):
-                raise
-            raise ScriptError(f"migration {migration.id}: {exc}") from exc
-        plans.append(Plan(migration, script, sha256(migration.down_sql), updates, found))
-    return plans
-
-
-def set_locals(database: DatabaseConfig, local: bool = True, lock_timeout: float | None = None) -> list[str]:
-    """The transaction's (``local``) or the session's time bounds."""
-    scope = "SET LOCAL" if local else "SET"
-    lock = database.lock_timeout if lock_timeout is None else lock_timeout
-    idle = max(database.lock_timeout, database.statement_timeout) + 30.0
-    return [
-        f"{scope} lock_timeout = '{round(lock * 1000)}ms'",
-        f"{scope} statement_timeout = '{round(database.statement_timeout * 1000)}ms'",
-        f"{scope} idle_in_transaction_session_timeout = '{round(idle * 1000)}ms'",
-    ]
-
-
-def _retryable(exc: asyncpg.PostgresError) -> bool:
-    """A lock or statement timeout, a serialization failure, a deadlock: not a cancel by someone else."""
-    state = exc.sqlstate or ""
-    if state == "57014":
-        return "statement timeout" in str(exc)
-    return state in RETRYABLE
-
-
-_QUOTING_CLASSES = ("22", "38", "39", "P0")
-"""SQLSTATE classes whose messages may quote a row's value (a failed cast prints the text it was given,
-a RAISE prints what it was told): data exceptions, external routines, PL/pgSQL."""
-
-
-def _postgres_reason(exc: asyncpg.PostgresError) -> str:
-    """The server's error for the operator: its message, unless the message may quote a row's data."""
-    state = exc.sqlstate or "?"
-    name = RETRYABLE.get(state) or type(exc).__name__
-    if state.startswith(_QUOTING_CLASSES):
-        return f"SQLSTATE {state} {name} (the server's message is not shown: it may quote data)"
-    return f"SQLSTATE {state} {name}: {exc}"
-
-
-def _connection_lost(exc: BaseException) -> bool:
-    if isinstance(exc, _Failed) and exc.__cause__ is not None:
-        return _connection_lost(exc.__cause__)  # a statement's failure that was the connection's
-    if isinstance(exc, asyncpg.PostgresError):
-        state = exc.sqlstate or ""
-        return state.startswith(("08", "57P"))
-    # InternalClientError: the driver's protocol state broken by the server going away mid-call.
-    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError | asyncpg.InternalClientError)
-
-
-@dataclass(slots=True)
-class _Session:
-    """The dedicated connection and the advisory lock it holds."""
-
-    conn: asyncpg.Connection
-    key: tuple[int, int]
 
 
 @dataclass
@@ -225,6 +113,11 @@ class SqlStep:
     connect_timeout: float = 10.0
     sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep)
     name: str = "sql"
+    sessions: Sessions = field(init=False, repr=False, compare=False)
+    """The connection and its locks, opened with this step's ``connect_timeout`` and ``sleep``."""
+
+    def __post_init__(self) -> None:
+        self.sessions = Sessions(self.connect_timeout, self.sleep)
 
     # --- the step --------------------------------------------------------------
 
@@ -237,7 +130,7 @@ class SqlStep:
         try:
             plans = await asyncio.to_thread(plan, target, database)
             drift = await asyncio.to_thread(migrations.drifted, target.migrations)
-            session = await self._open(target.service, database)
+            session = await self.sessions.open(target.service, database)
         except (ScriptError, _Failed) as exc:
             return StepResult("failed", str(exc))
         for change in drift:  # the registered text runs: it is what was assessed and is in the ledger
@@ -245,11 +138,11 @@ class SqlStep:
         try:
             assessment = await self._assess(session.conn, database, plans)
         except BaseException:
-            await self._close(session)
+            await self.sessions.close(session)
             raise
         counts = assessment.to_json()
         if assessment.action == "refuse":
-            await self._close(session)
+            await self.sessions.close(session)
             why = (
                 assessment.summary()
                 if assessment.problems
@@ -257,7 +150,7 @@ class SqlStep:
             )
             return StepResult("skipped", f"down SQL not run: {why}", {"assessment": counts})
         if assessment.action == "approve" and target.approved_by is None:
-            await self._close(session)
+            await self.sessions.close(session)
             return StepResult(
                 "failed",
                 f"needs an operator's approval: assessed when the rollback ran, it {assessment.summary()}; "
@@ -268,10 +161,10 @@ class SqlStep:
             try:
                 stop = await self._rehearse_first(session, target, database, plans)
             except BaseException:
-                await self._close(session)
+                await self.sessions.close(session)
                 raise
             if stop is not None:
-                await self._close(session)
+                await self.sessions.close(session)
                 return StepResult("failed", stop, {"assessment": counts, "rehearsed": False})
         outcomes: list[dict[str, Any]] = []
         try:
@@ -283,7 +176,7 @@ class SqlStep:
                 if status == "failed":
                     break
         finally:
-            await self._close(session)
+            await self.sessions.close(session)
         statuses = {o["status"] for o in outcomes}
         overall: StepStatus = (
             "failed" if "failed" in statuses else "already_done" if statuses == {"already_done"} else "done"
@@ -317,7 +210,7 @@ class SqlStep:
                 if retryable and attempts <= database.retries:
                     await self.sleep(database.retry_backoff * 2 ** (attempts - 1))
                     if exc.sqlstate == LOST or session.conn.is_closed():
-                        await self._reconnect(session, target.service, database)
+                        await self.sessions.reconnect(session, target.service, database)
                     continue
                 tries = f" after {attempts} attempts" if attempts > 1 else ""
                 return "failed", f"{exc.reason}{tries}; rolled back, nothing applied", {"attempts": attempts}
@@ -442,7 +335,7 @@ class SqlStep:
     ) -> bool:
         """Whether the lost COMMIT took effect, read from the ledger over a new connection."""
         session.conn.terminate()
-        fresh = await self._open(target.service, database)
+        fresh = await self.sessions.open(target.service, database)
         session.conn = fresh.conn
         row = await session.conn.fetchrow(
             f"SELECT deployment_id, sql_sha256 FROM {LEDGER} WHERE service = $1 AND migration_id = $2",
@@ -537,7 +430,7 @@ class SqlStep:
         if leaks:
             return StepResult("failed", f"not rehearsed: {leaks}")
         try:
-            session = await self._open(target.service, database)
+            session = await self.sessions.open(target.service, database)
         except _Failed as exc:
             return StepResult("failed", str(exc))
         try:
@@ -545,7 +438,7 @@ class SqlStep:
         except _Failed as exc:
             return StepResult("failed", exc.reason)
         finally:
-            await self._close(session)
+            await self.sessions.close(session)
         skipped = sum(len(p.script.deferred) for p in plans)
         note = f"; {skipped} no-transaction statements cannot be rehearsed" if skipped else ""
         return StepResult("done", f"rehearsal succeeded and was rolled back ({len(plans)} migrations){note}")
@@ -672,7 +565,7 @@ class SqlStep:
         if not any(r.verdict in ("count", "approve") for p in plans for r in p.risks):
             return Assessment((), database.destructive)
         try:
-            conn = await self._connect(database)
+            conn = await self.sessions.connect(database)
         except _Failed as exc:
             if exc.sqlstate != LOST:
                 return Assessment((), database.destructive, (str(exc),))
@@ -699,162 +592,6 @@ class SqlStep:
                 findings.extend(await sqlassess.count(conn, item.migration.id, item.risks))
         return Assessment(tuple(findings), database.destructive)
 
-    # --- connection ------------------------------------------------------------
-
-    async def _connect(self, database: DatabaseConfig) -> asyncpg.Connection:
-        dsn = database.dsn.secret()
-        try:
-            conn: asyncpg.Connection = await asyncpg.connect(
-                dsn,
-                timeout=self.connect_timeout,
-                # every call is bounded on this side too: the server's timeouts plus a margin
-                command_timeout=database.lock_timeout + database.statement_timeout + self.connect_timeout,
-                server_settings={"application_name": "watchdogd", **KEEPALIVES},
-            )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            message = str(exc)
-            password = urlsplit(dsn).password
-            if password:
-                message = message.replace(password, "***")
-            lost = None if isinstance(exc, asyncpg.PostgresError) else LOST
-            raise _Failed(f"cannot connect to {database.dsn}: {type(exc).__name__}: {message}", lost) from exc
-        if not database.allow_superuser:
-            try:
-                row = await conn.fetchrow(SUPERUSER)
-            except BaseException as exc:
-                conn.terminate()
-                if isinstance(exc, asyncpg.PostgresError):
-                    raise _Failed(f"cannot read the role of {database.dsn}: {_postgres_reason(exc)}") from exc
-                raise
-            user, superuser = (row[0], row[1]) if row is not None else ("?", False)
-            if superuser:
-                await conn.close()
-                raise _Failed(
-                    f"refused: {database.dsn} connects as {user}, a PostgreSQL superuser; give watchdogd a "
-                    "role that owns the service's schema, or set database.allow_superuser: true"
-                )
-        return conn
-
-    async def _open(self, service: str, database: DatabaseConfig) -> _Session:
-        """Connects, makes sure the ledger exists and takes the advisory lock."""
-        conn = await self._connect(database)
-        try:
-            await sqlledger.ensure(conn)
-            key = advisory_key(service, await conn.fetchval("SELECT current_database()"))
-            await self._lock(conn, key, database.lock_wait)
-            table = database.migrations_table
-            if table is not None and table.kind in MIGRATOR_LOCKS:
-                await self._migrator_lock(conn, table.kind, database.lock_wait)
-        except BaseException as exc:
-            conn.terminate()
-            if isinstance(exc, asyncpg.PostgresError):
-                raise _Failed(f"preparing the ledger failed: {_postgres_reason(exc)}") from exc
-            raise
-        return _Session(conn, key)
-
-    async def _reconnect(self, session: _Session, service: str, database: DatabaseConfig) -> None:
-        """A new connection and advisory lock for ``session`` (the server restarted, or cut it off).
-
-        When the server is not back yet the session keeps its dead connection: the
-        next attempt fails at once as lost, and the caller's retries bound the wait.
-        """
-        session.conn.terminate()
-        try:
-            fresh = await self._open(service, database)
-        except (_Failed, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("sql_reconnect_failed", service=service, error=str(exc))
-            return
-        session.conn, session.key = fresh.conn, fresh.key
-        log.info("sql_reconnected", service=service)
-
-    async def _lock(self, conn: asyncpg.Connection, key: tuple[int, int], wait: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        delay = _LOCK_POLL_FIRST
-        while not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *key):
-            left = deadline - loop.time()
-            if left <= 0:
-                holders = await conn.fetch(_LOCK_HOLDER, key[0] & 0xFFFFFFFF, key[1] & 0xFFFFFFFF)
-                raise _Failed(f"advisory lock {key} still busy after {wait:g}s; {_holders(holders)}")
-            await self.sleep(min(delay, left))
-            delay = min(delay * 2, _LOCK_POLL_MAX)
-
-    async def _migrator_lock(self, conn: asyncpg.Connection, kind: str, wait: float) -> None:
-        """The app migrator's own lock (Prisma's, Sqitch's), held for the session: no ``migrate deploy``
-        or ``sqitch deploy`` runs meanwhile."""
-        lock = MIGRATOR_LOCKS[kind]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
-        delay = _LOCK_POLL_FIRST
-        while not await conn.fetchval(f"SELECT pg_try_advisory_lock({lock})"):
-            left = deadline - loop.time()
-            if left <= 0:
-                holders = await conn.fetch(_MIGRATOR_HOLDER, lock)
-                tool = "Prisma" if kind == "prisma" else kind.capitalize()
-                raise _Failed(
-                    f"{tool}'s migration lock (advisory lock {lock}) still busy after {wait:g}s: "
-                    f"a migrate is running; {_holders(holders)}"
-                )
-            await self.sleep(min(delay, left))
-            delay = min(delay * 2, _LOCK_POLL_MAX)
-
-    async def _close(self, session: _Session) -> None:
-        conn = session.conn
-        if conn.is_closed():
-            return
-        try:
-            await conn.execute("SELECT pg_advisory_unlock_all()")
-            await conn.close(timeout=self.connect_timeout)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            conn.terminate()  # the server releases the session lock with the session
-
     async def _hook(self, point: str, conn: asyncpg.Connection) -> None:
         if self.fault is not None:
             await self.fault(point, conn)
-
-
-def _leaks(plans: Sequence[Plan]) -> str:
-    """The statements whose effect a rehearsal's rollback would not undo (sequences), or ''."""
-    found = [
-        f"migration {p.migration.id} line {r.line} calls {', '.join(r.sequences)}"
-        for p in plans
-        for r in p.risks
-        if r.sequences
-    ]
-    return "; ".join(found) + ": a sequence change survives the rehearsal's rollback" if found else ""
-
-
-def _holders(rows: Sequence[asyncpg.Record]) -> str:
-    if not rows:
-        return "its holder has just left"
-    parts = []
-    for r in rows:
-        query = " ".join((r["query"] or "").split())[:120]
-        parts.append(
-            f"held by pid {r['pid']} application_name={r['application_name']!r} "
-            f"client {r['addr'] or 'local socket'} connected since {r['backend_start'].isoformat()} "
-            f"state {r['state']} last query {query!r}"
-        )
-    return "; ".join(parts)
-
-
-def _render(query: str, args: Sequence[object]) -> str:
-    """``query`` with ``$n`` replaced by literals, highest first so that $1 does not eat $10."""
-    for index in range(len(args), 0, -1):
-        query = query.replace(f"${index}", literal(args[index - 1]))
-    return query
-
-
-def _concurrent_index_name(stmt: Statement) -> str | None:
-    """The index a ``CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name`` builds."""
-    words = stmt.words
-    i = 1 + (words[1:2] == ("unique",))
-    if words[:1] != ("create",) or words[i : i + 2] != ("index", "concurrently"):
-        return None
-    i += 2
-    if words[i : i + 3] == ("if", "not", "exists"):
-        i += 3
-    token = stmt.tokens[i] if i < len(stmt.tokens) else None
-    if token is None or token.kind not in ("word", "ident") or token.text == "on":
-        return None
-    return token.text
