@@ -126,8 +126,13 @@ async def bed() -> AsyncIterator[Bed]:
 
 async def _final(bed: Bed, rollback_id: str) -> RollbackRecord:
     async def ended() -> RollbackRecord | None:
-        record = await bed.daemon.store.get(rollback_id)
-        return record if record is not None and record.final else None
+        store = bed.daemon.store
+        record = await store.get(rollback_id)
+        if record is None or not record.final:
+            return None
+        # the record ends first, then the deployments it undid leave rolling_back
+        open_ones = await store.deployments(open_only=True)
+        return None if any(d.state is DeploymentState.ROLLING_BACK for d in open_ones) else record
 
     return await wait_until(ended, what="the group's rollback to end")  # type: ignore[no-any-return]
 
@@ -324,3 +329,52 @@ def test_bad_groups_are_config_errors_with_their_line(groups: str, message: str)
     said = str(raised.value)
     assert message in said, said
     assert "watchdogd.yaml:" in said
+
+
+async def test_a_group_rollback_that_ended_just_before_a_crash_is_finished_by_the_next_leader(
+    bed: Bed,
+) -> None:
+    api, worker, db = await bed.deploy("api"), await bed.deploy("worker"), await bed.deploy("db")
+    store = bed.daemon.store
+    set_state = store.set_deployment_state
+    calls = 0
+
+    async def dies_after_the_first_member(deployment_id, state, allowed_from):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        if state is not DeploymentState.ROLLING_BACK:
+            calls += 1
+            if calls > 1:
+                raise RuntimeError("power lost")  # api is marked back; worker and db not yet
+        return await set_state(deployment_id, state, allowed_from)
+
+    store.set_deployment_state = dies_after_the_first_member  # type: ignore[method-assign]
+    original = bed.steps["container"].run
+    runs = 0
+
+    async def second_fails(target):  # type: ignore[no-untyped-def]  # api back, worker not, db never run
+        nonlocal runs
+        runs += 1
+        if runs == 2:
+            bed.steps["container"].fail = ["image worker:v1 is gone"]
+        return await original(target)
+
+    bed.steps["container"].run = second_fails  # type: ignore[method-assign]
+    record = await bed.daemon.operators.manual_rollback(api.id, "alice", "bad release")
+    await bed.daemon.operators.approve(record.id, "alice")
+
+    async def ended() -> bool:
+        found = await store.get(record.id)
+        return found is not None and found.final and calls > 1
+
+    await wait_until(ended, what="the group's rollback to end, then the process to die")
+    assert await bed.state(worker) is DeploymentState.ROLLING_BACK
+    store.set_deployment_state = set_state  # type: ignore[method-assign]
+
+    await bed.daemon.leadership.lead()  # what the next process, or replica, does first
+
+    assert await bed.state(api) is DeploymentState.ROLLED_BACK
+    assert await bed.state(worker) is DeploymentState.ROLLBACK_FAILED
+    assert await bed.state(db) is DeploymentState.ROLLBACK_FAILED
+    [failed] = bed.recorded.of("rollback_failed")
+    assert failed.rollback_id == record.id and "back: api" in failed.summary
+    assert bed.ran() == ["api/container", "worker/container"]  # nothing ran again

@@ -609,6 +609,54 @@ async def test_the_first_poll_after_a_restart_is_evaluated_though_planned_before
         await world.daemon.close(2)
 
 
+class PowerLost(Exception):
+    """The process died here."""
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_a_rollback_that_ended_just_before_a_crash_leaves_no_deployment_rolling_back(
+    tmp_path: Path, fail: bool
+) -> None:
+    clock = FakeClock()
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    world = await make(store=await open_store(url, clock=clock), clock=clock)
+    deployment = await world.deploy()
+    world.steps["container"].fail = ["image app:v1 is gone"] if fail else []
+    store = world.store
+    set_state = store.set_deployment_state
+
+    async def dies_before_the_deployment_is_done(deployment_id, state, allowed_from):  # type: ignore[no-untyped-def]
+        if state is not DeploymentState.ROLLING_BACK:
+            raise PowerLost  # the rollback's record is final; its deployment not yet
+        return await set_state(deployment_id, state, allowed_from)
+
+    store.set_deployment_state = dies_before_the_deployment_is_done  # type: ignore[method-assign]
+    await world.feed("a", 1.0)
+    await world.clock.advance(60)
+    await wait_until(lambda: world.steps["container"].runs, what="the container step")
+    [record] = await world.rollbacks(deployment)
+    await wait_until(lambda: _final_state(store, record.id), what="the rollback's final record")
+    store.set_deployment_state = set_state  # type: ignore[method-assign]
+    world = await restart(world, url, CONFIG, down_for=5)
+    try:
+        want = DeploymentState.ROLLBACK_FAILED if fail else DeploymentState.ROLLED_BACK
+        found = await world.store.deployment(deployment.id)
+        assert found is not None and found.state is want, found
+        action = "rollback_failed" if fail else "rollback_succeeded"
+        said = [e for e in await world.store.audit_entries(deployment_id=deployment.id) if e.action == action]
+        assert [e.rollback_id for e in said] == [record.id]  # said once, by the daemon that finished it
+        # the service takes a deploy again: it was refused as "a rollback is executing" for ever
+        again = await world.deploy("app:v3")
+        assert again.state is DeploymentState.WATCHING
+    finally:
+        await world.daemon.close(2)
+
+
+async def _final_state(store: Store, rollback_id: str) -> bool:
+    record = await store.get(rollback_id)
+    return record is not None and record.final
+
+
 async def test_a_changed_rule_starts_again_and_a_reworded_one_keeps_its_state(tmp_path: Path) -> None:
     clock = FakeClock()
     url = f"sqlite:///{tmp_path / 'state.db'}"

@@ -298,6 +298,12 @@ class Executions:
             )
             steps_ = self._steps(current, self.clock(), approver)
             done = await Executor(store, steps_, self.metrics).execute(current, target)
+        await self._finish(done, deployment, undone)
+
+    async def _finish(self, done: RollbackRecord, deployment: Deployment, undone: list[Deployment]) -> None:
+        """A rollback ended: the deployments it undid are rolled back or not, and that is said."""
+        store, service = self.store, deployment.service
+        ids = {"service": service, "deployment_id": deployment.id, "rollback_id": done.id}
         ok = done.state is RollbackState.SUCCEEDED
         outcomes = {o.service: o for o in group_outcomes(done)}
         for each in undone:
@@ -333,6 +339,48 @@ class Executions:
         )
         if self.freezes is not None:
             await self.freezes.after_rollback(done, ok)
+
+    async def reconcile(self) -> None:
+        """Finish what a rollback that ended just before the process did left undone.
+
+        The record of a rollback becomes final before its deployments leave
+        ``rolling_back``: a crash in between left them there, and the service then
+        refused every deploy as "a rollback is executing". Each such deployment is
+        finished from the rollback that undid it, as that rollback's end would have;
+        one with no ended rollback at all becomes ``rollback_failed``, for an operator.
+        """
+        store = self.store
+        # read before the deployments: a rollback resumed now finishes its own, and one that
+        # ended since was in this process's runs until its deployments were done
+        resumed = {member for record in await store.unfinished() for member in _undone_ids(record)}
+        open_ones = await store.deployments(open_only=True)
+        stuck = {
+            d.id: d for d in open_ones if d.state is DeploymentState.ROLLING_BACK and d.id not in resumed
+        }
+        if not stuck:
+            return
+        ended = await store.in_states((RollbackState.SUCCEEDED, RollbackState.FAILED))
+        for record in reversed(ended):  # newest first: the rollback that ended last decides
+            names = [d for d in _undone_ids(record) if d in stuck]
+            for name in names:
+                stuck.pop(name)
+            if not names or record.id in self._running:
+                continue  # a run in this process is finishing it
+            leader = await store.deployment(record.deployment_id)
+            if leader is not None:
+                log.warning("rollback_finished_after_restart", rollback=record.id, deployments=names)
+                await self._finish(record, leader, await self._undone(record, leader))
+        for deployment in stuck.values():
+            log.warning(
+                "rolling_back_without_rollback",
+                deployment=deployment.id,
+                service=deployment.service,
+                kept="rollback_failed: no rollback of it runs or ended; an operator decides",
+            )
+            await store.set_deployment_state(
+                deployment.id, DeploymentState.ROLLBACK_FAILED, (DeploymentState.ROLLING_BACK,)
+            )
+            await self.watched.refresh(deployment.service)
 
     async def _undone(self, record: RollbackRecord, deployment: Deployment) -> list[Deployment]:
         """The deployments the rollback undoes: its own, and in a group each member's it names."""
@@ -400,3 +448,11 @@ class Executions:
             summary=f"dry run: rollback of {record.service} would have run now; nothing touched",
         )
         return True
+
+
+def _undone_ids(record: RollbackRecord) -> list[str]:
+    """The ids of the deployments ``record`` undoes: its own, or each group member's it names."""
+    group = group_of_record(record)
+    if group is None:
+        return [record.deployment_id]
+    return [str(m["deployment_id"]) for m in group.get("members") or () if m.get("deployment_id")]

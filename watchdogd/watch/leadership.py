@@ -69,6 +69,7 @@ class Leadership:
         for record in await self.store.unfinished():
             log.warning("rollback_resuming", rollback=record.id)
             self.executions.start(record.id, (RollbackState.EXECUTING,))
+        await self.executions.reconcile()
         await self.deployments.remember_containers()
 
     def step_down(self) -> None:
