@@ -37,10 +37,12 @@ async def test_killed_at_a_step_boundary_rolls_back_exactly_once(
     before = await story.start_v1()
     wd: Watchdogd = watchdogd(config_for(story.name, story.port, pg_dsn))
     wd.start(env={FAULT_ENV: boundary})
+    # registered before the swap: v2 logs its error at once, and a deploy noticed from Docker
+    # before its registration arrives would start rolling back without the migration
+    story.register(wd)
     await story.deploy_v2(
         AppBehaviour(error_ratio=0.0, log_line="PrismaClientKnownRequestError: P2022", log_every=1.0)
     )
-    story.register(wd)
     assert wd.process is not None
     wd.wait_for(f"watchdogd dying {boundary}", lambda: wd.process.poll() is not None, 60)
     assert wd.process.returncode == FAULT_EXIT, wd.log()

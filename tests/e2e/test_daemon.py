@@ -263,8 +263,10 @@ async def test_immediate_log_rule_rolls_back_without_grace(
     behaviour = AppBehaviour(
         error_ratio=0.0, log_line="PrismaClientKnownRequestError: P2022 column does not exist", log_every=1.0
     )
-    await story.deploy_v2(behaviour)
+    # registered before the swap: v2 logs its error at once, and a deploy noticed from Docker
+    # before its registration arrives would start rolling back without the migration
     story.register(wd)
+    await story.deploy_v2(behaviour)
     done = first_rollback_in(wd, {"succeeded", "failed"}, timeout=60)
     assert done["state"] == "succeeded", f"{done['error']}\n{wd.log()}"
     assert done["reasons"][0]["rule"] == "prisma-errors"
