@@ -124,6 +124,21 @@ async def bed() -> AsyncIterator[Bed]:
     await made.daemon.close(2)
 
 
+def _second_container_run_fails(bed: Bed) -> None:
+    """The first container run (api) passes, the second (worker) fails; db's sql never runs."""
+    original = bed.steps["container"].run
+    calls = 0
+
+    async def second_fails(target):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            bed.steps["container"].fail = ["image worker:v1 is gone"]
+        return await original(target)
+
+    bed.steps["container"].run = second_fails  # type: ignore[method-assign]
+
+
 async def _final(bed: Bed, rollback_id: str) -> RollbackRecord:
     async def ended() -> RollbackRecord | None:
         store = bed.daemon.store
@@ -217,18 +232,7 @@ async def test_an_operators_rollback_of_a_member_joins_the_open_group_proposal_a
 
 async def test_a_failure_stops_the_group_and_says_which_members_are_back(bed: Bed) -> None:
     api, worker, db = await bed.deploy("api"), await bed.deploy("worker"), await bed.deploy("db")
-    # the first container run (api) passes, the second (worker) fails
-    original = bed.steps["container"].run
-    calls = 0
-
-    async def second_fails(target):  # type: ignore[no-untyped-def]
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            bed.steps["container"].fail = ["image worker:v1 is gone"]
-        return await original(target)
-
-    bed.steps["container"].run = second_fails  # type: ignore[method-assign]
+    _second_container_run_fails(bed)
     record = await bed.daemon.operators.manual_rollback(api.id, "alice", "bad release")
     await bed.daemon.operators.approve(record.id, "alice")
     done = await _final(bed, record.id)
@@ -348,17 +352,7 @@ async def test_a_group_rollback_that_ended_just_before_a_crash_is_finished_by_th
         return await set_state(deployment_id, state, allowed_from)
 
     store.set_deployment_state = dies_after_the_first_member  # type: ignore[method-assign]
-    original = bed.steps["container"].run
-    runs = 0
-
-    async def second_fails(target):  # type: ignore[no-untyped-def]  # api back, worker not, db never run
-        nonlocal runs
-        runs += 1
-        if runs == 2:
-            bed.steps["container"].fail = ["image worker:v1 is gone"]
-        return await original(target)
-
-    bed.steps["container"].run = second_fails  # type: ignore[method-assign]
+    _second_container_run_fails(bed)
     record = await bed.daemon.operators.manual_rollback(api.id, "alice", "bad release")
     await bed.daemon.operators.approve(record.id, "alice")
 

@@ -27,6 +27,7 @@ from watchdogd.watch.containers import Containers as Containers  # re-exported: 
 from watchdogd.watch.history import History
 from watchdogd.watch.live import Watched
 from watchdogd.watch.noticed import Noticed
+from watchdogd.watch.parts import Shared
 from watchdogd.watch.proposals import Proposer
 from watchdogd.watch.registration import Registered as Registered
 from watchdogd.watch.registration import Registrar
@@ -55,23 +56,14 @@ class Deployments:
     ) -> None:
         self.lock = asyncio.Lock()
         self.history = History(store, containers)
-        succession = Succession(
-            store=store, report=report, world=world, watched=watched, proposer=proposer, clock=clock,
-            leading=leading,
-        )  # fmt: skip
-        self.registrar = Registrar(
-            store=store, report=report, world=world, watched=watched, proposer=proposer,
-            containers=containers, metrics=metrics, clock=clock, lock=self.lock, history=self.history,
-            succession=succession,
-        )  # fmt: skip
-        self.noticed = Noticed(
-            store=store, report=report, world=world, watched=watched, containers=containers, clock=clock,
-            leading=leading, lock=self.lock, history=self.history, succession=succession,
-        )  # fmt: skip
-        self.windows = Windows(
+        shared = Shared(
             store=store, report=report, world=world, watched=watched, proposer=proposer,
             containers=containers, metrics=metrics, clock=clock, leading=leading,
         )  # fmt: skip
+        succession = Succession(shared)
+        self.registrar = Registrar(shared, lock=self.lock, history=self.history, succession=succession)
+        self.noticed = Noticed(shared, lock=self.lock, history=self.history, succession=succession)
+        self.windows = Windows(shared)
 
     async def register(self, request: Registration, actor: str) -> tuple[Deployment, Registered]:
         return await self.registrar.register(request, actor)

@@ -13,21 +13,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from watchdogd.clock import Clock
 from watchdogd.model import ContainerSnapshot, Deployment, DeploymentFacts, DeploymentState
 from watchdogd.rollback.targets import target_of
-from watchdogd.store import Store
-from watchdogd.watch.containers import Containers
-from watchdogd.watch.history import History
-from watchdogd.watch.live import Watched
-from watchdogd.watch.report import Reporter
-from watchdogd.watch.succession import Succession
-from watchdogd.watch.world import World
+from watchdogd.watch.parts import Serialized
 
 log = structlog.get_logger("watchdogd")
 
@@ -35,33 +27,8 @@ EVENT_FILTERS = {"type": ["container", "service"], "event": ["start", "update"]}
 """Container starts (a container or Compose deploy) and Swarm service updates; other pairs are skipped."""
 
 
-class Noticed:
+class Noticed(Serialized):
     """Docker events and the containers running at start, under ``lock`` (shared with registrations)."""
-
-    def __init__(
-        self,
-        *,
-        store: Store,
-        report: Reporter,
-        world: Callable[[], World],
-        watched: Watched,
-        containers: Containers,
-        clock: Clock,
-        leading: Callable[[], bool],
-        lock: asyncio.Lock,
-        history: History,
-        succession: Succession,
-    ) -> None:
-        self.store = store
-        self.report = report
-        self.world = world
-        self.watched = watched
-        self.containers = containers
-        self.clock = clock
-        self.leading = leading
-        self.lock = lock
-        self.history = history
-        self.succession = succession
 
     async def watch_docker(self) -> None:
         """Deployments noticed from Docker: a service's container started with another image."""

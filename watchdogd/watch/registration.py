@@ -9,15 +9,12 @@ when asked.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from watchdogd.clock import Clock
 from watchdogd.decisions import may_register, may_rehearse
 from watchdogd.errors import Conflict, Invalid
 from watchdogd.imageref import allowed, same_image_name
@@ -31,16 +28,8 @@ from watchdogd.model import (
 )
 from watchdogd.rollback.migrations import MigrationRequest, resolve
 from watchdogd.rollback.targets import target_of
-from watchdogd.store import Store
-from watchdogd.telemetry import Metrics
-from watchdogd.watch.containers import Containers
 from watchdogd.watch.execution import rollback_target
-from watchdogd.watch.history import History
-from watchdogd.watch.live import Watched
-from watchdogd.watch.proposals import Proposer
-from watchdogd.watch.report import Reporter
-from watchdogd.watch.succession import Succession
-from watchdogd.watch.world import World
+from watchdogd.watch.parts import Serialized
 
 log = structlog.get_logger("watchdogd")
 
@@ -86,35 +75,8 @@ class Registered:
         return out
 
 
-class Registrar:
+class Registrar(Serialized):
     """Registrations, one at a time under ``lock`` (shared with deployments noticed from Docker)."""
-
-    def __init__(
-        self,
-        *,
-        store: Store,
-        report: Reporter,
-        world: Callable[[], World],
-        watched: Watched,
-        proposer: Proposer,
-        containers: Containers,
-        metrics: Metrics,
-        clock: Clock,
-        lock: asyncio.Lock,
-        history: History,
-        succession: Succession,
-    ) -> None:
-        self.store = store
-        self.report = report
-        self.world = world
-        self.watched = watched
-        self.proposer = proposer
-        self.containers = containers
-        self.metrics = metrics
-        self.clock = clock
-        self.lock = lock
-        self.history = history
-        self.succession = succession
 
     async def register(self, request: Registration, actor: str) -> tuple[Deployment, Registered]:
         """A deployment from the API; it completes one noticed from Docker for the same image."""

@@ -9,40 +9,19 @@ is marked, notified and per ``on_known_bad`` rolled back (see
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
-from watchdogd.clock import Clock
 from watchdogd.model import Deployment, DeploymentState, Reason, RollbackState
-from watchdogd.store import Store
 from watchdogd.watch.history import HISTORY_DEPLOYMENTS
 from watchdogd.watch.knownbad import known_bad
-from watchdogd.watch.live import Watched
-from watchdogd.watch.proposals import Proposer
-from watchdogd.watch.report import SYSTEM, Reporter
-from watchdogd.watch.world import World
+from watchdogd.watch.parts import Part, Shared
+from watchdogd.watch.report import SYSTEM
 
 
-class Succession:
+class Succession(Part):
     """A new deployment's consequences for the one it supersedes and for its image."""
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        report: Reporter,
-        world: Callable[[], World],
-        watched: Watched,
-        proposer: Proposer,
-        clock: Clock,
-        leading: Callable[[], bool],
-    ) -> None:
-        self.store = store
-        self.report = report
-        self.world = world
-        self.watched = watched
-        self.proposer = proposer
-        self.clock = clock
-        self.leading = leading
+    def __init__(self, shared: Shared) -> None:
+        super().__init__(shared)
 
     async def superseded(self, superseded: list[Deployment], by: Deployment) -> None:
         for old in superseded:

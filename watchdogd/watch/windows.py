@@ -6,52 +6,24 @@ roll back any more.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from watchdogd.clock import Clock
 from watchdogd.decisions import window_end
 from watchdogd.errors import Conflict
 from watchdogd.model import Deployment, DeploymentState, Reason, RollbackRecord
 from watchdogd.rollback.targets import target_of
-from watchdogd.store import Store
-from watchdogd.telemetry import Metrics
-from watchdogd.watch.containers import Containers
 from watchdogd.watch.history import HISTORY_DEPLOYMENTS
-from watchdogd.watch.live import Watched
-from watchdogd.watch.proposals import Proposer
-from watchdogd.watch.report import SYSTEM, Reporter
-from watchdogd.watch.world import World
+from watchdogd.watch.parts import Part, Shared
+from watchdogd.watch.report import SYSTEM
 
 UNVERIFIED_REASON = "the window ended unverified"
 HOLD_SWEEP = 15.0
 """How often (seconds) held previous images are checked for release: a window's end, a rollback's."""
 
 
-class Windows:
+class Windows(Part):
     """Each tick: window ends, the remaining-time gauge, held previous images released."""
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        report: Reporter,
-        world: Callable[[], World],
-        watched: Watched,
-        proposer: Proposer,
-        containers: Containers,
-        metrics: Metrics,
-        clock: Clock,
-        leading: Callable[[], bool],
-    ) -> None:
-        self.store = store
-        self.report = report
-        self.world = world
-        self.watched = watched
-        self.proposer = proposer
-        self.containers = containers
-        self.metrics = metrics
-        self.clock = clock
-        self.leading = leading
+    def __init__(self, shared: Shared) -> None:
+        super().__init__(shared)
         self.swept = float("-inf")
         """When previous images were last released (see :meth:`release_images`)."""
 
