@@ -203,29 +203,28 @@ def vote(verb: str, done: str) -> Callable[[Client, argparse.Namespace, TextIO],
 
 def rollback(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     rollback = client.post(f"/v1/deployments/{_quote(args.deployment)}/rollback", {"reason": args.reason})
-    if args.json:
-        dump(rollback, out)
-    else:
-        say(rollback_line("proposed", rollback, time.time()), out)
+    _answer(args, out, rollback, lambda r: rollback_line("proposed", r, time.time()))
     return EXIT_OK
 
 
 def promote(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     deployment = client.post(f"/v1/deployments/{_quote(args.deployment)}/promote")
-    if args.json:
-        dump(deployment, out)
-    else:
-        say(f"deployment {deployment['id']} of {deployment['service']}: {deployment['state']}", out)
+    _answer(args, out, deployment, lambda d: f"deployment {d['id']} of {d['service']}: {d['state']}")
     return EXIT_OK
 
 
 def rehearse(client: Client, args: argparse.Namespace, out: TextIO) -> int:
     report = client.post(f"/v1/deployments/{_quote(args.deployment)}/rehearse")
-    if args.json:
-        dump(report, out)
-    else:
-        say(f"rehearsal of {args.deployment}: {report['status']}: {report['detail']}", out)
+    _answer(args, out, report, lambda r: f"rehearsal of {args.deployment}: {r['status']}: {r['detail']}")
     return EXIT_REFUSED if report["status"] == "failed" else EXIT_OK
+
+
+def _answer(args: argparse.Namespace, out: TextIO, body: Any, line: Callable[[Any], str]) -> None:
+    """The daemon's answer as JSON with ``--json``, else as ``line`` says it."""
+    if args.json:
+        dump(body, out)
+    else:
+        say(line(body), out)
 
 
 def events(client: Client, args: argparse.Namespace, out: TextIO) -> int:
