@@ -47,23 +47,14 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-async def fake_server() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    """Starts a local aiohttp server answering every path with ``handler``; returns its URL."""
-    runners: list[web.AppRunner] = []
+def fake_server(fake_server: Callable[[Handler], Awaitable[str]]) -> Callable[[Handler], Awaitable[str]]:
+    """The shared fake server (tests/conftest.py), its URL ending with ``/metrics``."""
+    outer = fake_server
 
     async def start(handler: Handler) -> str:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", handler)
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{port}/metrics"
+        return f"{await outer(handler)}/metrics"
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+    return start
 
 
 def scrape_source(url: str, session: aiohttp.ClientSession, **config: Any) -> MetricsScrape:
